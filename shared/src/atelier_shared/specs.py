@@ -1,0 +1,97 @@
+"""Job specs: what a client submits. Validation errors name the field that is wrong."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+SIZE_RE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+MIN_SIDE, MAX_SIDE = 64, 4096
+HEX_COLOR = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """``"1080x1920"`` → ``(1080, 1920)``; raises ValueError with the reason."""
+    m = SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"size {value!r} is not WIDTHxHEIGHT, e.g. '1080x1080'")
+    w, h = int(m.group(1)), int(m.group(2))
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        raise ValueError(f"size {value!r}: each side must be between {MIN_SIDE} and {MAX_SIDE} pixels")
+    return w, h
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Brand(_Spec):
+    name: ShortText
+    palette: list[HEX_COLOR] = Field(default_factory=lambda: ["#1F2937", "#F9FAFB"], min_length=1, max_length=8)
+    font: Identifier | None = None
+    logo: Identifier | None = Field(default=None, description="Artifact id of an uploaded logo image.")
+
+
+class Product(_Spec):
+    name: ShortText
+    description: LongText
+    image: Identifier | None = Field(default=None, description="Artifact id returned by POST /v1/uploads.")
+
+
+class CampaignSpec(_Spec):
+    """A campaign: one product, its taglines, a brand and the ad sizes to produce."""
+
+    brand: Brand
+    product: Product
+    taglines: list[ShortText] = Field(min_length=1, max_length=5)
+    cta: ShortText | None = None
+    locale: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en-US"
+    sizes: list[str] = Field(default_factory=lambda: ["1080x1080"], min_length=1, max_length=12)
+    variants: int = Field(default=1, ge=1, le=8)
+    model: Identifier | None = None
+    seed: Seed | None = None
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[str]) -> list[str]:
+        for s in sizes:
+            parse_size(s)
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("sizes must not repeat")
+        return sizes
+
+
+class StorySpec(_Spec):
+    """A story: a premise set in a culture, told in a language, over 1..12 illustrated pages."""
+
+    premise: LongText
+    culture: ShortText
+    language: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
+    pages: int = Field(default=4, ge=1, le=12)
+    audience: ShortText | None = None
+    style: ShortText | None = None
+    model: Identifier | None = None
+    seed: Seed | None = None
+
+
+JobKind = Literal["campaign", "story"]
+SPEC_MODELS: dict[str, type[_Spec]] = {"campaign": CampaignSpec, "story": StorySpec}
+
+
+class JobRequest(BaseModel):
+    """Body of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: JobKind
+    spec: dict[str, object]
+
+    def parsed_spec(self) -> CampaignSpec | StorySpec:
+        model = SPEC_MODELS[self.kind]
+        return model.model_validate(self.spec)  # type: ignore[return-value]

@@ -1,0 +1,168 @@
+"""Worker side of a stage: parse the payload, heartbeat, run the work, report the result.
+
+Every service registers its stage tasks with :func:`stage_task`; the function it wraps gets a
+:class:`StageContext` and returns the stage's JSON output. Workers never touch the database: they
+read inputs from the payload and storage, write artifacts to storage, and send the orchestrator a
+``StageResult``. The same inputs always write the same keys, so a redelivered task overwrites.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery, shared_task
+
+from .errors import JobCanceled, StageError
+from .runtime import RuntimeState, make_runtime
+from .settings import Settings
+from .storage import ArtifactStore, make_store, stage_key
+from .tasks import (
+    T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, ArtifactRecord, StageError_, StageProgress, StageResult,
+    StageStarted, StageTask, stage_task_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+class WorkerResources:
+    """Per-process clients (store, runtime state), built once on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: ArtifactStore | None = None
+        self._runtime: RuntimeState | None = None
+        self.name = settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+        self.extras: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    @property
+    def store(self) -> ArtifactStore:
+        if self._store is None:
+            self._store = make_store(self.settings)
+        return self._store
+
+    @property
+    def runtime(self) -> RuntimeState:
+        if self._runtime is None:
+            self._runtime = make_runtime(self.settings)
+        return self._runtime
+
+
+def resources(app: Celery) -> WorkerResources:
+    res = getattr(app, "atelier_resources", None)
+    if res is None:
+        settings = getattr(app, "atelier_settings", None) or Settings()
+        res = WorkerResources(settings)
+        app.atelier_resources = res  # type: ignore[attr-defined]
+    return res
+
+
+class StageContext:
+    """What a stage function may use: its task, settings, storage, progress and cancel checks."""
+
+    def __init__(self, task: StageTask, res: WorkerResources, app: Celery) -> None:
+        self.task = task
+        self.res = res
+        self.app = app
+        self.settings = res.settings
+        self.store = res.store
+        self.artifacts: list[ArtifactRecord] = []
+        self.gpu_seconds = 0.0
+        self._last_progress = 0.0
+
+    def key(self, name: str, ext: str) -> str:
+        return stage_key(self.task.key_prefix, self.task.stage, name, ext)
+
+    def put(self, *, name: str, data: bytes, ext: str, content_type: str, kind: str,
+            width: int | None = None, height: int | None = None, meta: dict[str, Any] | None = None) -> ArtifactRecord:
+        """Write one artifact under this stage's deterministic key and remember it for the result."""
+        obj = self.store.put(self.key(name, ext), data, content_type)
+        rec = ArtifactRecord(key=obj.key, kind=kind, name=name, content_type=content_type, size_bytes=obj.size_bytes,
+                             sha256=obj.sha256, width=width, height=height, meta=meta or {})
+        self.artifacts = [a for a in self.artifacts if a.key != rec.key] + [rec]
+        return rec
+
+    def get(self, key: str) -> bytes:
+        return self.store.get(key)
+
+    def check_canceled(self) -> None:
+        if self.res.runtime.is_canceled(self.task.job_id):
+            raise JobCanceled(f"job {self.task.job_id} was canceled")
+
+    def progress(self, step: int, total: int) -> None:
+        """Per-step callback: heartbeat, stop if canceled, report progress at most twice a second."""
+        self.res.runtime.heartbeat(self.task.stage_id)
+        self.check_canceled()
+        now = time.monotonic()
+        if now - self._last_progress >= 0.5 or step >= total:
+            self._last_progress = now
+            msg = StageProgress(job_id=self.task.job_id, stage_id=self.task.stage_id, step=step, total=total)
+            self.app.send_task(T_STAGE_PROGRESS, args=[msg.model_dump(mode="json")])
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, runtime: RuntimeState, stage_id: str, interval: float) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{stage_id}")
+        self.runtime, self.stage_id, self.interval = runtime, stage_id, interval
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.runtime.heartbeat(self.stage_id)
+            except Exception:  # noqa: BLE001 - a missed beat only risks an early re-drive
+                log.warning("heartbeat failed for %s", self.stage_id, exc_info=True)
+
+
+def run_stage(app: Celery, payload: dict[str, Any], fn: Callable[[StageContext], dict[str, Any]]) -> StageResult:
+    """Run one stage function around the protocol: started → heartbeats → result to the orchestrator."""
+    task = StageTask.model_validate(payload)
+    res = resources(app)
+    started = datetime.now(UTC)
+    ctx = StageContext(task, res, app)
+    error: StageError_ | None = None
+    output: dict[str, Any] = {}
+    status = "succeeded"
+    beat = _Heartbeat(res.runtime, task.stage_id, res.settings.heartbeat_interval_s)
+    try:
+        res.runtime.heartbeat(task.stage_id)
+        ctx.check_canceled()
+        app.send_task(T_STAGE_STARTED, args=[StageStarted(job_id=task.job_id, stage_id=task.stage_id, attempt=task.attempt,
+                                                          worker=res.name, started_at=started).model_dump(mode="json")])
+        beat.start()
+        output = fn(ctx)
+    except JobCanceled as exc:
+        status, error = "canceled", StageError_(type="JobCanceled", message=str(exc), retryable=False)
+    except StageError as exc:
+        status, error = "failed", StageError_(type=type(exc).__name__, message=str(exc), retryable=exc.retryable)
+    except Exception as exc:  # noqa: BLE001 - any other failure is reported and retried by the orchestrator
+        log.exception("stage %s %s failed", task.stage, task.item)
+        status, error = "failed", StageError_(type=type(exc).__name__, message=str(exc) or repr(exc), retryable=True)
+    finally:
+        beat.stop_event.set()
+    result = StageResult(job_id=task.job_id, stage_id=task.stage_id, attempt=task.attempt, status=status, output=output,
+                         artifacts=ctx.artifacts, error=error, worker=res.name, started_at=started,
+                         finished_at=datetime.now(UTC), gpu_seconds=ctx.gpu_seconds)
+    app.send_task(T_STAGE_DONE, args=[result.model_dump(mode="json")])
+    return result
+
+
+def stage_task(stage: str) -> Callable[[Callable[[StageContext], dict[str, Any]]], Any]:
+    """Register ``fn`` as the Celery task of ``stage`` (name ``atelier.stage.<stage>``)."""
+
+    def decorate(fn: Callable[[StageContext], dict[str, Any]]) -> Any:
+        @shared_task(name=stage_task_name(stage), bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+        def _task(self: Any, payload: dict[str, Any]) -> None:
+            run_stage(self.app, payload, fn)
+
+        _task.stage_fn = fn  # type: ignore[attr-defined]
+        return _task
+
+    return decorate
