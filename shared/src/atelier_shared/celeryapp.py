@@ -8,7 +8,10 @@ from celery import Celery
 from kombu import Queue
 
 from .settings import Settings
-from .tasks import ALL_QUEUES, STAGE_QUEUES, T_CANCEL_JOB, T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, T_START_JOB, Q_ORCHESTRATOR, stage_task_name
+from .tasks import (
+    ALL_QUEUES, Q_ORCHESTRATOR, STAGE_QUEUES, T_CANCEL_JOB, T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, T_START_JOB,
+    stage_task_name,
+)
 
 # role → the module that registers its tasks (imported by name: services never import each other)
 ROLE_MODULES: dict[str, str] = {
@@ -58,5 +61,8 @@ def make_celery(settings: Settings, *, include: Sequence[str] = (), name: str = 
         },
         enable_utc=True,
     )
+    if broker.startswith("memory://"):
+        # the in-process transport polls; the default 1 s poll would dominate every stage handoff
+        app.conf.broker_transport_options = {"polling_interval": 0.01}
     app.atelier_settings = settings  # type: ignore[attr-defined]
     return app

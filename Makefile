@@ -1,0 +1,52 @@
+# Atelier — the README's commands. Everything is set up from a fresh machine by these targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := shared migrations orchestrator services/api services/planner services/renderer gpu-workers
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo test test-unit test-integration bench lint services clean
+
+help:
+	@echo "make demo   - set up and run one campaign and one story on the embedded default"
+	@echo "make test   - set up and run the test suite (needs the machine's PostgreSQL and Redis)"
+	@echo "make bench  - services-mode benchmarks -> bench/results.json"
+	@echo "make lint   - ruff"
+
+venv: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the CPU build of torch lies on this machine's disk; never install PyPI's torchvision beside it
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt $(addprefix -e ,$(PACKAGES)) -r requirements-dev.txt
+	# invisible-watermark pins opencv-python (GUI build); we use opencv-python-headless instead
+	$(BIN)/pip install -q -c constraints.txt --no-deps invisible-watermark==0.2.0
+	touch $(STAMP)
+
+services:
+	bash infra/dev/ensure-services.sh
+
+demo: venv
+	$(BIN)/atelier demo
+
+test: venv services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv services
+	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+bench: venv services
+	$(BIN)/python bench/run.py
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf var out .pytest_cache

@@ -1,0 +1,171 @@
+"""The ``atelier`` command: serve, worker, migrate, tenants, models, demo."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from atelier_shared.settings import Settings
+from atelier_shared.tasks import ALL_QUEUES, GPU_QUEUES
+
+app = typer.Typer(help="Atelier: campaign and story content pipeline.", no_args_is_help=True, add_completion=False)
+tenants_app = typer.Typer(help="Manage tenants and API keys.", no_args_is_help=True)
+models_app = typer.Typer(help="Manage the local model folder.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(models_app, name="models")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _migrate(settings: Settings) -> None:
+    from atelier_migrations import upgrade
+
+    if settings.resolved_database_url().startswith("sqlite:///"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url())
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema to the latest migration."""
+    settings = _settings()
+    _migrate(settings)
+    typer.echo("database is at head")
+
+
+@tenants_app.command("create")
+def tenants_create(name: str) -> None:
+    """Create a tenant and print its API key (shown once; only its hash is stored)."""
+    from atelier_shared.auth import create_tenant
+    from atelier_shared.db import engine_from_settings, session_factory, session_scope
+    from atelier_shared.errors import Conflict
+
+    settings = _settings()
+    if settings.embedded:
+        _migrate(settings)
+    factory = session_factory(engine_from_settings(settings))
+    try:
+        with session_scope(factory) as session:
+            tenant, key = create_tenant(session, name)
+    except Conflict as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"tenant {tenant.id} ({name})")
+    typer.echo(f"api key (store it now, it is not shown again): {key}")
+
+
+@models_app.command("init-tiny")
+def models_init_tiny(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the tiny model folders and models.yaml into.")],
+    bench: Annotated[bool, typer.Option(help="Also write the bench-sized random SDXL.")] = False,
+) -> None:
+    """Write tiny random-init SDXL and FLUX pipelines (save_pretrained) and a models.yaml."""
+    tiny = importlib.import_module("atelier_gpu.tiny")
+    path = tiny.init_tiny(dest, bench=bench)
+    typer.echo(f"wrote {path}")
+
+
+def _embedded_lifespan(settings: Settings) -> Any:
+    from .embedded import embedded_worker
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        with embedded_worker(settings):
+            yield
+
+    return lifespan
+
+
+def build_api(settings: Settings) -> Any:
+    """The API app; with no broker it also runs the embedded worker in the same process."""
+    api = importlib.import_module("atelier_api.app")
+    if settings.embedded:
+        _migrate(settings)
+        _ensure_models(settings)
+        return api.create_app(settings, extra_lifespan=_embedded_lifespan(settings))
+    return api.create_app(settings)
+
+
+def _ensure_models(settings: Settings) -> None:
+    if not settings.resolved_models_file().exists():
+        importlib.import_module("atelier_gpu.tiny").init_tiny(settings.resolved_models_dir())
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default ATELIER_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ATELIER_API_PORT).")] = None,
+) -> None:
+    """Run the API (and dashboard). Without ATELIER_BROKER_URL, jobs run in this same process."""
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run(build_api(settings), host=host or settings.api_host, port=port or settings.api_port,
+                log_level="info", timeout_graceful_shutdown=30)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help=f"Comma-separated queues: {','.join(ALL_QUEUES)}")] = ",".join(ALL_QUEUES),
+    pool: Annotated[str | None, typer.Option(help="Celery pool: solo (default with a GPU queue), threads, prefork.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks at once (GPU queues: 1).")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker for one or more roles (queues) against the configured broker."""
+    from celery.signals import worker_ready
+
+    from .embedded import start_reconciler, worker_app
+
+    settings = _settings()
+    qs = [q.strip() for q in queues.split(",") if q.strip()]
+    if settings.embedded:
+        typer.echo("error: set ATELIER_BROKER_URL (e.g. redis://127.0.0.1:6379/0); without a broker, "
+                   "`atelier serve` runs the workers in-process", err=True)
+        raise typer.Exit(2)
+    try:
+        celery_app = worker_app(settings, qs)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    gpu = any(q in GPU_QUEUES for q in qs)
+    pool = pool or ("solo" if gpu else "threads")
+    concurrency = concurrency or (1 if gpu or pool == "solo" else 4)
+    if "orchestrator" in qs:
+        worker_ready.connect(lambda **_: start_reconciler(celery_app), weak=False)
+    argv = ["worker", "-Q", ",".join(qs), "-P", pool, "-c", str(concurrency), "-l", loglevel,
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-n", name or f"{'+'.join(qs)}@{os.uname().nodename}-{os.getpid()}"]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where summary.json goes.")] = Path("out/demo"),
+    home: Annotated[Path, typer.Option(help="Embedded database, artifacts and tiny models.")] = Path("var/demo"),
+) -> None:
+    """Run one campaign (3 sizes x 2 variants) and one story (4 pages) end to end in this process."""
+    from .demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    env = {k: v for k, v in os.environ.items() if k.startswith("ATELIER_")}
+    settings = Settings(**{"home": home, "broker_url": None, "storage": "local", "database_url": None,
+                           "gen_max_side": int(env.get("ATELIER_GEN_MAX_SIDE", "128"))})
+    ok = run_demo(settings, out)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""The orchestrator's logic: start jobs, queue ready stages, record results, retry, finish.
+
+The database row is the truth about where a job stands. Every transition is a conditional UPDATE
+(``... WHERE status = 'pending'``), so two orchestrator processes handling the same job never queue a
+stage twice; messages are sent only after the transaction that justifies them commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from atelier_shared.events import emit
+from atelier_shared.models import TERMINAL, Artifact, Job, Stage, utcnow
+from atelier_shared.settings import Settings
+from atelier_shared.storage import job_prefix
+from atelier_shared.tasks import StageProgress, StageResult, StageStarted, StageTask, stage_task_name
+
+from .graphs import GRAPHS, Graph, StageDef
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, list[Any], float | None], None]
+
+
+@dataclass
+class Outbox:
+    """Messages decided inside a transaction, sent after it commits."""
+
+    messages: list[tuple[str, list[Any], float | None]] = field(default_factory=list)
+
+    def add(self, name: str, args: list[Any], countdown: float | None = None) -> None:
+        self.messages.append((name, args, countdown))
+
+    def flush(self, send: Send) -> int:
+        n = 0
+        for name, args, countdown in self.messages:
+            send(name, args, countdown)
+            n += 1
+        self.messages.clear()
+        return n
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+def _lock_job(session: Session, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+
+
+def _stages(session: Session, job_id: str) -> list[Stage]:
+    return list(session.scalars(select(Stage).where(Stage.job_id == job_id).order_by(Stage.position, Stage.item)))
+
+
+def _outputs(rows: list[Stage], graph: Graph) -> dict[str, dict[str, Any]]:
+    """Outputs of single-item stages that have succeeded, by stage name (for item functions)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.status == "succeeded" and r.item == "" and r.output is not None:
+            out[r.name] = r.output
+    return out
+
+
+def _ensure_rows(session: Session, job: Job, graph: Graph, rows: list[Stage]) -> list[Stage]:
+    """Create the pending rows of every stage whose items are known now."""
+    have = {r.name for r in rows}
+    outputs = _outputs(rows, graph)
+    created = False
+    for st in graph.stages:
+        if st.name in have:
+            continue
+        items = graph.items(st, job.spec, outputs)
+        if items is None:
+            continue
+        for item in items:
+            session.add(Stage(job_id=job.id, name=st.name, item=item, position=graph.position(st.name),
+                              queue=st.queue, status="pending"))
+        created = True
+    if created:
+        session.flush()
+        return _stages(session, job.id)
+    return rows
+
+
+def _by_name(rows: list[Stage]) -> dict[str, list[Stage]]:
+    by_name: dict[str, list[Stage]] = {}
+    for r in rows:
+        by_name.setdefault(r.name, []).append(r)
+    return by_name
+
+
+def _upstream(graph: Graph, st: StageDef, item: str, by_name: dict[str, list[Stage]]) -> dict[str, Any] | None:
+    """The outputs this stage's work item needs, or None while a dependency is not done."""
+    upstream: dict[str, Any] = {}
+    for dep_name in st.after:
+        dep = graph.stage(dep_name)
+        dep_rows = by_name.get(dep_name)
+        if not dep_rows:
+            return None
+        if graph.per_item(st, dep):
+            match = [r for r in dep_rows if r.item == item]
+            if not match or match[0].status != "succeeded":
+                return None
+            upstream[dep_name] = match[0].output or {}
+        elif dep.fan_out is not None:
+            if any(r.status != "succeeded" for r in dep_rows):
+                return None
+            upstream[dep_name] = {r.item: r.output or {} for r in dep_rows}
+        else:
+            if dep_rows[0].status != "succeeded":
+                return None
+            upstream[dep_name] = dep_rows[0].output or {}
+    return upstream
+
+
+def _payload(job: Job, row: Stage, upstream: dict[str, Any]) -> dict[str, Any]:
+    return StageTask(job_id=job.id, tenant_id=job.tenant_id, stage_id=row.id, stage=row.name, item=row.item,
+                     attempt=row.attempts, kind=job.kind, spec=job.spec, upstream=upstream,  # type: ignore[arg-type]
+                     key_prefix=job_prefix(job.tenant_id, job.id)).model_dump(mode="json")
+
+
+def _finish_job(session: Session, job: Job, status: str, error: str | None = None) -> None:
+    now = utcnow()
+    job.status = status
+    job.finished_at = now
+    job.error = error
+    if status != "succeeded":
+        session.execute(update(Stage).where(Stage.job_id == job.id, Stage.status.in_(("pending", "queued", "running")))
+                        .values(status="canceled", finished_at=now))
+    emit(session, tenant_id=job.tenant_id, job_id=job.id, type=f"job.{status}",
+         data={"error": error} if error else {"gpu_seconds": round(job.gpu_seconds, 3)})
+
+
+def advance(session: Session, job: Job, outbox: Outbox) -> int:
+    """Queue every stage item whose dependencies are done; finish the job when all are. Returns #queued."""
+    if job.status in TERMINAL:
+        return 0
+    graph = GRAPHS[job.kind]
+    rows = _ensure_rows(session, job, graph, _stages(session, job.id))
+    by_name = _by_name(rows)
+    if len(by_name) == len(graph.stages) and all(r.status == "succeeded" for r in rows):
+        _finish_job(session, job, "succeeded")
+        return 0
+    queued = 0
+    now = utcnow()
+    for row in rows:
+        if row.status != "pending":
+            continue
+        upstream = _upstream(graph, graph.stage(row.name), row.item, by_name)
+        if upstream is None:
+            continue
+        res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
+                              .values(status="queued", attempts=Stage.attempts + 1, queued_at=now))
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        session.refresh(row)
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.queued",
+             data={"stage": row.name, "item": row.item, "attempt": row.attempts})
+        outbox.add(stage_task_name(row.name), [_payload(job, row, upstream)])
+        queued += 1
+    return queued
+
+
+def start_job(session: Session, job_id: str, outbox: Outbox) -> None:
+    job = _lock_job(session, job_id)
+    if job is None:
+        log.warning("start_job: no job %s", job_id)
+        return
+    if job.status == "queued":
+        job.status = "running"
+        job.started_at = utcnow()
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.started", data={})
+    advance(session, job, outbox)
+
+
+def stage_started(session: Session, msg: StageStarted) -> None:
+    row = session.get(Stage, msg.stage_id)
+    if row is None or row.status in TERMINAL:
+        return
+    res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status.in_(("queued", "running")))
+                          .values(status="running", started_at=msg.started_at, worker=msg.worker))
+    if res.rowcount == 1:  # type: ignore[attr-defined]
+        job = session.get(Job, msg.job_id)
+        if job is not None:
+            emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.started",
+                 data={"stage": row.name, "item": row.item, "attempt": msg.attempt, "worker": msg.worker})
+
+
+def stage_progress(session: Session, msg: StageProgress) -> None:
+    row = session.get(Stage, msg.stage_id)
+    if row is None or row.status in TERMINAL:
+        return
+    job = session.get(Job, msg.job_id)
+    if job is not None:
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.progress",
+             data={"stage": row.name, "item": row.item, "step": msg.step, "total": msg.total})
+
+
+def _record_artifacts(session: Session, job: Job, row: Stage, result: StageResult) -> None:
+    for rec in result.artifacts:
+        if not rec.key.startswith(job_prefix(job.tenant_id, job.id) + "/"):
+            raise ValueError(f"stage {row.name} wrote {rec.key} outside its job prefix")
+        art = session.scalar(select(Artifact).where(Artifact.key == rec.key))
+        if art is None:
+            art = Artifact(tenant_id=job.tenant_id, job_id=job.id, stage_id=row.id, kind=rec.kind, name=rec.name,
+                           key=rec.key, content_type=rec.content_type, size_bytes=rec.size_bytes, sha256=rec.sha256,
+                           width=rec.width, height=rec.height, meta=rec.meta)
+            session.add(art)
+            session.flush()
+            emit(session, tenant_id=job.tenant_id, job_id=job.id, type="artifact.created",
+                 data={"artifact_id": art.id, "kind": rec.kind, "name": rec.name, "stage": row.name, "item": row.item})
+        else:  # a redelivered task rewrote the same key: update in place, never a second row
+            art.sha256, art.size_bytes, art.meta = rec.sha256, rec.size_bytes, rec.meta
+            art.width, art.height, art.stage_id = rec.width, rec.height, row.id
+
+
+def stage_done(session: Session, result: StageResult, outbox: Outbox, *, settings: Settings) -> None:
+    """Record a stage's end, then retry it, fail the job, or start what comes next."""
+    job = _lock_job(session, result.job_id)
+    row = session.get(Stage, result.stage_id)
+    if job is None or row is None:
+        log.warning("stage_done for unknown job/stage %s/%s", result.job_id, result.stage_id)
+        return
+    if job.status in TERMINAL or row.status in TERMINAL:
+        return  # duplicate delivery, or the job was canceled meanwhile
+    if result.status == "succeeded":
+        _record_artifacts(session, job, row, result)
+        row.status = "succeeded"
+        row.output = result.output
+        row.worker = result.worker
+        row.started_at = result.started_at if row.started_at is None or result.attempt == row.attempts else row.started_at
+        row.finished_at = result.finished_at
+        row.gpu_seconds += result.gpu_seconds
+        row.error = None
+        job.gpu_seconds += result.gpu_seconds
+        started = _aware(row.started_at)
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.completed",
+             data={"stage": row.name, "item": row.item, "attempt": result.attempt,
+                   "seconds": round((result.finished_at - started).total_seconds(), 4) if started else None})
+        session.flush()
+        advance(session, job, outbox)
+        return
+    if result.attempt != row.attempts:
+        return  # a stale failure of an attempt that was already superseded
+    err = result.error
+    message = f"{err.type}: {err.message}" if err else "unknown error"
+    if result.status == "canceled":
+        row.status, row.finished_at, row.error = "canceled", result.finished_at, message
+        return
+    if err is not None and err.retryable and row.attempts < settings.stage_max_attempts:
+        delay = settings.retry_backoff_s * (2 ** (row.attempts - 1)) * (1 + random.random() * 0.25)
+        row.status, row.error, row.worker = "queued", message, result.worker
+        row.attempts += 1
+        row.queued_at = utcnow()
+        session.flush()
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.retrying",
+             data={"stage": row.name, "item": row.item, "attempt": row.attempts, "delay_s": round(delay, 3), "error": message})
+        graph = GRAPHS[job.kind]
+        upstream = _upstream(graph, graph.stage(row.name), row.item, _by_name(_stages(session, job.id))) or {}
+        outbox.add(stage_task_name(row.name), [_payload(job, row, upstream)], delay)
+        return
+    row.status, row.error, row.finished_at, row.worker = "failed", message, result.finished_at, result.worker
+    emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.failed",
+         data={"stage": row.name, "item": row.item, "attempt": result.attempt, "error": message})
+    _finish_job(session, job, "failed", error=f"stage {row.name}{'[' + row.item + ']' if row.item else ''} failed: {message}")
+
+
+def redrive(session: Session, row: Stage, outbox: Outbox, *, reason: str, not_since: datetime,
+            now: datetime | None = None) -> bool:
+    """Send a stalled stage again (same attempt number: its work is idempotent).
+
+    ``not_since``: skip the row if it was (re)queued after this time — another reconciler got there first.
+    """
+    job = _lock_job(session, row.job_id)
+    if job is None or job.status in TERMINAL:
+        return False
+    session.refresh(row)
+    queued_at = _aware(row.queued_at)
+    if row.status not in ("queued", "running") or (queued_at is not None and queued_at > not_since):
+        return False
+    graph = GRAPHS[job.kind]
+    upstream = _upstream(graph, graph.stage(row.name), row.item, _by_name(_stages(session, job.id)))
+    if upstream is None:
+        return False
+    row.redriven += 1
+    row.queued_at = now or utcnow()
+    emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.redriven",
+         data={"stage": row.name, "item": row.item, "reason": reason, "attempt": row.attempts})
+    outbox.add(stage_task_name(row.name), [_payload(job, row, upstream)])
+    return True
+
+
+def run_in_tx(factory: sessionmaker[Session], send: Send, fn: Callable[[Session, Outbox], Any]) -> Any:
+    """Run ``fn`` in one transaction, then send what it decided."""
+    outbox = Outbox()
+    with factory() as session:
+        with session.begin():
+            result = fn(session, outbox)
+    outbox.flush(send)
+    return result

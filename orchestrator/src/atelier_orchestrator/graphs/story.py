@@ -1,0 +1,48 @@
+"""Story stage graph (KAHANI, with RPG, CreatiLayout and identity) — DESIGN §1.
+
+    plan.culture → plan.story → plan.characters → plan.scenes → gpu.character_sheet[character]
+      → plan.scene_layout → gpu.scene[scene] → render.storybook[scene] → gpu.watermark[scene] → deliver
+
+Character items are known once plan.characters has run; scene items come from the spec's page count.
+(gate.identity joins between gpu.scene and render.storybook with the identity issue.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atelier_shared.tasks import (
+    S_CHARACTER_SHEET, S_CHARACTERS, S_CULTURE, S_DELIVER, S_SCENE, S_SCENE_LAYOUT, S_SCENES, S_STORY, S_STORYBOOK,
+    S_WATERMARK,
+)
+
+from .base import Graph, StageDef
+
+
+def characters(_spec: dict[str, Any], outputs: dict[str, dict[str, Any]]) -> list[str] | None:
+    out = outputs.get(S_CHARACTERS)
+    if out is None:
+        return None
+    return [c["id"] for c in out["characters"]]
+
+
+def scenes(spec: dict[str, Any], _outputs: dict[str, dict[str, Any]]) -> list[str]:
+    return [f"s{i}" for i in range(spec.get("pages", 4))]
+
+
+STORY = Graph(
+    kind="story",
+    item_spaces={"character": characters, "scene": scenes},
+    stages=(
+        StageDef(S_CULTURE),
+        StageDef(S_STORY, after=(S_CULTURE,)),
+        StageDef(S_CHARACTERS, after=(S_STORY, S_CULTURE)),
+        StageDef(S_SCENES, after=(S_STORY, S_CHARACTERS, S_CULTURE)),
+        StageDef(S_CHARACTER_SHEET, after=(S_CHARACTERS,), fan_out="character"),
+        StageDef(S_SCENE_LAYOUT, after=(S_SCENES, S_CHARACTER_SHEET)),
+        StageDef(S_SCENE, after=(S_SCENES, S_SCENE_LAYOUT, S_CHARACTER_SHEET), fan_out="scene"),
+        StageDef(S_STORYBOOK, after=(S_SCENES, S_SCENE), fan_out="scene"),
+        StageDef(S_WATERMARK, after=(S_STORYBOOK,), fan_out="scene"),
+        StageDef(S_DELIVER, after=(S_WATERMARK,)),
+    ),
+)

@@ -1,0 +1,94 @@
+"""The reconciler: re-drives stages whose worker died and jobs whose start message was lost.
+
+A running stage whose heartbeat (and start, and last queueing) is older than ``stall_after_s`` is
+sent again; so is a queued stage no worker has touched for ``queued_stall_s``; so is a job still
+``queued`` ``start_stall_s`` after submission. Re-sent work is idempotent (deterministic keys,
+artifact rows keyed by storage key), and the orchestrator ignores a second result for a finished stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from atelier_shared.models import Job, Stage
+from atelier_shared.runtime import RuntimeState
+from atelier_shared.settings import Settings
+from atelier_shared.tasks import T_START_JOB
+
+from . import engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    stages_redriven: int = 0
+    jobs_restarted: int = 0
+
+
+def _ts(dt: datetime | None) -> float:
+    if dt is None:
+        return 0.0
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def reconcile_once(factory: sessionmaker[Session], runtime: RuntimeState, send: engine.Send, *, settings: Settings,
+                   now: datetime | None = None) -> ReconcileReport:
+    """One pass over unfinished work; returns what it re-drove."""
+    now = now or datetime.now(UTC)
+    report = ReconcileReport()
+    with factory() as session:
+        rows = list(session.scalars(
+            select(Stage).join(Job, Job.id == Stage.job_id)
+            .where(Stage.status.in_(("queued", "running")), Job.status == "running")
+        ))
+        stale_jobs = list(session.scalars(
+            select(Job.id).where(Job.status == "queued", Job.created_at < now - timedelta(seconds=settings.start_stall_s))
+        ))
+    for row in rows:
+        beat = runtime.last_heartbeat(row.id) or 0.0
+        last = max(beat, _ts(row.started_at), _ts(row.queued_at))
+        limit = settings.stall_after_s if row.status == "running" else settings.queued_stall_s
+        if beat and row.status == "queued":
+            limit = settings.stall_after_s  # a worker took it, then went silent
+        if now.timestamp() - last <= limit:
+            continue
+        cutoff = now - timedelta(seconds=limit)
+        reason = f"no heartbeat for {now.timestamp() - last:.1f}s while {row.status}"
+        if engine.run_in_tx(factory, send, lambda s, o, r=row: engine.redrive(s, s.merge(r), o, reason=reason, not_since=cutoff, now=now)):
+            report.stages_redriven += 1
+            log.warning("re-drove stage %s[%s] of job %s: %s", row.name, row.item, row.job_id, reason)
+    for job_id in stale_jobs:
+        send(T_START_JOB, [job_id], None)
+        report.jobs_restarted += 1
+    return report
+
+
+class Reconciler(threading.Thread):
+    """Runs :func:`reconcile_once` every ``reconcile_interval_s`` until stopped."""
+
+    def __init__(self, factory: sessionmaker[Session], runtime: RuntimeState, send: engine.Send, *, settings: Settings) -> None:
+        super().__init__(daemon=True, name="atelier-reconciler")
+        self.factory, self.runtime, self.send, self.settings = factory, runtime, send, settings
+        self.stop_event = threading.Event()
+        self.total = ReconcileReport()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.settings.reconcile_interval_s):
+            try:
+                rep = reconcile_once(self.factory, self.runtime, self.send, settings=self.settings)
+                self.total.stages_redriven += rep.stages_redriven
+                self.total.jobs_restarted += rep.jobs_restarted
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.exception("reconcile pass failed")
+
+    def stop(self) -> None:
+        self.stop_event.set()
