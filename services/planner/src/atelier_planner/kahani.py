@@ -1,0 +1,534 @@
+"""KAHANI offline planner: culture notes → story → characters → scenes, from a curated lexicon.
+
+* Culture: ``data/cultures.json`` holds specific notes (places, dress, food, festivals, architecture,
+  names) for India/Kerala, India/Punjab, Japan, Mexico, Nigeria/Yoruba and Egypt; any other culture
+  string gets the generic entry with that string written into every note. Items that share words
+  with the premise are preferred; the rest is chosen by the job's seed.
+* Story: beat templates (``data/story_beats.json``) in English and Hindi, at most 250 words. Other
+  languages get the English text; the requested language is still recorded in the plan, and
+  ``template_language`` says which templates wrote the text.
+* Characters (<= 3): protagonist, helper and an optional friend, with roles read from the premise
+  ("a boy and his grandmother", "her best friend", "named Priya"); descriptions are visual only.
+* Scenes: exactly ``pages`` scenes; the story's sentences are split into contiguous groups, each
+  scene takes its backdrop and its cast (pose, expression) from the beats it narrates; character
+  boxes are equal-width, bottom-aligned columns on the 1024x768 scene canvas.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from atelier_shared.plans import Box, CastMember, Character, LayoutPlan, PlannerInfo, Scene, StoryPlan
+from atelier_shared.specs import StorySpec
+
+from .common import (
+    RULES_PLANNER,
+    clean_text,
+    contains_word,
+    derived_seed,
+    first_sentence,
+    load_data,
+    plan_id_for,
+    seed_for,
+    stable_index,
+    truncate_words,
+    word_count,
+)
+from .layout import bottom_aligned_columns, full_canvas_box
+
+STAGE_CULTURE, STAGE_STORY, STAGE_CHARACTERS = "plan.culture", "plan.story", "plan.characters"
+STAGE_SCENES, STAGE_SCENE_LAYOUT = "plan.scenes", "plan.scene_layout"
+MAX_STORY_WORDS = 250
+MAX_CHARACTERS = 3
+SCENE_WIDTH, SCENE_HEIGHT = 1024, 768
+TEMPLATE_LANGUAGES = ("en", "hi")
+Z_CHARACTER = 1
+
+ROLE_NOUN = {"girl": "girl", "boy": "boy", "woman": "woman", "man": "man", "grandmother": "grandmother",
+             "grandfather": "grandfather"}
+ROLE_STORY_NOUN = {"girl": "little girl", "boy": "little boy", "woman": "young woman", "man": "young man",
+                   "grandmother": "grandmother", "grandfather": "grandfather"}
+ROLE_GENDER = {"girl": "f", "woman": "f", "grandmother": "f", "boy": "m", "man": "m", "grandfather": "m"}
+ROLE_AGES = {"girl": (7, 10), "boy": (7, 10), "woman": (30, 44), "man": (30, 46), "grandmother": (66, 78),
+             "grandfather": (66, 80)}
+
+# premise words → role (first mention wins); elders before adults so "grandmother" is not read as "mother"
+_ROLE_WORDS: list[tuple[str, tuple[str, ...]]] = [
+    ("grandmother", ("grandmother", "grandma", "granny", "nani", "dadi", "ammamma", "ammachi", "abuela", "abuelita",
+                     "obaachan", "teta", "biji")),
+    ("grandfather", ("grandfather", "grandpa", "grandad", "granddad", "abuelo", "ojiichan", "geddo", "appooppan", "bapu")),
+    ("girl", ("girl", "daughter", "granddaughter", "niece", "schoolgirl", "sister")),
+    ("boy", ("boy", "son", "grandson", "nephew", "schoolboy", "brother")),
+    ("woman", ("woman", "mother", "mom", "mum", "aunt", "aunty", "auntie", "lady", "fisherwoman")),
+    ("man", ("man", "father", "dad", "uncle", "fisherman", "farmer", "potter", "weaver")),
+]
+_FRIEND_WORDS = {"sister": "girl", "sisters": "girl", "brother": "boy", "brothers": "boy", "friend": None,
+                 "friends": None, "cousin": None, "cousins": None, "classmate": None, "classmates": None,
+                 "neighbour": None, "neighbor": None}
+_CHILD = ("girl", "boy")
+_OLD = re.compile(r"\b(?:old|elderly|aged|grey-haired|white-haired|retired)\s+(?:\w+\s+)?$")
+_NAMED = re.compile(r"\b(?:named|called)\s+([A-Z][\w'-]+)")
+
+
+# ---------------------------------------------------------------- culture
+
+
+def _fill(value: Any, culture: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{culture}", culture)
+    if isinstance(value, list):
+        return [_fill(v, culture) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, culture) for k, v in value.items()}
+    return value
+
+
+def resolve_culture(culture: str) -> dict[str, Any]:
+    """The lexicon entry for a culture string (aliases score 3 strong / 1 weak), else the generic one."""
+    lex = load_data("cultures.json")
+    text = clean_text(culture)
+    best: tuple[int, int, dict[str, Any]] | None = None
+    for i, candidate in enumerate(lex["cultures"]):
+        score = 3 * sum(1 for a in candidate["aliases"]["strong"] if contains_word(text, [a]))
+        score += sum(1 for a in candidate["aliases"]["weak"] if contains_word(text, [a]))
+        if score > 0 and (best is None or score > best[0]):
+            best = (score, -i, candidate)
+    entry: dict[str, Any]
+    if best is not None:
+        entry = {k: v for k, v in best[2].items() if k != "aliases"}
+    else:
+        # the culture string goes into every generic note; a long one is cut to its first clause
+        short = " ".join(text.split(",")[0].split()[:5]) or text
+        entry = dict(_fill(lex["generic"], short))
+        entry["label"] = short
+    entry["requested"] = text
+    return entry
+
+
+_STOP = frozenset("""with from that this these those their there them they then than when where which while what
+have has had wants want wanted make makes made named called into onto over under about after before during
+every each some very just only also your yours ours will would could should must been being were does did
+story little girl boy woman man grandmother grandfather mother father friend friends family day days""".split())
+
+
+def _premise_words(premise: str) -> set[str]:
+    return {w for w in re.findall(r"[a-zà-ÿ]+", premise.lower()) if len(w) >= 4 and w not in _STOP}
+
+
+def _rank(items: list[Any], premise: str, seed: int, label: str) -> list[Any]:
+    """Items sharing words with the premise first, then a seeded order."""
+    words = _premise_words(premise)
+
+    def text_of(item: Any) -> str:
+        return " ".join(str(v) for v in item.values()) if isinstance(item, dict) else str(item)
+
+    def key(ix: tuple[int, Any]) -> tuple[int, int]:
+        i, item = ix
+        score = len(words & set(re.findall(r"[a-zà-ÿ]+", text_of(item).lower())))
+        return (-score, stable_index(1_000_003, seed, label, i))
+
+    return [item for _, item in sorted(enumerate(items), key=key)]
+
+
+def pick_culture_items(entry: dict[str, Any], premise: str, seed: int) -> dict[str, Any]:
+    places = _rank(entry["places"], premise, seed, "place")
+    foods = _rank(entry["food"], premise, seed, "food")
+    return {
+        "place": places[0], "place2": places[1 % len(places)],
+        "food": foods[0], "food2": foods[1 % len(foods)],
+        "festival": _rank(entry["festivals"], premise, seed, "festival")[0],
+        "architecture": _rank(entry["architecture"], premise, seed, "architecture")[0],
+        "detail": _rank(entry["details"], premise, seed, "detail")[0],
+    }
+
+
+def culture_notes(entry: dict[str, Any], picks: dict[str, Any], spec: StorySpec) -> list[str]:
+    d, names = entry["dress"], entry["names"]
+    fest = picks["festival"]
+    foods = [picks["food"]["en"]] + [f["en"] for f in entry["food"] if f["en"] != picks["food"]["en"]]
+    notes = [
+        f"Setting: {entry['label']} — {picks['place']['scene']}; also {picks['place2']['scene']}.",
+        f"Language and community: {entry['language']} is spoken at home. {entry['community']}",
+        f"Dress: girls wear {d['girl']}; boys wear {d['boy']}; women wear {d['woman']}; men wear {d['man']}.",
+        f"Elders' dress: grandmothers wear {d['grandmother']}; grandfathers wear {d['grandfather']}.",
+        f"Food: {', '.join(foods[:-1])} and {foods[-1]}." if len(foods) > 1 else f"Food: {foods[0]}.",
+        f"Festival: {fest['name']} — {fest['desc']}.",
+        f"Architecture: {picks['architecture']}; also " + "; ".join(a for a in entry["architecture"] if a != picks["architecture"]) + "."
+        if len(entry["architecture"]) > 1 else f"Architecture: {picks['architecture']}.",
+        f"Everyday objects: {', '.join(entry['details'])}.",
+        "Names: children such as " + ", ".join(n["en"] for n in names["girl"] + names["boy"])
+        + "; elders are addressed as " + ", ".join(n["en"] for n in names["grandmother"] + names["grandfather"]) + ".",
+    ]
+    if spec.audience:
+        notes.append(f"Audience: {spec.audience}; keep the words simple (reading grade 5 or below).")
+    return notes
+
+
+def culture_stage(spec: StorySpec, *, job_id: str) -> dict[str, Any]:
+    """Output of ``plan.culture``: notes and the resolved lexicon entry with this story's picks."""
+    seed = seed_for(job_id, spec.seed)
+    entry = resolve_culture(spec.culture)
+    picks = pick_culture_items(entry, spec.premise, seed)
+    return {"culture_notes": culture_notes(entry, picks, spec), "culture": {**entry, "picks": picks}}
+
+
+def _culture_from(upstream: dict[str, Any] | None, spec: StorySpec, job_id: str) -> dict[str, Any]:
+    if upstream and isinstance(upstream.get("culture"), dict) and "picks" in upstream["culture"]:
+        return upstream["culture"]  # type: ignore[no-any-return]
+    return culture_stage(spec, job_id=job_id)["culture"]  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- cast
+
+
+@dataclass(frozen=True)
+class CastSpec:
+    slot: str  # hero | helper | friend
+    role: str  # girl | boy | woman | man | grandmother | grandfather
+    name: str
+    name_hi: str
+    age: int
+    skin: str
+    hair: str
+    dress: str
+
+    @property
+    def gender(self) -> str:
+        return ROLE_GENDER[self.role]
+
+
+def _mentions(premise: str) -> list[tuple[int, str]]:
+    low = premise.lower()
+    found: list[tuple[int, str]] = []
+    taken: list[tuple[int, int]] = []
+    for role, words in _ROLE_WORDS:
+        for w in words:
+            for m in re.finditer(rf"\b{re.escape(w)}s?\b", low):
+                if any(a <= m.start() < b for a, b in taken):
+                    continue
+                taken.append((m.start(), m.end()))
+                if role in ("woman", "man") and _OLD.search(low[max(0, m.start() - 24):m.start()]):
+                    role_here = "grandmother" if role == "woman" else "grandfather"
+                else:
+                    role_here = role
+                found.append((m.start(), role_here))
+    return sorted(found)
+
+
+def cast_roles(premise: str, seed: int) -> list[tuple[str, str]]:
+    """(slot, role) for protagonist, helper and optional friend, read from the premise."""
+    mentions = _mentions(premise)
+    children = [r for _, r in mentions if r in _CHILD]
+    grown = [r for _, r in mentions if r not in _CHILD]
+    if children:
+        hero = children[0]
+    elif grown:
+        hero = grown.pop(0)
+    else:
+        hero = ("girl", "boy")[stable_index(2, seed, "hero-role")]
+    helper = next((r for r in grown if r in ("grandmother", "grandfather", "woman", "man")), None)
+    if helper is None:
+        helper = ("grandmother", "grandfather")[stable_index(2, seed, "helper-role")]
+    out = [("hero", hero), ("helper", helper)]
+    friend_word = contains_word(premise, list(_FRIEND_WORDS))
+    if friend_word is not None:
+        role = _FRIEND_WORDS[friend_word.lower()] or ("boy" if ROLE_GENDER[hero] == "f" else "girl")
+        out.append(("friend", role))
+    elif len(children) > 1:
+        out.append(("friend", children[1]))
+    return out[:MAX_CHARACTERS]
+
+
+def cast_for(spec: StorySpec, culture: dict[str, Any], seed: int) -> list[CastSpec]:
+    """The story's characters: roles from the premise, names/looks from the culture lexicon."""
+    explicit = _NAMED.search(spec.premise)
+    used: set[str] = set()
+    cast: list[CastSpec] = []
+    for slot, role in cast_roles(spec.premise, seed):
+        options = culture["names"][role]
+        if slot == "hero" and explicit:
+            name, name_hi = explicit.group(1), explicit.group(1)
+        else:
+            start = stable_index(len(options), seed, slot, "name")
+            pick = next((options[(start + k) % len(options)] for k in range(len(options))
+                         if options[(start + k) % len(options)]["en"] not in used), options[start])
+            name, name_hi = pick["en"], pick["hi"]
+        used.add(name)
+        lo, hi = ROLE_AGES[role]
+        age = lo + stable_index(hi - lo + 1, seed, slot, "age")
+        skins = culture["skin"]
+        cast.append(CastSpec(slot=slot, role=role, name=name, name_hi=name_hi, age=age,
+                             skin=skins[stable_index(len(skins), seed, slot, "skin")],
+                             hair=culture["hair"][role], dress=culture["dress"][role]))
+    return cast
+
+
+# ---------------------------------------------------------------- story
+
+
+@dataclass
+class Sentence:
+    text: str
+    beat: dict[str, Any]
+
+
+@dataclass
+class StoryDraft:
+    title: str
+    language: str
+    template_language: str
+    sentences: list[Sentence] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.sentences)
+
+
+def template_language(language: str) -> str:
+    primary = language.split("-")[0].lower()
+    return primary if primary in TEMPLATE_LANGUAGES else "en"
+
+
+def _slots(lang: str, cast: list[CastSpec], picks: dict[str, Any], premise: str) -> dict[str, str]:
+    by = {c.slot: c for c in cast}
+    hero, helper, friend = by["hero"], by["helper"], by.get("friend")
+    if lang == "hi":
+        beats = load_data("story_beats.json")
+        hm = beats["hi_morph"][hero.role]
+        gm = beats["hi_helper"][helper.gender]
+        pair = beats["hi_pair"]["ff" if hero.gender == helper.gender == "f" else "other"]
+        return {
+            "hero": hero.name_hi, "helper": helper.name_hi, "friend": friend.name_hi if friend else "",
+            "hero_naam": hm["naam"], "hero_rahta": hm["rahta"], "h_gaya": hm["gaya"], "h_laga": hm["laga"],
+            "g_muskuraye": gm["muskuraye"], "g_bole": gm["bole"], "g_dikhata": gm["dikhata"],
+            "f_gaya": beats["hi_morph"][friend.role]["gaya"] if friend else "", "pair_gaye": pair,
+            "place": picks["place"]["hi"], "place2": picks["place2"]["hi"], "food": picks["food"]["hi"],
+            "food2": picks["food2"]["hi"], "festival": picks["festival"]["hi"], "premise": premise,
+        }
+    return {
+        "hero": hero.name, "hero_noun": ROLE_STORY_NOUN[hero.role], "helper": helper.name, "helper_dress": helper.dress,
+        "friend": friend.name if friend else "", "place": picks["place"]["en"], "place2": picks["place2"]["en"],
+        "food": picks["food"]["en"], "food2": picks["food2"]["en"], "festival": picks["festival"]["name"],
+        "festival_title": _title_case(picks["festival"]["name"].removeprefix("the ")), "architecture": picks["architecture"],
+        "detail": picks["detail"], "premise": premise,
+    }
+
+
+_DEVANAGARI = re.compile(r"[\u0900-\u097F]")
+
+
+def _title_case(text: str) -> str:
+    return " ".join(w[:1].upper() + w[1:] for w in text.split())
+
+
+def premise_clause(premise: str, lang: str, max_words: int) -> str:
+    """The premise's first sentence, cut to ``max_words``, closed for the template's language.
+
+    A premise not written in the story's script is quoted rather than glued into the sentence."""
+    text = truncate_words(first_sentence(premise), max_words)
+    if lang == "hi":
+        return f"{text}।" if _DEVANAGARI.search(text) else f"“{text.rstrip('.…')}.”"
+    return text if text.endswith("…") else f"{text}."
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:] if s else s
+
+
+def compose_story(spec: StorySpec, culture: dict[str, Any], seed: int) -> StoryDraft:
+    """The story as annotated sentences (beat per sentence), <= 250 words, >= ``pages`` sentences."""
+    data = load_data("story_beats.json")
+    lang = template_language(spec.language)
+    cast = cast_for(spec, culture, seed)
+    has_friend = any(c.slot == "friend" for c in cast)
+    picks = culture["picks"]
+    beats = [b for b in data["beats"]
+             if b.get("requires") is None or (b["requires"] == "friend") == has_friend]
+
+    def render(premise_words: int, drop_optional: int) -> list[Sentence]:
+        slots = _slots(lang, cast, picks, premise_clause(spec.premise, lang, premise_words))
+        out: list[Sentence] = []
+        optional_seen = 0
+        for b in beats:
+            if b.get("optional") and optional_seen < drop_optional:
+                optional_seen += 1
+                continue
+            variants = b[lang]
+            text = variants[stable_index(len(variants), seed, b["id"], lang)].format(**slots)
+            text = _cap(text)
+            out.append(Sentence(text=clean_text(text), beat=b))
+        return out
+
+    n_optional = sum(1 for b in beats if b.get("optional"))
+    sentences = render(30, 0)
+    for premise_words, drop in ((30, 1), (30, 2), (20, 2), (12, 2), (6, 2)):
+        if word_count(" ".join(s.text for s in sentences)) <= MAX_STORY_WORDS:
+            break
+        drop = min(drop, n_optional, len(beats) - spec.pages)
+        sentences = render(premise_words, max(0, drop))
+    total = word_count(" ".join(s.text for s in sentences))
+    if total > MAX_STORY_WORDS:  # last resort (very long names): cut every sentence to an equal share
+        share = MAX_STORY_WORDS // len(sentences)
+        sentences = [Sentence(truncate_words(s.text, share), s.beat) for s in sentences]
+    titles = data["titles"][lang]
+    title = titles[stable_index(len(titles), seed, "title", lang)].format(**_slots(lang, cast, picks, ""))
+    return StoryDraft(title=title, language=spec.language, template_language=lang, sentences=sentences)
+
+
+def story_stage(spec: StorySpec, *, job_id: str, culture_output: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Output of ``plan.story``."""
+    seed = seed_for(job_id, spec.seed)
+    draft = compose_story(spec, _culture_from(culture_output, spec, job_id), seed)
+    return {"title": draft.title, "story": draft.text, "language": draft.language,
+            "template_language": draft.template_language}
+
+
+# ---------------------------------------------------------------- characters
+
+
+def _style(spec: StorySpec) -> str:
+    return spec.style or str(load_data("story_beats.json")["default_style"])
+
+
+def character_for(c: CastSpec, culture: dict[str, Any], spec: StorySpec, seed: int, index: int) -> Character:
+    noun = ROLE_NOUN[c.role]
+    description = f"{c.age}-year-old {noun} from {culture['label']} with {c.skin}, {c.hair}, wearing {c.dress}"
+    sheet_prompt = (f"(full body:1.5), {noun} from {culture['label']}, {c.age}-year-old, {c.skin}, in {c.dress}, "
+                    f"{c.hair}, (standing:1.5), front view, looking at viewer, (plain white background:1.3), "
+                    f"({_style(spec)}:1.2)")
+    cid = f"c{index}"
+    return Character(id=cid, name=c.name, description=description, sheet_prompt=sheet_prompt,
+                     seed=derived_seed(seed, "character", cid))
+
+
+def characters_stage(spec: StorySpec, *, job_id: str, culture_output: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Output of ``plan.characters``: <= 3 characters with ids c0, c1, ..."""
+    seed = seed_for(job_id, spec.seed)
+    culture = _culture_from(culture_output, spec, job_id)
+    chars = [character_for(c, culture, spec, seed, i) for i, c in enumerate(cast_for(spec, culture, seed))]
+    return {"characters": [c.model_dump(mode="json") for c in chars]}
+
+
+# ---------------------------------------------------------------- scenes
+
+
+def figure_height(description: str) -> float:
+    """Box height (fraction of the canvas) from the age in a description: children are shorter."""
+    m = re.search(r"(\d{1,3})-year-old", description)
+    age = int(m.group(1)) if m else 30
+    if age < 13:
+        return 0.56
+    if age >= 60:
+        return 0.78
+    return 0.82
+
+
+def backdrop_for(setting: str, picks: dict[str, Any]) -> str:
+    if setting == "place":
+        return str(picks["place"]["scene"])
+    if setting == "place2":
+        return f"{picks['place2']['scene']}, with {picks['detail']}"
+    if setting == "festival":
+        return f"{picks['festival']['name']} celebrations in {picks['place']['en']}: {picks['festival']['desc']}"
+    return f"{picks['architecture']} in {picks['place']['en']}"
+
+
+def split_evenly(n_items: int, n_groups: int) -> list[range]:
+    """Contiguous groups whose sizes differ by at most one (earlier groups take the extra)."""
+    base, extra = divmod(n_items, n_groups)
+    out, start = [], 0
+    for g in range(n_groups):
+        size = base + (1 if g < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.findall(r"[^.!?।]+[.!?।]+[\"”]?|[^.!?।]+$", text)
+    return [clean_text(p) for p in parts if clean_text(p)]
+
+
+def scene_prompt(cast: list[tuple[Character, str, str]], backdrop: str, style: str) -> str:
+    """KAHANI's scene template: ``names, ((name, look:1.3), (pose, expression:1.2)), ..., (backdrop:1.1), style``."""
+    names = " and ".join(ch.name for ch, _, _ in cast)
+    parts = [f"(({ch.name}, {ch.description.split(' with ')[0]}, wearing {ch.description.split(' wearing ')[-1]}:1.3), "
+             f"({pose}, {expr}:1.2))" for ch, pose, expr in cast]
+    head = f"{names}, " if names else ""
+    return f"{head}{', '.join(parts)}{', ' if parts else ''}({backdrop}:1.1), {style}"
+
+
+def _cast_boxes(cast: list[tuple[Character, str, str]]) -> list[Box]:
+    boxes = bottom_aligned_columns([figure_height(ch.description) for ch, _, _ in cast])
+    return [Box(bbox=b, caption=f"{ch.name}, {pose}, {expr}", role="character", z=Z_CHARACTER)
+            for b, (ch, pose, expr) in zip(boxes, cast, strict=True)]
+
+
+def scenes_stage(spec: StorySpec, *, job_id: str, story_output: dict[str, Any] | None = None,
+                 characters_output: dict[str, Any] | None = None, culture_output: dict[str, Any] | None = None,
+                 planner: PlannerInfo = RULES_PLANNER) -> StoryPlan:
+    """Output plan of ``plan.scenes``: a StoryPlan with exactly ``spec.pages`` scenes."""
+    seed = seed_for(job_id, spec.seed)
+    culture = _culture_from(culture_output, spec, job_id)
+    notes = (culture_output or {}).get("culture_notes") or culture_stage(spec, job_id=job_id)["culture_notes"]
+    story = story_output or story_stage(spec, job_id=job_id, culture_output=culture_output)
+    chars_json = (characters_output or characters_stage(spec, job_id=job_id, culture_output=culture_output))["characters"]
+    characters = [Character.model_validate(c) for c in chars_json][:MAX_CHARACTERS]
+    by_slot = dict(zip(("hero", "helper", "friend"), characters, strict=False))
+    style = _style(spec)
+    draft = compose_story(spec, culture, seed)
+    annotated = draft.text == story["story"]
+    texts = [s.text for s in draft.sentences] if annotated else _sentences(story["story"])
+    pages = spec.pages
+    if len(texts) < pages:  # a foreign (LLM) story with fewer sentences than pages: split on commas too
+        texts = [p for t in texts for p in re.split(r"(?<=,)\s+", t)]
+    groups = split_evenly(len(texts), pages)
+    scenes = []
+    for index, group in enumerate(groups):
+        idx = list(group) or [min(index, len(texts) - 1)]
+        narration = " ".join(texts[i] for i in group) if len(group) else texts[idx[0]]
+        cast: list[tuple[Character, str, str]] = []
+        if annotated:
+            beats = [draft.sentences[i].beat for i in idx]
+            setting = beats[0]["setting"]
+            for slot in ("hero", "helper", "friend"):
+                first = next((b["cast"][slot] for b in beats if slot in b["cast"]), None)
+                if first is not None and slot in by_slot:
+                    cast.append((by_slot[slot], first[0], first[1]))
+        else:
+            setting = "place"
+            cast = [(c, "standing", "smiling") for c in characters]
+        if not cast and characters:
+            cast = [(characters[0], "standing", "smiling")]
+        backdrop = backdrop_for(setting, culture["picks"])
+        boxes = _cast_boxes(cast)
+        scenes.append(Scene(
+            index=index, narration=narration, backdrop=backdrop,
+            cast=[CastMember(character_id=ch.id, pose=pose, expression=expr, box=box)
+                  for (ch, pose, expr), box in zip(cast, boxes, strict=True)],
+            scene_prompt=scene_prompt(cast, backdrop, style)))
+    data = load_data("story_beats.json")
+    return StoryPlan(plan_id=plan_id_for(job_id, STAGE_SCENES), seed=seed, width=SCENE_WIDTH, height=SCENE_HEIGHT,
+                     negative_prompt=str(data["negative_prompt"]), planner=planner, title=str(story["title"]),
+                     story=str(story["story"]), culture_notes=[str(n) for n in notes], language=spec.language,
+                     characters=characters, scenes=scenes)
+
+
+def scene_layouts(plan: StoryPlan, *, sheets: dict[str, str], job_id: str,
+                  planner: PlannerInfo = RULES_PLANNER) -> list[LayoutPlan]:
+    """One LayoutPlan per scene (index order): a backdrop box plus one character box per cast member,
+    whose ``ref_artifact`` is that character's sheet key. Raises KeyError naming a missing sheet."""
+    layouts = []
+    for scene in sorted(plan.scenes, key=lambda s: s.index):
+        boxes = [full_canvas_box(scene.backdrop)]
+        for member in scene.cast:
+            if member.character_id not in sheets:
+                raise KeyError(f"no character sheet for {member.character_id}")
+            boxes.append(member.box.model_copy(update={"ref_artifact": sheets[member.character_id]}))
+        layouts.append(LayoutPlan(
+            plan_id=plan_id_for(job_id, STAGE_SCENE_LAYOUT, scene.index), seed=derived_seed(plan.seed, "scene", scene.index),
+            width=SCENE_WIDTH, height=SCENE_HEIGHT, negative_prompt=plan.negative_prompt, planner=planner,
+            global_caption=scene.scene_prompt, boxes=boxes))
+    return layouts

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from atelier_planner import paid
+from atelier_planner.colors import contrast_ratio
+from atelier_planner.layout import aspect_class, overlaps
+from atelier_shared.plans import AdPlan, parse_split_ratio
+from atelier_shared.specs import CampaignSpec
+
+SIZES = ["1080x1080", "1200x628", "1080x1920"]
+
+
+def campaign(**over: Any) -> CampaignSpec:
+    data: dict[str, Any] = {
+        "brand": {"name": "Brew Co", "palette": ["#6B4226", "#F5E6D3", "#D9A441"], "logo": "logo-1"},
+        "product": {"name": "Cold Brew Coffee", "description": "Smooth cold brew coffee concentrate, slow steeped.",
+                    "image": "img-1"},
+        "taglines": ["Wake up to smooth", "Slow steeped for 20 hours"],
+        "cta": "Shop now",
+        "sizes": SIZES,
+        "variants": 2,
+    }
+    data.update(over)
+    return CampaignSpec.model_validate(data)
+
+
+def test_category_from_product_keywords() -> None:
+    assert paid.detect_category("Cold Brew Coffee", "beans")["name"] == "coffee"
+    assert paid.detect_category("Glow Serum", "a vitamin C serum for skin")["name"] == "skincare"
+    assert paid.detect_category("Aero Runner", "lightweight running sneakers")["name"] == "footwear"
+    assert paid.detect_category("Thing", "an object")["name"] == "studio"  # default scene
+
+
+def test_prompts_use_product_brand_and_scene() -> None:
+    spec = campaign()
+    out = paid.ad_prompts(spec, job_id="job-1")
+    assert set(out) == {"prompts", "negative_prompt", "regional"}
+    assert out["prompts"]["foreground"].startswith("Cold Brew Coffee, ")
+    bg = out["prompts"]["background"]
+    assert "brown" in bg and "cream" in bg  # brand palette → style words
+    assert any(obj in bg for obj in ("ceramic cup", "copper pour-over kettle"))  # coffee scene
+    assert "text" in out["negative_prompt"] and "watermark" in out["negative_prompt"]
+    regional = out["regional"]
+    assert regional["base_prompt"] == bg
+    assert regional["planner"] == {"backend": "rules", "model": "rules-v1", "prompt_version": "rules-1"}
+    cells = sum(len(c) for _, c in parse_split_ratio(regional["split_ratio"]))
+    assert cells == len(regional["regions"]) >= 2
+
+
+@pytest.mark.parametrize("variants", [1, 3, 8])
+@pytest.mark.parametrize("sizes", [["1080x1080"], ["1200x628", "1080x1920"], SIZES + ["1080x1350", "728x90", "300x600"]])
+def test_ad_plan_validates_for_many_specs(sizes: list[str], variants: int) -> None:
+    spec = campaign(sizes=sizes, variants=variants)
+    plan = paid.ad_layout(spec, job_id=f"job-{variants}")
+    again = AdPlan.model_validate(plan.model_dump(mode="json"))
+    assert [v.target.name for v in again.variants] == sizes
+    for v in again.variants:
+        w, h = (int(x) for x in v.target.name.split("x"))
+        assert (v.target.w, v.target.h) == (w, h) == (v.layout.width, v.layout.height)
+        assert len(v.layout.boxes) <= 10
+        assert v.layout.planner.backend == "rules"
+
+
+def _text_and_product(plan: AdPlan) -> list[tuple[str, list[Any], Any]]:
+    out = []
+    for v in plan.variants:
+        product = next(b for b in v.layout.boxes if b.role == "product")
+        texts = [b for b in v.layout.boxes if b.role in ("tagline", "cta")]
+        out.append((v.target.name, texts, product))
+    return out
+
+
+@pytest.mark.parametrize("taglines,cta,logo", list(itertools.product(
+    [["One"], ["One", "Two"], ["One", "Two", "Three", "Four"]], [None, "Buy"], [None, "logo-1"])))
+def test_text_never_overlaps_product_and_stays_inside(taglines: list[str], cta: str | None, logo: str | None) -> None:
+    brand = {"name": "B", "palette": ["#1F2937", "#F9FAFB"], "logo": logo}
+    spec = campaign(taglines=taglines, cta=cta, brand=brand, sizes=SIZES + ["728x90", "160x600", "1000x1000"])
+    plan = paid.ad_layout(spec, job_id="j")
+    for _name, texts, product in _text_and_product(plan):
+        assert texts, "every layout has at least the headline box"
+        for t in texts:
+            assert not overlaps(t.bbox, product.bbox), (t.caption, t.bbox, product.bbox)
+        for b in plan.variants[0].layout.boxes:
+            x1, y1, x2, y2 = b.bbox
+            assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+    v = plan.variants[0]
+    roles = [b.role for b in v.layout.boxes]
+    assert roles.count("tagline") == min(2, len(taglines))
+    assert ("cta" in roles) == bool(cta) and ("logo" in roles) == bool(logo)
+    assert len(v.text_styles) == roles.count("tagline") + roles.count("cta")
+
+
+def test_headline_and_sub_captions_and_style_order() -> None:
+    plan = paid.ad_layout(campaign(), job_id="j")
+    v = plan.variants[0]
+    texts = [b for b in v.layout.boxes if b.role in ("tagline", "cta")]
+    assert [b.caption for b in texts] == ["headline: Wake up to smooth", "sub: Slow steeped for 20 hours", "cta: Shop now"]
+    assert [s.box_role for s in v.text_styles] == ["tagline", "tagline", "cta"]
+    assert [t.level for t in plan.taglines] == ["headline", "sub", "cta"]
+
+
+def test_per_aspect_templates() -> None:
+    plan = paid.ad_layout(campaign(), job_id="j")
+    by = {v.target.name: {b.caption.split(":")[0] if b.role in ("tagline", "cta") else b.role: b.bbox
+                          for b in v.layout.boxes} for v in plan.variants}
+    sq, ls, pt = by["1080x1080"], by["1200x628"], by["1080x1920"]
+    assert sq["product"][2] <= sq["headline"][0]  # square: product left, tagline right
+    assert ls["headline"][2] <= ls["product"][0]  # landscape: text left, product right
+    assert pt["headline"][3] <= pt["product"][1] and pt["product"][3] <= pt["cta"][1]  # portrait: top / middle / bottom
+    assert aspect_class(1080, 1350) == "portrait" and aspect_class(1200, 628) == "landscape"
+
+
+@pytest.mark.parametrize("palette", [["#1F2937", "#F9FAFB"], ["#FFD400"], ["#777777", "#888888"], ["#6B4226", "#F5E6D3"],
+                                     ["#000000"], ["#FFFFFF", "#FEFEFE"]])
+def test_text_colours_reach_wcag_contrast(palette: list[str]) -> None:
+    spec = campaign(brand={"name": "B", "palette": palette})
+    plan = paid.ad_layout(spec, job_id="j")
+    tone = plan.product["background_tone"]
+    assert tone is not None
+    for v in plan.variants:
+        assert paid.text_contrast_ok(v, tone)
+        has_underlay_box = any(b.role == "underlay" for b in v.layout.boxes)
+        tagline_styles = [s for s in v.text_styles if s.box_role == "tagline"]
+        assert has_underlay_box == (tagline_styles[0].underlay_color is not None)
+        for s in tagline_styles:
+            if s.underlay_color is None:
+                assert s.color in palette and contrast_ratio(s.color, tone) >= 4.5
+
+
+def test_underlay_added_only_when_palette_fails() -> None:
+    ok = paid.choose_colours(["#111111", "#FFFFFF"], "#ECEBE7")
+    assert ok.underlay is None and ok.text == "#111111"
+    bad = paid.choose_colours(["#888888", "#F5E6D3", "#6B4226"], "#9C9A96")
+    assert bad.underlay is not None and contrast_ratio(bad.text, bad.underlay) >= 4.5
+
+
+def test_plans_are_deterministic_and_seeded() -> None:
+    spec = campaign()
+    a = paid.ad_layout(spec, job_id="job-x").model_dump(mode="json")
+    b = paid.ad_layout(spec, job_id="job-x").model_dump(mode="json")
+    c = paid.ad_layout(spec, job_id="job-y").model_dump(mode="json")
+    assert a == b
+    assert a["plan_id"] != c["plan_id"] and len(a["plan_id"]) == 16
+    assert a["seed"] != c["seed"]
+    seeded = paid.ad_layout(campaign(seed=1234), job_id="job-x")
+    assert seeded.seed == 1234 and all(v.layout.seed == 1234 for v in seeded.variants)

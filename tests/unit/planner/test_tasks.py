@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from atelier_planner import tasks
+from atelier_shared.errors import StageError
+from atelier_shared.plans import AdPlan, LayoutPlan, RegionalPlan, StoryPlan
+from atelier_shared.stage_runner import StageContext, run_stage
+from atelier_shared.tasks import T_STAGE_DONE, T_STAGE_STARTED
+
+CAMPAIGN = {
+    "brand": {"name": "Glow", "palette": ["#0F766E", "#F0FDFA"]},
+    "product": {"name": "Glow Serum", "description": "A vitamin C serum for bright skin.", "image": "up-1"},
+    "taglines": ["Bright skin, every day"], "cta": "Try it", "sizes": ["1080x1080", "1200x628", "1080x1920"],
+    "variants": 2,
+}
+STORY = {"premise": "A boy and his grandmother make mochi for the new year.", "culture": "Japan", "language": "en",
+         "pages": 3}
+MakeCtx = Callable[..., StageContext]
+
+
+def _stored_plan(ctx: StageContext, name: str) -> Any:
+    rec = next(a for a in ctx.artifacts if a.name == name)
+    assert rec.kind == "plan" and rec.content_type == "application/json"
+    assert rec.key == f"{ctx.task.key_prefix}/{ctx.task.stage}/{name}.json"
+    return json.loads(ctx.get(rec.key))
+
+
+def test_campaign_chain(make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(stage="plan.ad_prompts", kind="campaign", spec=CAMPAIGN)
+    prompts = tasks.ad_prompts.stage_fn(ctx)
+    assert set(prompts) == {"prompts", "negative_prompt", "regional"}
+    RegionalPlan.model_validate(prompts["regional"])
+    assert _stored_plan(ctx, "ad_prompts") == prompts
+
+    ctx2 = make_ctx(stage="plan.ad_layout", kind="campaign", spec=CAMPAIGN, upstream={"plan.ad_prompts": prompts})
+    out = tasks.ad_layout.stage_fn(ctx2)
+    plan = AdPlan.model_validate(out["plan"])
+    assert plan.prompts.background == prompts["prompts"]["background"]
+    assert [v.target.name for v in plan.variants] == CAMPAIGN["sizes"]
+    assert plan.planner.model_dump() == {"backend": "rules", "model": "rules-v1", "prompt_version": "rules-1"}
+    assert _stored_plan(ctx2, "ad_layout") == out
+
+
+def test_story_chain(make_ctx: MakeCtx) -> None:
+    up: dict[str, Any] = {}
+    ctx = make_ctx(stage="plan.culture", kind="story", spec=STORY)
+    up["plan.culture"] = tasks.culture.stage_fn(ctx)
+    assert up["plan.culture"]["culture"]["key"] == "japan" and up["plan.culture"]["culture_notes"]
+
+    ctx = make_ctx(stage="plan.story", kind="story", spec=STORY, upstream={"plan.culture": up["plan.culture"]})
+    up["plan.story"] = tasks.story.stage_fn(ctx)
+    assert {"title", "story", "language"} <= set(up["plan.story"])
+
+    ctx = make_ctx(stage="plan.characters", kind="story", spec=STORY,
+                   upstream={k: up[k] for k in ("plan.story", "plan.culture")})
+    up["plan.characters"] = tasks.characters.stage_fn(ctx)
+    ids = [c["id"] for c in up["plan.characters"]["characters"]]
+    assert ids[:2] == ["c0", "c1"] and len(ids) <= 3
+
+    ctx = make_ctx(stage="plan.scenes", kind="story", spec=STORY,
+                   upstream={k: up[k] for k in ("plan.story", "plan.characters", "plan.culture")})
+    scenes = tasks.scenes.stage_fn(ctx)
+    plan = StoryPlan.model_validate(scenes["plan"])
+    assert len(plan.scenes) == 3 and plan.story == up["plan.story"]["story"]
+    assert [c.model_dump() for c in plan.characters] == up["plan.characters"]["characters"]
+
+    sheets = {cid: {"sheet_key": f"tenants/t1/jobs/job-1/gpu.character_sheet/{cid}.png", "seed": 1} for cid in ids}
+    ctx = make_ctx(stage="plan.scene_layout", kind="story", spec=STORY,
+                   upstream={"plan.scenes": scenes, "gpu.character_sheet": sheets})
+    out = tasks.scene_layout.stage_fn(ctx)
+    layouts = [LayoutPlan.model_validate(lp) for lp in out["layouts"]]
+    assert len(layouts) == 3
+    for lp in layouts:
+        chars = [b for b in lp.boxes if b.role == "character"]
+        assert chars and all(b.ref_artifact in {s["sheet_key"] for s in sheets.values()} for b in chars)
+        assert any(b.role == "background" for b in lp.boxes)
+    assert _stored_plan(ctx, "scene_layout") == out
+
+
+def test_scene_layout_without_sheet_fails_clearly(make_ctx: MakeCtx) -> None:
+    scenes = tasks.scenes.stage_fn(make_ctx(stage="plan.scenes", kind="story", spec=STORY))
+    ctx = make_ctx(stage="plan.scene_layout", kind="story", spec=STORY, upstream={"plan.scenes": scenes})
+    with pytest.raises(StageError, match="c0"):
+        tasks.scene_layout.stage_fn(ctx)
+
+
+def test_same_job_writes_same_bytes(make_ctx: MakeCtx) -> None:
+    a = make_ctx(stage="plan.culture", kind="story", spec=STORY)
+    tasks.culture.stage_fn(a)
+    first = a.get(a.artifacts[0].key)
+    b = make_ctx(stage="plan.culture", kind="story", spec=STORY)
+    tasks.culture.stage_fn(b)
+    assert b.artifacts[0].key == a.artifacts[0].key and b.get(b.artifacts[0].key) == first
+
+
+def test_run_stage_reports_bad_spec_as_non_retryable(make_ctx: MakeCtx, app_stub: Any) -> None:
+    ctx = make_ctx(stage="plan.ad_prompts", kind="campaign", spec={"brand": {}})
+    result = run_stage(app_stub, ctx.task.model_dump(mode="json"), tasks.ad_prompts.stage_fn)
+    assert result.status == "failed" and result.error is not None and result.error.retryable is False
+    assert [name for name, _ in app_stub.sent] == [T_STAGE_STARTED, T_STAGE_DONE]
+
+
+def test_tasks_registered_under_stage_names() -> None:
+    assert tasks.ad_prompts.name == "atelier.stage.plan.ad_prompts"
+    assert tasks.scene_layout.name == "atelier.stage.plan.scene_layout"
