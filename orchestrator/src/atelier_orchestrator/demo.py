@@ -123,7 +123,7 @@ def run_demo(settings: Settings, out: Path, *, console: Console | None = None) -
                     "id": job_id, "kind": job["kind"], "status": job["status"],
                     "stages": [{"name": s["name"] + (f"[{s['item']}]" if s["item"] else ""), "status": s["status"],
                                 "seconds": s["seconds"]} for s in job["stages"]],
-                    "artifacts": [{"kind": a["kind"], "path": str(store.local_path(_key(a, job))),
+                    "artifacts": [{"kind": a["kind"], "path": str(store.local_path(a["key"])),
                                    "width": a["width"], "height": a["height"]} for a in arts],
                 })
     finally:
@@ -133,10 +133,6 @@ def run_demo(settings: Settings, out: Path, *, console: Console | None = None) -
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print(console, summary, out)
     return all(j["status"] == "succeeded" for j in summary["jobs"])
-
-
-def _key(artifact: dict[str, Any], job: dict[str, Any]) -> str:
-    return str(artifact.get("key") or artifact["meta"].get("key") or artifact["name"])
 
 
 def _print(console: Console, summary: dict[str, Any], out: Path) -> None:

@@ -111,12 +111,19 @@ class S3Store:
         assert isinstance(client, Minio)
         self.client = client
         self.bucket = bucket
-        if create_bucket:
-            try:
-                if not client.bucket_exists(bucket_name=bucket):
-                    client.make_bucket(bucket_name=bucket)
-            except Exception as exc:  # noqa: BLE001 - any SDK/network failure is a storage failure
-                raise StorageError(f"cannot reach bucket {bucket}: {exc}") from exc
+        self._create_bucket = create_bucket
+        self._bucket_ready = False
+
+    def _ensure_bucket(self) -> None:
+        """Create the bucket on first use, so a process starts (and reports not-ready) while S3 is down."""
+        if self._bucket_ready or not self._create_bucket:
+            return
+        try:
+            if not self.client.bucket_exists(bucket_name=self.bucket):
+                self.client.make_bucket(bucket_name=self.bucket)
+        except Exception as exc:  # noqa: BLE001 - any SDK/network failure is a storage failure
+            raise StorageError(f"cannot reach bucket {self.bucket}: {exc}") from exc
+        self._bucket_ready = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
@@ -133,6 +140,7 @@ class S3Store:
 
     def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
         _check_key(key)
+        self._ensure_bucket()
         digest = hashlib.sha256(data).hexdigest()
         try:
             self.client.put_object(
@@ -180,8 +188,10 @@ class S3Store:
         return sorted(o.object_name for o in objs if o.object_name)
 
     def ping(self) -> None:
+        self._ensure_bucket()
         try:
-            self.client.bucket_exists(bucket_name=self.bucket)
+            if not self.client.bucket_exists(bucket_name=self.bucket):
+                raise StorageError(f"bucket {self.bucket} does not exist")
         except Exception as exc:  # noqa: BLE001
             raise StorageError(f"cannot reach bucket {self.bucket}: {exc}") from exc
 

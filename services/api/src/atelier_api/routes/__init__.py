@@ -1,0 +1,14 @@
+"""HTTP routes: parse, call one service function, return."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from . import artifacts, health, jobs, uploads
+
+
+def include_routes(app: FastAPI) -> None:
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(artifacts.router)
+    app.include_router(uploads.router)

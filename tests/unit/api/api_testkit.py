@@ -1,0 +1,115 @@
+"""Plain helpers for the API tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+UPLOAD_MAX_BYTES = 512 * 1024
+
+
+@dataclass
+class TenantCtx:
+    id: str
+    key: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def campaign_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "brand": {"name": "Acme", "palette": ["#112233", "#FFFFFF"]},
+        "product": {"name": "Rocket Skates", "description": "Skates with rockets on them."},
+        "taglines": ["Go faster", "Arrive first"],
+        "sizes": ["1080x1080", "1080x1920"],
+        "variants": 2,
+    }
+    spec.update(overrides)
+    return spec
+
+
+def story_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"premise": "A kite that wants to see the sea.", "culture": "Gujarati", "pages": 3}
+    spec.update(overrides)
+    return spec
+
+
+def png_bytes(size: tuple[int, int] = (32, 24), mode: str = "RGB", color: Any = (200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def parse_sse(text: str) -> list[dict[str, Any]]:
+    """Split an event stream into frames: {"id", "event", "data"} or {"comment"}."""
+    frames: list[dict[str, Any]] = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        frame: dict[str, Any] = {}
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                frame["comment"] = line[1:].strip()
+            else:
+                name, _, value = line.partition(": ")
+                frame[name] = json.loads(value) if name == "data" else value
+        frames.append(frame)
+    return frames
+
+
+def add_stages(factory: Any, job_id: str, rows: list[tuple[str, str, int, str]]) -> list[str]:
+    """Insert stage rows ``(name, item, position, status)``; returns their ids in order."""
+    from datetime import UTC, datetime, timedelta
+
+    from atelier_shared.db import session_scope
+    from atelier_shared.models import Stage
+
+    ids = []
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    with session_scope(factory) as s:
+        for name, item, position, status in rows:
+            done = status in ("succeeded", "failed")
+            stage = Stage(job_id=job_id, name=name, item=item, position=position, queue="planning", status=status,
+                          attempts=1 if status != "pending" else 0,
+                          started_at=t0 if status != "pending" else None,
+                          finished_at=t0 + timedelta(seconds=2.5) if done else None)
+            s.add(stage)
+            s.flush()
+            ids.append(stage.id)
+    return ids
+
+
+def emit_events(factory: Any, tenant_id: str, job_id: str, types: list[str]) -> list[int]:
+    from atelier_shared.db import session_scope
+    from atelier_shared.events import emit
+
+    with session_scope(factory) as s:
+        return [emit(s, tenant_id=tenant_id, job_id=job_id, type=t, data={"n": i}).id for i, t in enumerate(types)]
+
+
+def set_job(factory: Any, job_id: str, **values: Any) -> None:
+    from atelier_shared.db import session_scope
+    from atelier_shared.models import Job
+    from sqlalchemy import update
+
+    with session_scope(factory) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def add_artifact(factory: Any, store: Any, *, tenant_id: str, job_id: str, kind: str, name: str, data: bytes,
+                 content_type: str, stage_id: str | None = None) -> str:
+    from atelier_shared.db import session_scope
+    from atelier_shared.models import Artifact, new_id
+    from atelier_shared.storage import job_prefix, stage_key
+
+    artifact_id = new_id("art")
+    key = stage_key(job_prefix(tenant_id, job_id), "render.ad", f"{name}-{artifact_id}", "bin")
+    stored = store.put(key, data, content_type)
+    with session_scope(factory) as s:
+        s.add(Artifact(id=artifact_id, tenant_id=tenant_id, job_id=job_id, stage_id=stage_id, kind=kind, name=name,
+                       key=key, content_type=content_type, size_bytes=stored.size_bytes, sha256=stored.sha256,
+                       meta={"k": kind}))
+    return artifact_id
