@@ -1,0 +1,320 @@
+"""Tiny random-init diffusers pipelines, written to disk so tests and demos use the real load path.
+
+Nothing here touches a model hub: every component is built from a config, the tokenizers from a
+vocabulary generated in memory, and the result is written with ``save_pretrained``. The registry
+then loads these folders with ``from_pretrained(..., local_files_only=True)`` exactly like real
+weights. Weights are seeded, so the same call writes the same tensors.
+
+    python -m atelier_gpu.tiny var/models [--bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Bump when a config below changes, so existing folders are rebuilt instead of reused.
+TINY_VERSION = "1"
+_MARKER = ".atelier-tiny"
+
+# Words that get their own BPE/Unigram token, so typical prompts stay well under 77 tokens.
+_WORDS = (
+    "a an the of in on at with and or for to by from over under behind near its his her their "
+    "photo photograph image picture illustration painting render studio product background scene "
+    "light soft warm cold bright dark morning evening sunset night color colour white black red "
+    "green blue yellow orange pink purple brown gold silver wood stone marble table floor wall "
+    "kitchen garden street market city village river sea beach mountain forest sky cloud sun "
+    "girl boy woman man child mother father grandmother grandfather friend dog cat bird tree "
+    "flower house home school festival food tea coffee bottle box bag shoe dress shirt hair "
+    "smiling happy sad standing sitting walking running holding looking full body kids style "
+    "pixar cinematic detailed high quality clean minimal modern simple elegant shadow texture "
+    "blurry lowres text watermark logo deformed ugly bad worst"
+).split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte → printable character table used by byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def build_clip_tokenizer(*, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> Any:
+    """A byte-level BPE CLIP tokenizer: every byte, word-final variants, and merges for common words."""
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(set(_bytes_to_unicode().values()))
+    vocab: dict[str, int] = {}
+    for ch in alphabet:
+        vocab.setdefault(ch, len(vocab))
+    for ch in alphabet:
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        left = symbols[0]
+        for right in symbols[1:]:
+            merged = left + right
+            if merged not in vocab:
+                merges.append((left, right))
+                vocab[merged] = len(vocab)
+            left = merged
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    if pad_token not in vocab:
+        vocab[pad_token] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=model_max_length)
+
+
+def build_t5_tokenizer(*, model_max_length: int = 512) -> Any:
+    """A Unigram T5 tokenizer (``<pad>``=0, ``</s>``=1, ``<unk>``=2) over characters and common words."""
+    from transformers import T5TokenizerFast
+
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    seen = {p for p, _ in pieces}
+    for word in _WORDS:
+        piece = "\u2581" + word
+        if piece not in seen:
+            pieces.append((piece, -3.0 - 0.01 * len(pieces)))
+            seen.add(piece)
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    for ch in chars:
+        for piece, score in (("\u2581" + ch, -9.0), (ch, -10.0)):
+            if piece not in seen:
+                pieces.append((piece, score))
+                seen.add(piece)
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+def _clip_text_config(tokenizer: Any, *, hidden: int, layers: int, heads: int, projection: int) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        projection_dim=projection,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _sdxl_pipeline(*, unet_channels: tuple[int, ...], layers_per_block: int, transformer_layers: tuple[int, ...],
+                   heads: tuple[int, ...], text_hidden: tuple[int, int], text_layers: int,
+                   vae_channels: tuple[int, ...], vae_groups: int) -> Any:
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_clip_tokenizer(pad_token="!")
+    h1, h2 = text_hidden
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_clip_text_config(tokenizer, hidden=h1, layers=text_layers, heads=4, projection=h1))
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModelWithProjection(
+        _clip_text_config(tokenizer_2, hidden=h2, layers=text_layers, heads=4, projection=h2))
+    n = len(unet_channels)
+    add_time_dim = 8 if unet_channels[0] < 128 else 256
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        block_out_channels=unet_channels,
+        layers_per_block=layers_per_block,
+        transformer_layers_per_block=transformer_layers,
+        attention_head_dim=heads,  # SDXL's config name for the number of heads per block
+        use_linear_projection=True,
+        cross_attention_dim=h1 + h2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=add_time_dim,
+        projection_class_embeddings_input_dim=6 * add_time_dim + h2,
+        norm_num_groups=min(32, unet_channels[0]),
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        block_out_channels=vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=vae_groups,
+        sample_size=128,
+        scaling_factor=0.13025,
+        force_upcast=False,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="trailing", prediction_type="epsilon",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False,
+    )
+
+
+def build_sdxl_tiny() -> Any:
+    """SDXL with a two-level 32/64-channel UNet; VAE keeps SDXL's 8x downsampling."""
+    return _sdxl_pipeline(unet_channels=(32, 64), layers_per_block=1, transformer_layers=(1, 1), heads=(2, 4),
+                          text_hidden=(32, 32), text_layers=2, vae_channels=(8, 16, 32, 32), vae_groups=8)
+
+
+def build_sdxl_bench() -> Any:
+    """Bench-sized SDXL: UNet (128,256,512), 2 layers per block, transformer layers (1,1,2), ~125M params."""
+    return _sdxl_pipeline(unet_channels=(128, 256, 512), layers_per_block=2, transformer_layers=(1, 1, 2),
+                          heads=(2, 4, 8), text_hidden=(64, 128), text_layers=4,
+                          vae_channels=(32, 64, 128, 128), vae_groups=32)
+
+
+def build_flux_tiny() -> Any:
+    """FLUX.1-dev-shaped pipeline: 16-channel latents packed 2x2, guidance embedding, CLIP + T5 text."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = build_clip_tokenizer()
+    tokenizer_2 = build_t5_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_clip_text_config(tokenizer, hidden=32, layers=2, heads=4, projection=32))
+    torch.manual_seed(0)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False, use_cache=False, pad_token_id=tokenizer_2.pad_token_id,
+        eos_token_id=tokenizer_2.eos_token_id, dropout_rate=0.0,
+    ))
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels x 2x2 packing
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # T5 d_model
+        pooled_projection_dim=32,  # CLIP pooled output
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=128,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        force_upcast=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
+    )
+
+
+# id → (family, builder, max_side)
+TINY_MODELS: dict[str, tuple[str, Callable[[], Any], int]] = {
+    "sdxl-tiny": ("sdxl", build_sdxl_tiny, 128),
+    "flux-tiny": ("flux", build_flux_tiny, 128),
+}
+BENCH_MODELS: dict[str, tuple[str, Callable[[], Any], int]] = {
+    "sdxl-bench": ("sdxl", build_sdxl_bench, 256),
+}
+
+
+def _write_pipeline(folder: Path, build: Callable[[], Any], *, force: bool) -> None:
+    marker = folder / _MARKER
+    if not force and marker.is_file() and marker.read_text().strip() == TINY_VERSION \
+            and (folder / "model_index.json").is_file():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        build().save_pretrained(tmp, safe_serialization=True)
+        (tmp / _MARKER).write_text(TINY_VERSION + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def init_tiny(dest: Path, *, bench: bool = False, force: bool = False) -> Path:
+    """Write the tiny pipelines (and ``sdxl-bench`` when asked) into ``dest``; return ``dest/models.yaml``.
+
+    Entries already in an existing ``models.yaml`` (real weights) are kept. Folders written by the same
+    version of this module are reused unless ``force``.
+    """
+    from .registry import quiet_progress_bars
+
+    quiet_progress_bars()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = dict(TINY_MODELS)
+    if bench:
+        wanted.update(BENCH_MODELS)
+    models_file = dest / "models.yaml"
+    doc: dict[str, Any] = {}
+    if models_file.is_file():
+        doc = yaml.safe_load(models_file.read_text()) or {}
+    models: dict[str, Any] = dict(doc.get("models") or {})
+    for model_id, (family, build, max_side) in wanted.items():
+        _write_pipeline(dest / model_id, build, force=force)
+        models[model_id] = {
+            "family": family, "path": model_id, "dtype": "float32", "quantization": "none",
+            # the bench model stands in for a few-step distilled SDXL (Lightning/Hyper style): no CFG
+            "steps": 4, "guidance": 1.0 if model_id in BENCH_MODELS else 5.0, "scheduler": None, "max_side": max_side,
+        }
+    doc["models"] = models
+    tmp = models_file.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=True))
+    tmp.replace(models_file)
+    return models_file
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write tiny random-init diffusers pipelines and models.yaml")
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--bench", action="store_true", help="also write the bench-sized sdxl-bench")
+    parser.add_argument("--force", action="store_true", help="rebuild folders that already exist")
+    args = parser.parse_args(argv)
+    print(init_tiny(args.dest, bench=args.bench, force=args.force))
+
+
+if __name__ == "__main__":
+    main()
