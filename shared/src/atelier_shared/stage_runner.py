@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import Celery, shared_task
+from celery import Celery, Task, shared_task
 
 from .errors import JobCanceled, StageError
 from .runtime import RuntimeState, make_runtime
@@ -158,11 +158,15 @@ def stage_task(stage: str) -> Callable[[Callable[[StageContext], dict[str, Any]]
     """Register ``fn`` as the Celery task of ``stage`` (name ``atelier.stage.<stage>``)."""
 
     def decorate(fn: Callable[[StageContext], dict[str, Any]]) -> Any:
-        @shared_task(name=stage_task_name(stage), bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+        # stage_fn lives on the task class, so every app's instance of the task (and the shared_task
+        # proxy, whichever app is current) exposes the plain function for direct calls in tests
+        base = type(f"Stage[{stage}]", (Task,), {"stage_fn": staticmethod(fn)})
+
+        @shared_task(name=stage_task_name(stage), base=base, bind=True, acks_late=True, reject_on_worker_lost=True,
+                     ignore_result=True)
         def _task(self: Any, payload: dict[str, Any]) -> None:
             run_stage(self.app, payload, fn)
 
-        _task.stage_fn = fn  # type: ignore[attr-defined]
         return _task
 
     return decorate

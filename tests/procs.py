@@ -1,0 +1,76 @@
+"""Helpers to run Atelier processes (API, workers) as real subprocesses in tests and benches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+class Proc:
+    """One ``atelier ...`` process in its own process group, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.args, self.env = name, args, env
+        self.log = log_dir / f"{name}.log"
+        self.p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        fh = open(self.log, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.p = subprocess.Popen([str(BIN / "atelier"), *self.args], env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.p is not None
+        return self.p.pid
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the worker and any pool children)."""
+        if self.p and self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.p and self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+
+def wait_until(pred, timeout: float, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def cli(args: list[str], env: dict[str, str]) -> str:
+    out = subprocess.run([str(BIN / "atelier"), *args], env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"atelier {' '.join(args)} failed: {out.stderr}")
+    return out.stdout
+
+
+def api_key_from(output: str) -> str:
+    for line in output.splitlines():
+        if "api key" in line:
+            return line.rsplit(" ", 1)[-1].strip()
+    raise ValueError(f"no api key in {output!r}")
