@@ -87,6 +87,25 @@ def handoffs(rows: list[dict[str, Any]], graph: Any) -> list[float]:
     return out
 
 
+def diffusion_alone(models_file: Path, sizes: list[str], runs: int = 3) -> float:
+    """Seconds per image of the bench model in this process, with nothing else running (the baseline)."""
+    from atelier_gpu.recipes import text_to_image as t2i
+    from atelier_gpu.registry import ModelRegistry
+
+    reg = ModelRegistry(models_file)
+    spec = reg.spec("sdxl-bench")
+    pipe = reg.load("sdxl-bench")
+    dims = [t2i.generation_size(*map(int, sz.split("x")), spec.max_side or 256) for sz in sizes]
+    t2i.run(pipe, family=spec.family, prompt="warm up", width=dims[0][0], height=dims[0][1], steps=spec.steps,
+            guidance=spec.guidance, seed=0)
+    t0 = time.perf_counter()
+    for i in range(runs):
+        w, h = dims[i % len(dims)]
+        t2i.run(pipe, family=spec.family, prompt="a studio backdrop", width=w, height=h, steps=spec.steps,
+                guidance=spec.guidance, seed=i)
+    return (time.perf_counter() - t0) / runs
+
+
 def main() -> int:
     from atelier_gpu.tiny import init_tiny
     from atelier_migrations import upgrade
@@ -96,6 +115,7 @@ def main() -> int:
     models = WORK / "models"
     if not (models / "models.yaml").exists() or "sdxl-bench" not in (models / "models.yaml").read_text():
         init_tiny(models, bench=True)
+    alone = diffusion_alone(models / "models.yaml", CAMPAIGN["sizes"])  # type: ignore[arg-type]
     dbname = f"atelier_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
@@ -162,6 +182,7 @@ def main() -> int:
             "overhead_ratio": round(wall / diffusion, 3),
             "overhead_detail": {"images": images, "wall_s": round(wall, 3), "diffusion_s": round(diffusion, 3),
                                 "s_per_image": round(diffusion / images, 3), "model": "sdxl-bench",
+                                "s_per_image_alone": round(alone, 3),
                                 "gen_max_side": 256, "mean_handoff_ms": round(statistics.mean(hand), 2)},
             "machine": {"cpus": os.cpu_count(), "device": "cpu"},
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),

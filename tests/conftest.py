@@ -38,7 +38,6 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database migrated to head, dropped at the end."""
     import psycopg
-
     from atelier_migrations import upgrade
 
     name = f"atelier_test_{uuid.uuid4().hex[:10]}"

@@ -196,3 +196,48 @@ def test_sigkilled_gpu_worker_stage_is_redelivered(stack: Stack, keys: dict[str,
         assert len(keys_seen) == len(set(keys_seen)), "a redelivered stage wrote a duplicate artifact"
         assert sorted(a["name"] for a in arts if a["kind"] == "background") == ["1080x1080-v0", "1080x1080-v1"]
         assert len([a for a in arts if a["kind"] == "asset"]) == 2
+
+
+def test_cancel_interrupts_running_gpu_work(stack: Stack, keys: dict[str, str]) -> None:
+    """Cancel mid-diffusion: the job is canceled, nothing further starts, the GPU step loop stops."""
+    import redis
+
+    for name in ("gpu", "gpu-2"):
+        if name in stack.procs:
+            stack.procs[name].stop()
+    slow_env = dict(stack.env, ATELIER_GEN_STEPS="200", ATELIER_GEN_MAX_SIDE="512")
+    slow = stack.start("gpu-cancel", ["worker", "--queues", "gpu.diffusion,gpu.watermark", "--loglevel", "WARNING"], slow_env)
+    r = redis.Redis.from_url(stack.env["ATELIER_BROKER_URL"])
+    try:
+        with stack.client(keys["a"]) as c:
+            job_id = submit(c, "campaign", dict(CAMPAIGN, sizes=["1080x1080"], variants=1, seed=21, model="sdxl-tiny"))
+
+            def running_stage() -> str | None:
+                for s in c.get(f"/v1/jobs/{job_id}").json()["stages"]:
+                    if s["name"] == "gpu.background" and s["status"] == "running":
+                        return str(s["id"])
+                return None
+
+            stage_id = wait_until(running_stage, timeout=90, what="a running gpu.background stage")
+            resp = c.post(f"/v1/jobs/{job_id}/cancel")
+            assert resp.status_code == 202, resp.text
+            assert resp.json()["status"] == "canceled"
+
+            def beats_stopped() -> bool:
+                first = r.get(f"atelier:hb:{stage_id}")
+                time.sleep(1.5)
+                return first is not None and r.get(f"atelier:hb:{stage_id}") == first
+
+            wait_until(beats_stopped, timeout=20, what="the GPU step loop to stop")
+            job = c.get(f"/v1/jobs/{job_id}").json()
+            assert job["status"] == "canceled"
+            assert {s["status"] for s in job["stages"] if s["status"] != "succeeded"} == {"canceled"}
+            assert not [s for s in job["stages"] if s["name"] in ("render.ad", "gpu.watermark") and s["started_at"]]
+            arts = c.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]
+            assert not [a for a in arts if a["kind"] == "background"]
+            types = [e["type"] for e in follow_events(c, job_id, timeout=30)]
+            assert types[-1] == "job.canceled"
+            assert slow.p is not None and slow.p.poll() is None, "the worker must survive a cancel"
+    finally:
+        slow.stop()
+        stack.start("gpu", ["worker", "--queues", "gpu.diffusion,gpu.watermark", "--loglevel", "WARNING"])

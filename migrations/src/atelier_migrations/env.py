@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 from alembic import context
-
 from atelier_shared.db import make_engine
 from atelier_shared.models import Base
 

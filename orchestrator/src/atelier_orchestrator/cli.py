@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
 from atelier_shared.settings import Settings
 from atelier_shared.tasks import ALL_QUEUES, GPU_QUEUES
 

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import Image, ImageDraw
-from rich.console import Console
-from rich.table import Table
-
 from atelier_shared.auth import create_tenant, issue_key
 from atelier_shared.db import engine_from_settings, session_factory, session_scope
 from atelier_shared.models import Tenant
 from atelier_shared.settings import Settings
 from atelier_shared.storage import LocalStore
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.table import Table
 
 CAMPAIGN = {
     "brand": {"name": "Lumen Coffee", "palette": ["#3B2416", "#F5E6D3", "#C8102E"]},

@@ -7,12 +7,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from celery import Celery
-from celery.contrib.testing.worker import start_worker
-
 from atelier_shared.celeryapp import ROLE_MODULES, make_celery
 from atelier_shared.settings import Settings
 from atelier_shared.tasks import ALL_QUEUES
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
 
 from .reconciler import Reconciler
 from .tasks import orchestrator

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
-
 from atelier_shared.events import emit
 from atelier_shared.models import TERMINAL, Artifact, Job, Stage, utcnow
 from atelier_shared.settings import Settings
 from atelier_shared.storage import job_prefix
 from atelier_shared.tasks import StageProgress, StageResult, StageStarted, StageTask, stage_task_name
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from .graphs import GRAPHS, Graph, StageDef
 

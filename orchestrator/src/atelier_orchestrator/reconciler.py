@@ -13,13 +13,12 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
-
 from atelier_shared.models import Job, Stage
 from atelier_shared.runtime import RuntimeState
 from atelier_shared.settings import Settings
 from atelier_shared.tasks import T_START_JOB
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from . import engine
 
@@ -63,7 +62,10 @@ def reconcile_once(factory: sessionmaker[Session], runtime: RuntimeState, send: 
             continue
         cutoff = now - timedelta(seconds=limit)
         reason = f"no heartbeat for {now.timestamp() - last:.1f}s while {row.status}"
-        if engine.run_in_tx(factory, send, lambda s, o, r=row: engine.redrive(s, s.merge(r), o, reason=reason, not_since=cutoff, now=now)):
+        def _redrive(s: Session, o: engine.Outbox, r: Stage = row, why: str = reason, cut: datetime = cutoff) -> bool:
+            return engine.redrive(s, s.merge(r), o, reason=why, not_since=cut, now=now)
+
+        if engine.run_in_tx(factory, send, _redrive):
             report.stages_redriven += 1
             log.warning("re-drove stage %s[%s] of job %s: %s", row.name, row.item, row.job_id, reason)
     for job_id in stale_jobs:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, shared_task
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
-
 from atelier_shared.db import engine_from_settings, session_factory
 from atelier_shared.stage_runner import resources
 from atelier_shared.tasks import (
-    T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, T_START_JOB, StageProgress, StageResult, StageStarted,
+    T_STAGE_DONE,
+    T_STAGE_PROGRESS,
+    T_STAGE_STARTED,
+    T_START_JOB,
+    StageProgress,
+    StageResult,
+    StageStarted,
 )
+from celery import Celery, shared_task
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from . import engine
 

@@ -9,7 +9,14 @@ from kombu import Queue
 
 from .settings import Settings
 from .tasks import (
-    ALL_QUEUES, Q_ORCHESTRATOR, STAGE_QUEUES, T_CANCEL_JOB, T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, T_START_JOB,
+    ALL_QUEUES,
+    Q_ORCHESTRATOR,
+    STAGE_QUEUES,
+    T_CANCEL_JOB,
+    T_STAGE_DONE,
+    T_STAGE_PROGRESS,
+    T_STAGE_STARTED,
+    T_START_JOB,
     stage_task_name,
 )
 

@@ -74,7 +74,7 @@ def parse_split_ratio(split_ratio: str) -> list[tuple[float, list[float]]]:
     """
     if not _RATIO_RE.match(split_ratio):
         raise ValueError(f"split_ratio {split_ratio!r} is not RPG grammar like '1,1,1;1,1,1'")
-    rows_txt = [r for r in split_ratio.split(";")]
+    rows_txt = split_ratio.split(";")
     rows: list[tuple[float, list[float]]] = []
     if len(rows_txt) == 1:
         cells = [float(c) for c in rows_txt[0].split(",")]

@@ -24,8 +24,16 @@ from .runtime import RuntimeState, make_runtime
 from .settings import Settings
 from .storage import ArtifactStore, make_store, stage_key
 from .tasks import (
-    T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, ArtifactRecord, StageError_, StageProgress, StageResult,
-    StageStarted, StageTask, stage_task_name,
+    T_STAGE_DONE,
+    T_STAGE_PROGRESS,
+    T_STAGE_STARTED,
+    ArtifactRecord,
+    StageError_,
+    StageProgress,
+    StageResult,
+    StageStarted,
+    StageTask,
+    stage_task_name,
 )
 
 log = logging.getLogger(__name__)

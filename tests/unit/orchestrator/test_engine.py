@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-
 from atelier_migrations import upgrade
 from atelier_orchestrator import engine
 from atelier_orchestrator.graphs import GRAPHS
@@ -21,6 +19,7 @@ from atelier_shared.runtime import MemoryRuntime
 from atelier_shared.settings import Settings
 from atelier_shared.specs import CampaignSpec, StorySpec
 from atelier_shared.tasks import ArtifactRecord, StageResult, StageTask
+from sqlalchemy import func, select
 
 CAMPAIGN = {"brand": {"name": "B"}, "product": {"name": "P", "description": "d"}, "taglines": ["t"],
             "sizes": ["1080x1080", "1200x628"], "variants": 2}

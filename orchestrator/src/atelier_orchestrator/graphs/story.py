@@ -12,7 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from atelier_shared.tasks import (
-    S_CHARACTER_SHEET, S_CHARACTERS, S_CULTURE, S_DELIVER, S_SCENE, S_SCENE_LAYOUT, S_SCENES, S_STORY, S_STORYBOOK,
+    S_CHARACTER_SHEET,
+    S_CHARACTERS,
+    S_CULTURE,
+    S_DELIVER,
+    S_SCENE,
+    S_SCENE_LAYOUT,
+    S_SCENES,
+    S_STORY,
+    S_STORYBOOK,
     S_WATERMARK,
 )
 
