@@ -7,7 +7,7 @@ PACKAGES := shared migrations orchestrator services/api services/planner service
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit test-integration bench lint services clean
+.PHONY: help venv sysdeps demo test test-unit test-integration bench lint services clean
 
 help:
 	@echo "make demo   - set up and run one campaign and one story on the embedded default"
@@ -30,16 +30,19 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 services:
 	bash infra/dev/ensure-services.sh
 
-demo: venv
+sysdeps:
+	bash infra/dev/system-deps.sh
+
+demo: sysdeps venv
 	$(BIN)/atelier demo
 
-test: venv services
+test: sysdeps venv services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: sysdeps venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: venv services
+test-integration: sysdeps venv services
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 bench: venv services

@@ -55,7 +55,7 @@ def redis_url() -> Iterator[str]:
     """A Redis database number of our own, flushed before and after."""
     import redis
 
-    url = f"{REDIS_BASE}/11"
+    url = f"{REDIS_BASE}/{os.environ.get('ATELIER_TEST_REDIS_DB', '11')}"
     r = redis.Redis.from_url(url)
     r.flushdb()
     yield url
