@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atelier_gpu import tasks, watermark
+from atelier_gpu import tasks, watermark, watermark_tasks
 from atelier_gpu.registry import ModelRegistry
 from atelier_shared.errors import JobCanceled, StageError
 from atelier_shared.settings import Settings
@@ -214,7 +214,7 @@ def test_watermark_stage_embeds_the_job_payload(res):
     key = _render(res, job, (512, 384))
     ctx = _ctx(res, "gpu.watermark", "1080x1080-v0",
                {"render.ad": {"render_key": key, "width": 512, "height": 384}}, job_id=job)
-    out = tasks.watermark_asset.stage_fn(ctx)
+    out = watermark_tasks.watermark_asset.stage_fn(ctx)
     payload = watermark.payload_for(TENANT, job)
     assert out["asset_key"] == f"{job_prefix(TENANT, job)}/gpu.watermark/1080x1080-v0.png"
     assert (out["width"], out["height"]) == (512, 384)
@@ -233,11 +233,11 @@ def test_watermark_stage_refuses_bad_inputs(res):
     ctx = _ctx(res, "gpu.watermark", "p1", {"render.storybook": {"render_key": small, "width": 128, "height": 128}},
                kind="story", job_id=job)
     with pytest.raises(StageError, match="256x256") as err:
-        tasks.watermark_asset.stage_fn(ctx)
+        watermark_tasks.watermark_asset.stage_fn(ctx)
     assert err.value.retryable is False
     two = {"render.ad": {"render_key": small}, "render.storybook": {"render_key": small}}
     with pytest.raises(StageError, match="exactly one upstream"):
-        tasks.watermark_asset.stage_fn(_ctx(res, "gpu.watermark", "p1", two, job_id=job))
+        watermark_tasks.watermark_asset.stage_fn(_ctx(res, "gpu.watermark", "p1", two, job_id=job))
 
 
 def test_watermark_stage_retries_when_readback_fails(res, monkeypatch):
@@ -246,6 +246,6 @@ def test_watermark_stage_retries_when_readback_fails(res, monkeypatch):
     monkeypatch.setattr(watermark, "embed", lambda image, payload: image.convert("RGB"))  # a broken embedder
     ctx = _ctx(res, "gpu.watermark", "x", {"render.ad": {"render_key": key, "width": 512, "height": 512}}, job_id=job)
     with pytest.raises(StageError, match="did not read back") as err:
-        tasks.watermark_asset.stage_fn(ctx)
+        watermark_tasks.watermark_asset.stage_fn(ctx)
     assert err.value.retryable is True
     assert ctx.artifacts == []
