@@ -13,6 +13,7 @@ EVENT_TYPES = (
     "job.created", "job.started", "job.succeeded", "job.failed", "job.canceled",
     "stage.queued", "stage.started", "stage.progress", "stage.completed", "stage.failed", "stage.retrying",
     "stage.redriven", "artifact.created",
+    "stage.gate", "stage.regenerating", "job.warning",  # issue 5: quality gates (best-of-N) and their warnings
 )
 
 

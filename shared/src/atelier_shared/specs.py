@@ -36,6 +36,9 @@ class Brand(_Spec):
     palette: list[HEX_COLOR] = Field(default_factory=lambda: ["#1F2937", "#F9FAFB"], min_length=1, max_length=8)
     font: Identifier | None = None
     logo: Identifier | None = Field(default=None, description="Artifact id of an uploaded logo image.")
+    # issue 6: filled from a brand kit (/v1/brands) when the job names ``brand_id``
+    font_artifact: Identifier | None = Field(default=None, description="Artifact id of the brand kit's TTF/OTF font.")
+    tone: ShortText | None = Field(default=None, description="Brand voice, e.g. 'warm, confident'.")
 
 
 class Product(_Spec):
@@ -56,6 +59,11 @@ class CampaignSpec(_Spec):
     variants: int = Field(default=1, ge=1, le=8)
     model: Identifier | None = None
     seed: Seed | None = None
+    # issue 6: a tenant's brand kit (its fields fill ``brand`` at submission); the ad backdrop
+    brand_id: Identifier | None = Field(default=None, description="Brand kit id (/v1/brands); fills `brand` at submission.")
+    backdrop: Literal["generated", "studio"] = Field(
+        default="generated", description="generated: the GPU background; studio: a brand-palette studio sweep drawn "
+                                         "by the renderer (no GPU needed).")
 
     @field_validator("sizes")
     @classmethod

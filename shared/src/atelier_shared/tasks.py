@@ -47,6 +47,7 @@ S_CHARACTER_SHEET = "gpu.character_sheet"
 S_SCENE_LAYOUT = "plan.scene_layout"
 S_SCENE = "gpu.scene"
 S_STORYBOOK = "render.storybook"
+S_GATE_IDENTITY = "gate.identity"  # issue 5: identity quality gate of story scenes (ID-Aligner reward)
 
 STAGE_QUEUES: dict[str, str] = {
     S_AD_PROMPTS: Q_PLANNING,
@@ -63,6 +64,7 @@ STAGE_QUEUES: dict[str, str] = {
     S_SCENE_LAYOUT: Q_PLANNING,
     S_SCENE: Q_GPU_DIFFUSION,
     S_STORYBOOK: Q_RENDER,
+    S_GATE_IDENTITY: Q_GPU_IDENTITY,
 }
 
 
@@ -103,6 +105,9 @@ class StageTask(BaseModel):
     spec: dict[str, Any]
     upstream: dict[str, Any] = Field(default_factory=dict)
     key_prefix: str
+    # issue 5 (quality gates): 0 for the first generation of an item, n for its n-th regeneration asked by a
+    # gate (best-of-N); a regenerated stage offsets its seed by it and writes its artifact under a new name
+    regeneration: int = Field(default=0, ge=0)
 
 
 class StageError_(BaseModel):
@@ -125,6 +130,7 @@ class StageResult(BaseModel):
     started_at: datetime
     finished_at: datetime
     gpu_seconds: float = 0.0
+    regeneration: int = Field(default=0, ge=0)  # issue 5: echoes StageTask.regeneration (stale results are dropped)
 
 
 class StageStarted(BaseModel):
