@@ -227,8 +227,17 @@ def test_settings_match_the_backing_services(services: dict[str, dict[str, Any]]
     assert "minio:9000" in init
 
 
+# settings only one service uses, added on top of the shared x-atelier-env (issue 3: the planner's LLM)
+SERVICE_ONLY_ENV = {"planner": {"ATELIER_PLANNER_BACKEND", "ATELIER_LLM_BASE_URL", "ATELIER_LLM_MODEL"}}
+
+
 def test_all_atelier_services_share_one_environment(services: dict[str, dict[str, Any]]) -> None:
     envs = {name: env_of(services[name]) for name in ATELIER_SERVICES}
+    for name, only in SERVICE_ONLY_ENV.items():
+        assert only <= set(envs[name]), f"{name} lost {sorted(only - set(envs[name]))}"
+        others = [n for n in envs if n != name and only & set(envs[n])]
+        assert not others, f"{sorted(only)} belong to {name} only, not {others}"
+        envs[name] = {k: v for k, v in envs[name].items() if k not in only}
     assert len({tuple(sorted(e.items())) for e in envs.values()}) == 1, "the x-atelier-env anchor drifted"
 
 
@@ -275,9 +284,12 @@ def test_vllm_serves_a_local_model_offline(compose: dict[str, Any], services: di
     served = option_value(args, "--served-model-name")
     port = option_value(args, "--port")
     assert "/health" in " ".join(vllm["healthcheck"]["test"])
-    base = urlsplit(compose["x-future-env"]["ATELIER_LLM_BASE_URL"])
+    planner = env_of(services["planner"])
+    base = urlsplit(planner["ATELIER_LLM_BASE_URL"])
     assert (base.hostname, str(base.port), base.path) == ("vllm", port, "/v1")
-    assert compose["x-future-env"]["ATELIER_LLM_MODEL"] == served
+    assert planner["ATELIER_LLM_MODEL"] == served
+    assert planner["ATELIER_PLANNER_BACKEND"] == "openai"
+    assert depends_of(services["planner"]).get("vllm") == HEALTHY, "the planner waits for a healthy vllm"
 
 
 # ---------------------------------------------------------------- start-up order and health

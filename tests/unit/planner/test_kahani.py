@@ -9,7 +9,8 @@ from atelier_planner.common import load_data
 from atelier_shared.plans import LayoutPlan, StoryPlan
 from atelier_shared.specs import StorySpec
 
-CULTURES = ["Kerala, India", "Punjab", "Japan", "Oaxaca, Mexico", "Yoruba, Nigeria", "Cairo, Egypt", "Peru"]
+CULTURES = ["Kerala, India", "Punjab", "Japan", "Oaxaca, Mexico", "Yoruba, Nigeria", "Cairo, Egypt", "Peru", "Bahia",
+            "Sicily", "Galway", "Mombasa", "Hội An", "Jeonju, Korea", "Jamaica", "Faroe Islands"]
 DEVANAGARI = re.compile(r"[\u0900-\u097F]")
 
 
@@ -23,14 +24,20 @@ def story(**over: Any) -> StorySpec:
 @pytest.mark.parametrize("culture,key", [("Kerala, India", "india/kerala"), ("a Punjabi village", "india/punjab"),
                                          ("north India", "india/punjab"), ("Kyoto, Japan", "japan"),
                                          ("Mexican", "mexico"), ("Ibadan", "nigeria/yoruba"),
-                                         ("Nubian Egypt", "egypt"), ("Peru", "generic")])
+                                         ("Nubian Egypt", "egypt"), ("Peru", "peru/andes"),
+                                         ("Salvador, Bahia", "brazil/bahia"), ("Palermo", "italy/sicily"),
+                                         ("Connemara", "ireland"), ("Lamu, Kenya", "kenya/swahili"),
+                                         ("Hội An", "vietnam"), ("Seoul", "korea"), ("Kingston", "jamaica"),
+                                         ("the Faroe Islands", "generic")])
 def test_resolve_culture(culture: str, key: str) -> None:
     assert kahani.resolve_culture(culture)["key"] == key
 
 
 def test_lexicon_entries_are_specific_and_complete() -> None:
     lex = load_data("cultures.json")
-    assert len(lex["cultures"]) >= 6
+    assert len(lex["cultures"]) >= 12
+    assert len({c["continent"] for c in lex["cultures"]}) >= 4
+    assert len({c["key"] for c in lex["cultures"]}) == len(lex["cultures"])
     roles = {"girl", "boy", "woman", "man", "grandmother", "grandfather"}
     for entry in lex["cultures"]:
         assert set(entry["dress"]) == roles and set(entry["hair"]) == roles and set(entry["names"]) == roles
@@ -51,10 +58,10 @@ def test_culture_notes_are_specific() -> None:
 
 
 def test_generic_culture_uses_the_culture_string() -> None:
-    out = kahani.culture_stage(story(culture="Andes of Peru"), job_id="j")
+    out = kahani.culture_stage(story(culture="Faroe Islands"), job_id="j")
     assert out["culture"]["key"] == "generic"
-    assert all("Andes of Peru" in n for n in out["culture_notes"][:1])
-    assert "Andes of Peru" in out["culture"]["picks"]["place"]["scene"]
+    assert all("Faroe Islands" in n for n in out["culture_notes"][:1])
+    assert "Faroe Islands" in out["culture"]["picks"]["place"]["scene"]
 
 
 def test_long_generic_culture_keeps_story_bounded() -> None:

@@ -37,7 +37,7 @@ def test_category_from_product_keywords() -> None:
 def test_prompts_use_product_brand_and_scene() -> None:
     spec = campaign()
     out = paid.ad_prompts(spec, job_id="job-1")
-    assert set(out) == {"prompts", "negative_prompt", "regional"}
+    assert {"prompts", "negative_prompt", "regional", "background_objects"} <= set(out)
     assert out["prompts"]["foreground"].startswith("Cold Brew Coffee, ")
     bg = out["prompts"]["background"]
     assert "brown" in bg and "cream" in bg  # brand palette → style words
@@ -88,7 +88,7 @@ def test_text_never_overlaps_product_and_stays_inside(taglines: list[str], cta: 
             assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
     v = plan.variants[0]
     roles = [b.role for b in v.layout.boxes]
-    assert roles.count("tagline") == min(2, len(taglines))
+    assert roles.count("tagline") == min(3, len(taglines))
     assert ("cta" in roles) == bool(cta) and ("logo" in roles) == bool(logo)
     assert len(v.text_styles) == roles.count("tagline") + roles.count("cta")
 

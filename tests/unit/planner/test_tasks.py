@@ -32,7 +32,8 @@ def _stored_plan(ctx: StageContext, name: str) -> Any:
 def test_campaign_chain(make_ctx: MakeCtx) -> None:
     ctx = make_ctx(stage="plan.ad_prompts", kind="campaign", spec=CAMPAIGN)
     prompts = tasks.ad_prompts.stage_fn(ctx)
-    assert set(prompts) == {"prompts", "negative_prompt", "regional"}
+    assert {"prompts", "negative_prompt", "regional", "planner", "metrics"} <= set(prompts)
+    assert prompts["planner"]["backend"] == "rules" and prompts["metrics"]["regional"]["covers_canvas_exactly_once"]
     RegionalPlan.model_validate(prompts["regional"])
     assert _stored_plan(ctx, "ad_prompts") == prompts
 
@@ -107,3 +108,27 @@ def test_run_stage_reports_bad_spec_as_non_retryable(make_ctx: MakeCtx, app_stub
 def test_tasks_registered_under_stage_names() -> None:
     assert tasks.ad_prompts.name == "atelier.stage.plan.ad_prompts"
     assert tasks.scene_layout.name == "atelier.stage.plan.scene_layout"
+
+
+def test_backend_comes_from_settings_once_per_worker(make_ctx: MakeCtx, resources: Any) -> None:
+    from atelier_planner.backends.rules import RulesBackend
+
+    ctx = make_ctx(stage="plan.culture", kind="story", spec=STORY)
+    first = tasks.backend_for(ctx)
+    assert isinstance(first, RulesBackend) and tasks.backend_for(make_ctx(stage="plan.story", kind="story",
+                                                                          spec=STORY)) is first
+    assert resources.extras[tasks.BACKEND_KEY] is first
+
+
+def test_every_stage_output_records_planner_and_metrics(make_ctx: MakeCtx) -> None:
+    out = tasks.ad_layout.stage_fn(make_ctx(stage="plan.ad_layout", kind="campaign", spec=CAMPAIGN))
+    assert out["planner"] == {"backend": "rules", "engine": "rules", "model": "rules-v1", "prompt_version": "rules-1",
+                              "fallback": None}
+    assert set(out["metrics"]) == set(CAMPAIGN["sizes"]) == set(out["layouts"])
+    assert out["layouts"]["1080x1920"]["safe_zone"]["top"] == 0.14
+    ctx = make_ctx(stage="plan.story", kind="story", spec=STORY)
+    story = tasks.story.stage_fn(ctx)
+    assert story["metrics"]["words"] <= 250 and story["metrics"]["reading_grade"] is not None
+    assert ctx.artifacts[0].meta == {"planner": story["planner"], "metrics": story["metrics"]}
+    scenes = tasks.scenes.stage_fn(make_ctx(stage="plan.scenes", kind="story", spec=STORY))
+    assert len(scenes["metrics"]["scenes"]) == STORY["pages"]

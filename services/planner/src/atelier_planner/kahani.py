@@ -1,8 +1,10 @@
 """KAHANI offline planner: culture notes → story → characters → scenes, from a curated lexicon.
 
 * Culture: ``data/cultures.json`` holds specific notes (places, dress, food, festivals, architecture,
-  names) for India/Kerala, India/Punjab, Japan, Mexico, Nigeria/Yoruba and Egypt; any other culture
-  string gets the generic entry with that string written into every note. Items that share words
+  names) for 14 cultures on five continents — Kerala and Punjab (India), Japan, Korea, Hội An (Vietnam),
+  Yorubaland (Nigeria), Egypt, the Swahili coast (Kenya), Mexico, Jamaica, the Andes (Peru), Bahia
+  (Brazil), Sicily (Italy) and the west of Ireland; any other culture string gets the generic entry with
+  that string written into every note. Items that share words
   with the premise are preferred; the rest is chosen by the job's seed.
 * Story: beat templates (``data/story_beats.json``) in English and Hindi, at most 250 words. Other
   languages get the English text; the requested language is still recorded in the plan, and
@@ -392,15 +394,22 @@ def _style(spec: StorySpec) -> str:
     return spec.style or str(load_data("story_beats.json")["default_style"])
 
 
-def character_for(c: CastSpec, culture: dict[str, Any], spec: StorySpec, seed: int, index: int) -> Character:
-    noun = ROLE_NOUN[c.role]
-    description = f"{c.age}-year-old {noun} from {culture['label']} with {c.skin}, {c.hair}, wearing {c.dress}"
-    sheet_prompt = (f"(full body:1.5), {noun} from {culture['label']}, {c.age}-year-old, {c.skin}, in {c.dress}, "
-                    f"{c.hair}, (standing:1.5), front view, looking at viewer, (plain white background:1.3), "
-                    f"({_style(spec)}:1.2)")
+def make_character(*, index: int, name: str, role: str, age: int, skin: str, hair: str, dress: str, place: str,
+                   style: str, seed: int) -> Character:
+    """A Character with KAHANI's visual-only description and character-sheet prompt (id ``c<index>``)."""
+    noun = ROLE_NOUN.get(role, role)
+    description = f"{age}-year-old {noun} from {place} with {skin}, {hair}, wearing {dress}"
+    sheet_prompt = (f"(full body:1.5), {noun} from {place}, {age}-year-old, {skin}, in {dress}, "
+                    f"{hair}, (standing:1.5), front view, looking at viewer, (plain white background:1.3), "
+                    f"({style}:1.2)")
     cid = f"c{index}"
-    return Character(id=cid, name=c.name, description=description, sheet_prompt=sheet_prompt,
+    return Character(id=cid, name=name, description=description, sheet_prompt=sheet_prompt,
                      seed=derived_seed(seed, "character", cid))
+
+
+def character_for(c: CastSpec, culture: dict[str, Any], spec: StorySpec, seed: int, index: int) -> Character:
+    return make_character(index=index, name=c.name, role=c.role, age=c.age, skin=c.skin, hair=c.hair, dress=c.dress,
+                          place=culture["label"], style=_style(spec), seed=seed)
 
 
 def characters_stage(spec: StorySpec, *, job_id: str, culture_output: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -517,18 +526,25 @@ def scenes_stage(spec: StorySpec, *, job_id: str, story_output: dict[str, Any] |
 
 
 def scene_layouts(plan: StoryPlan, *, sheets: dict[str, str], job_id: str,
-                  planner: PlannerInfo = RULES_PLANNER) -> list[LayoutPlan]:
+                  planner: PlannerInfo = RULES_PLANNER, require_sheets: bool = True) -> list[LayoutPlan]:
     """One LayoutPlan per scene (index order): a backdrop box plus one character box per cast member,
-    whose ``ref_artifact`` is that character's sheet key. Raises KeyError naming a missing sheet."""
+    whose ``ref_artifact`` is that character's sheet key. Raises KeyError naming a missing sheet, unless
+    ``require_sheets`` is false (a preview, before any sheet exists: ``ref_artifact`` stays None)."""
     layouts = []
     for scene in sorted(plan.scenes, key=lambda s: s.index):
         boxes = [full_canvas_box(scene.backdrop)]
         for member in scene.cast:
-            if member.character_id not in sheets:
+            if member.character_id not in sheets and require_sheets:
                 raise KeyError(f"no character sheet for {member.character_id}")
-            boxes.append(member.box.model_copy(update={"ref_artifact": sheets[member.character_id]}))
+            boxes.append(member.box.model_copy(update={"ref_artifact": sheets.get(member.character_id)}))
         layouts.append(LayoutPlan(
             plan_id=plan_id_for(job_id, STAGE_SCENE_LAYOUT, scene.index), seed=derived_seed(plan.seed, "scene", scene.index),
             width=SCENE_WIDTH, height=SCENE_HEIGHT, negative_prompt=plan.negative_prompt, planner=planner,
             global_caption=scene.scene_prompt, boxes=boxes))
     return layouts
+
+
+# public names for the LLM planners, which build on the same templates
+style_for = _style
+culture_from = _culture_from
+cast_boxes = _cast_boxes

@@ -2,8 +2,9 @@
 
 Prompt stage (PAID stage 1): the product's category is found from keywords in its name (weight 3)
 and description (weight 1) and picks a scene template (``data/paid_scenes.json``); the brand's palette
-adds colour and mood words. Layout stage (PAID stage 2): per-aspect templates from
-:mod:`atelier_planner.layout`; background objects from the scene get entity boxes (CreatiLayout).
+adds colour and mood words. Layout stage (PAID stage 2): the constraint solver of
+:func:`atelier_planner.layout.solve_ad_layout` (arrangement by aspect ratio inside the channel's safe zone);
+background objects from the scene get entity boxes in the free space (CreatiLayout designer).
 
 Box conventions of an ad LayoutPlan (the renderer relies on them):
 
@@ -11,14 +12,19 @@ Box conventions of an ad LayoutPlan (the renderer relies on them):
 * ``entity`` — one per background object, z 1;
 * ``product`` — caption = foreground caption, z 2;
 * ``underlay`` — only when no palette colour reaches WCAG 4.5:1 on the scene's assumed background, z 3;
-* ``tagline`` — the headline box has caption ``"headline: <text>"``; the second tagline (if any) gets
-  a ``tagline`` box with caption ``"sub: <text>"``; z 4;
+* ``tagline`` — the headline box has caption ``"headline: <text>"``; the second and third taglines (if
+  any) get ``tagline`` boxes with caption ``"sub: <text>"``; z 4;
 * ``cta`` — caption ``"cta: <text>"`` (only when the spec has a CTA), z 4;
 * ``logo`` — caption ``"logo: <brand>"``, ``ref_artifact`` = the logo's upload id (only when the brand has a logo), z 4.
 
 ``AdVariant.text_styles`` holds one TextStyle per text box, in the order the boxes appear
-(headline, sub, cta). Extra taglines beyond the second are kept in ``AdPlan.taglines`` (level
-``sub``) but get no box. Text boxes never overlap the product box.
+(headline, subs, cta). Taglines beyond the third are kept in ``AdPlan.taglines`` (level ``sub``) but get
+no box. Text, logo and underlay boxes never overlap the product box unless ``allow_occlude`` (then they
+cover at most a quarter of it); every graphic box lies inside the channel's safe zone
+(:func:`atelier_planner.layout.safe_zone_for`), background objects inside the canvas.
+
+Both the rules layout and an LLM's layout go through :func:`assemble_variant` (CreatiLayout repair,
+then the checks), so the renderer sees one convention whichever backend drew it.
 """
 
 from __future__ import annotations
@@ -44,21 +50,28 @@ from atelier_shared.specs import Brand, CampaignSpec, parse_size
 from . import rpg
 from .colors import WCAG_AA, best_pair, black_or_white, color_name, contrast_ratio, first_passing, palette_mood
 from .common import RULES_PLANNER, clean_text, load_data, plan_id_for, seed_for, stable_index, truncate_words
+from .designer import Draft, place_in_free_space, repair_drafts, size_prior
 from .layout import (
+    GRAPHIC_ROLES,
     MAX_BOXES,
+    MAX_OCCLUSION,
+    MAX_TAGLINE_BOXES,
     TEXT_ROLES,
     Z_ENTITY,
     Z_LOGO,
     Z_PRODUCT,
     Z_TEXT,
     Z_UNDERLAY,
-    AdTemplate,
+    AdSlots,
+    SafeZone,
+    area,
     full_canvas_box,
-    overlaps,
-    rounded,
-    template_for,
-    union,
+    inside_canvas,
+    intersection,
+    safe_zone_for,
+    solve_ad_layout,
 )
+from .metrics import layout_metrics
 
 STAGE_PROMPTS = "plan.ad_prompts"
 STAGE_LAYOUT = "plan.ad_layout"
@@ -128,7 +141,8 @@ def ad_prompts(spec: CampaignSpec, *, job_id: str, planner: PlannerInfo = RULES_
     regional: RegionalPlan = rpg.recaption(bg, plan_id=plan_id_for(job_id, STAGE_PROMPTS), seed=seed, width=w, height=h,
                                            negative_prompt=neg, planner=planner)
     return {"prompts": {"foreground": fg, "background": bg}, "negative_prompt": neg,
-            "regional": regional.model_dump(mode="json")}
+            "regional": regional.model_dump(mode="json"), "background_objects": list(scene.objects),
+            "category": scene.category}
 
 
 # ---------------------------------------------------------------- layout
@@ -166,69 +180,151 @@ def _taglines(spec: CampaignSpec) -> list[Tagline]:
     return out
 
 
-def layout_variant(spec: CampaignSpec, *, size: str, job_id: str, seed: int, prompts: AdPrompts, scene: Scene,
-                   negative: str, planner: PlannerInfo = RULES_PLANNER) -> AdVariant:
-    """One AdVariant (LayoutPlan + text styles) for one target size."""
+def allow_occlude_of(spec: CampaignSpec, default: bool = False) -> bool:
+    """PAID's ``allow_occlude``: the product spec's flag when the spec carries one, else ``default`` (settings)."""
+    value = getattr(spec.product, "allow_occlude", None)
+    return default if value is None else bool(value)
+
+
+def text_captions(spec: CampaignSpec) -> list[str]:
+    """Captions of the tagline boxes, in reading order: ``headline: ...``, then ``sub: ...``."""
+    return [f"{'headline' if i == 0 else 'sub'}: {t}" for i, t in enumerate(spec.taglines[:MAX_TAGLINE_BOXES])]
+
+
+def rules_drafts(spec: CampaignSpec, *, width: int, height: int, objects: list[str], colours: Colours,
+                 safe: SafeZone, allow_occlude: bool = False) -> tuple[list[Draft], AdSlots]:
+    """The offline layout of one size: solved slots plus background objects placed in the free space."""
+    slots = solve_ad_layout(width, height, taglines=len(spec.taglines), cta=bool(spec.cta), logo=bool(spec.brand.logo),
+                            underlay=colours.underlay is not None, allow_occlude=allow_occlude, safe=safe)
+    drafts = [Draft("product", slots.product, "", Z_PRODUCT, spec.product.image)]
+    if slots.underlay is not None:
+        drafts.append(Draft("underlay", slots.underlay, "underlay", Z_UNDERLAY))
+    drafts += [Draft("tagline", b, c, Z_TEXT) for b, c in zip(slots.texts, text_captions(spec), strict=False)]
+    if spec.cta and slots.cta is not None:
+        drafts.append(Draft("cta", slots.cta, f"cta: {spec.cta}", Z_TEXT))
+    if spec.brand.logo and slots.logo is not None:
+        drafts.append(Draft("logo", slots.logo, f"logo: {spec.brand.name}", Z_LOGO, spec.brand.logo))
+    occupied = [d.bbox for d in drafts]
+    room = MAX_BOXES - 1 - len(drafts)
+    for obj in objects[:max(0, room)]:
+        w, h = size_prior(obj)
+        # priors are for a square canvas: keep the object's shape on wide or tall targets
+        scale = min(1.0, height / width) if width > height else min(1.0, width / height)
+        # at least the repair's 16 px minimum on the shorter side, so the repair never grows an object into text
+        spot = place_in_free_space((w * scale if width > height else w, h * scale if height > width else h), occupied,
+                                   min_size=max(0.04, 17 / min(width, height)))
+        if spot is not None:
+            drafts.append(Draft("entity", spot, obj, Z_ENTITY))
+            occupied.append(spot)
+    return drafts, slots
+
+
+_ORDER = {"background": 0, "entity": 1, "product": 2, "underlay": 3, "tagline": 4, "cta": 5, "logo": 6}
+
+
+def assemble_variant(spec: CampaignSpec, *, size: str, drafts: list[Draft], colours: Colours, align: str,
+                     job_id: str, seed: int, prompts: AdPrompts, negative: str, planner: PlannerInfo,
+                     safe: SafeZone, allow_occlude: bool = False) -> tuple[AdVariant, dict[str, Any]]:
+    """Repair drafted boxes into the ad-layout convention, check them, and add text styles and metrics."""
     w, h = parse_size(size)
-    t: AdTemplate = template_for(w, h)
-    colours = choose_colours(list(spec.brand.palette), scene.tone)
-    has_sub = len(spec.taglines) > 1
-    headline_box = t.headline if has_sub else union(t.headline, t.sub)
-
-    boxes: list[Box] = [full_canvas_box(prompts.background)]
-    text_boxes: list[Box] = [Box(bbox=rounded(headline_box), caption=f"headline: {spec.taglines[0]}", role="tagline", z=Z_TEXT)]
-    styles = [TextStyle(box_role="tagline", font=spec.brand.font, color=colours.text, underlay_color=colours.underlay,
-                        align=t.align)]
-    if has_sub:
-        text_boxes.append(Box(bbox=rounded(t.sub), caption=f"sub: {spec.taglines[1]}", role="tagline", z=Z_TEXT))
-        styles.append(TextStyle(box_role="tagline", font=spec.brand.font, color=colours.text,
-                                underlay_color=colours.underlay, align=t.align))
-    if spec.cta:
-        text_boxes.append(Box(bbox=rounded(t.cta), caption=f"cta: {spec.cta}", role="cta", z=Z_TEXT))
-        styles.append(TextStyle(box_role="cta", font=spec.brand.font, color=colours.cta_text,
-                                underlay_color=colours.cta_fill, align="center"))
-    graphic: list[Box] = [Box(bbox=rounded(t.product), caption=prompts.foreground, role="product", z=Z_PRODUCT,
-                              ref_artifact=spec.product.image)]
-    if colours.underlay is not None:
-        graphic.append(Box(bbox=rounded(t.underlay), caption="underlay", role="underlay", z=Z_UNDERLAY))
-    graphic.extend(text_boxes)
-    if spec.brand.logo:
-        graphic.append(Box(bbox=rounded(t.logo), caption=f"logo: {spec.brand.name}", role="logo", z=Z_LOGO,
-                           ref_artifact=spec.brand.logo))
-    room = MAX_BOXES - len(boxes) - len(graphic)
-    for obj, slot in list(zip(scene.objects, t.objects, strict=False))[:max(0, room)]:
-        boxes.append(Box(bbox=rounded(slot), caption=obj, role="entity", z=Z_ENTITY))
-    boxes.extend(graphic)
-
-    check_ad_layout(boxes)
+    raw = layout_metrics([(d.role, d.bbox, d.z) for d in drafts], safe=safe)
+    fixed = repair_drafts(drafts, width=w, height=h, safe=safe, allow_occlude=allow_occlude)
+    body = sorted(fixed.boxes, key=lambda b: _ORDER.get(b.role, 9))  # stable: reading order inside a role
+    for b in body:
+        if b.role == "product":
+            b.caption, b.ref_artifact = prompts.foreground, spec.product.image
+    boxes = [full_canvas_box(prompts.background), *body]
+    check_ad_layout(boxes, safe=safe, allow_occlude=allow_occlude)
+    styles = []
+    for b in boxes:
+        if b.role == "tagline":
+            styles.append(TextStyle(box_role="tagline", font=spec.brand.font, color=colours.text,
+                                    underlay_color=colours.underlay, align=align))  # type: ignore[arg-type]
+        elif b.role == "cta":
+            styles.append(TextStyle(box_role="cta", font=spec.brand.font, color=colours.cta_text,
+                                    underlay_color=colours.cta_fill, align="center"))
     layout = LayoutPlan(plan_id=plan_id_for(job_id, STAGE_LAYOUT, size), seed=seed, width=w, height=h,
                         negative_prompt=negative, planner=planner, global_caption=prompts.background, boxes=boxes)
-    return AdVariant(target=Target(w=w, h=h, name=size), layout=layout, text_styles=styles)
+    info = {"safe_zone": safe.as_dict(), "allow_occlude": allow_occlude, "metrics": layout_metrics(boxes, safe=safe),
+            "raw_metrics": raw, "repairs": fixed.notes}
+    return AdVariant(target=Target(w=w, h=h, name=size), layout=layout, text_styles=styles), info
 
 
-def check_ad_layout(boxes: list[Box]) -> None:
-    """Invariants every ad layout keeps: no text box on the product, all inside the canvas, <= 10 boxes."""
+def layout_problems(boxes: list[Box], *, safe: SafeZone | None = None, allow_occlude: bool = False) -> list[str]:
+    """What breaks the ad-layout invariants (empty when none): <= 10 boxes, one product, boxes inside the
+    canvas, graphics inside the safe zone, nothing covering the product (or at most a quarter of it)."""
+    problems = []
     if len(boxes) > MAX_BOXES:
-        raise ValueError(f"layout has {len(boxes)} boxes; at most {MAX_BOXES}")
+        problems.append(f"layout has {len(boxes)} boxes; at most {MAX_BOXES}")
     products = [b for b in boxes if b.role == "product"]
+    if len(products) != 1:
+        problems.append(f"layout has {len(products)} product boxes; exactly one is needed")
     for b in boxes:
-        x1, y1, x2, y2 = b.bbox
-        if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
-            raise ValueError(f"box {b.caption!r} leaves the canvas")
-        if b.role in TEXT_ROLES and any(overlaps(b.bbox, p.bbox) for p in products):
-            raise ValueError(f"text box {b.caption!r} overlaps the product box")
+        if not inside_canvas(b.bbox):
+            problems.append(f"box {b.caption!r} leaves the canvas")
+        if safe is not None and b.role in GRAPHIC_ROLES and not safe.contains(b.bbox):
+            problems.append(f"{b.role} box {b.caption!r} leaves the {safe.name} safe zone {list(safe.rect)}")
+    if products:
+        p = products[0].bbox
+        covering = [b for b in boxes if b.role in (*TEXT_ROLES, "logo", "underlay")]
+        if not allow_occlude:
+            for b in covering:
+                if intersection(b.bbox, p) is not None:
+                    problems.append(f"{b.role} box {b.caption!r} overlaps the product box")
+        else:
+            occluded = layout_metrics(boxes)["product_occlusion"] or 0.0
+            if occluded > MAX_OCCLUSION:
+                problems.append(f"graphics cover {occluded:.0%} of the product; at most {MAX_OCCLUSION:.0%}")
+    return problems
 
 
-def ad_layout(spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any] | None = None,
-              planner: PlannerInfo = RULES_PLANNER) -> AdPlan:
-    """Output plan of ``plan.ad_layout``: an AdPlan with one variant per target size."""
+def check_ad_layout(boxes: list[Box], *, safe: SafeZone | None = None, allow_occlude: bool = False) -> None:
+    """Raise ValueError naming every broken invariant of :func:`layout_problems`."""
+    problems = layout_problems(boxes, safe=safe, allow_occlude=allow_occlude)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def layout_variant(spec: CampaignSpec, *, size: str, job_id: str, seed: int, prompts: AdPrompts, scene: Scene,
+                   negative: str, planner: PlannerInfo = RULES_PLANNER, objects: list[str] | None = None,
+                   allow_occlude: bool = False) -> tuple[AdVariant, dict[str, Any]]:
+    """One AdVariant (LayoutPlan + text styles) for one target size, and its layout info (metrics, repairs)."""
+    w, h = parse_size(size)
+    safe = safe_zone_for(w, h)
+    colours = choose_colours(list(spec.brand.palette), scene.tone)
+    drafts, slots = rules_drafts(spec, width=w, height=h, objects=list(scene.objects if objects is None else objects),
+                                 colours=colours, safe=safe, allow_occlude=allow_occlude)
+    variant, info = assemble_variant(spec, size=size, drafts=drafts, colours=colours, align=slots.align, job_id=job_id,
+                                     seed=seed, prompts=prompts, negative=negative, planner=planner, safe=safe,
+                                     allow_occlude=allow_occlude)
+    info["arrangement"] = slots.arrangement
+    return variant, info
+
+
+def ad_layout_with_info(spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any] | None = None,
+                        planner: PlannerInfo = RULES_PLANNER,
+                        allow_occlude: bool | None = None) -> tuple[AdPlan, dict[str, dict[str, Any]]]:
+    """:func:`ad_layout` and, per size, its layout info (safe zone, arrangement, metrics, repairs)."""
     seed = seed_for(job_id, spec.seed)
     scene = pick_scene(spec, seed)
     up = prompts_output or ad_prompts(spec, job_id=job_id, planner=planner)
     prompts = AdPrompts.model_validate(up["prompts"])
     negative = str(up.get("negative_prompt", negative_prompt()))
-    variants = [layout_variant(spec, size=s, job_id=job_id, seed=seed, prompts=prompts, scene=scene, negative=negative,
-                               planner=planner) for s in spec.sizes]
+    objects = up.get("background_objects")
+    occlude = allow_occlude_of(spec) if allow_occlude is None else allow_occlude
+    variants, infos = [], {}
+    for s in spec.sizes:
+        v, info = layout_variant(spec, size=s, job_id=job_id, seed=seed, prompts=prompts, scene=scene, negative=negative,
+                                 planner=planner, objects=[str(o) for o in objects] if isinstance(objects, list) else None,
+                                 allow_occlude=occlude)
+        variants.append(v)
+        infos[s] = info
+    return ad_plan(spec, job_id=job_id, seed=seed, scene=scene, prompts=prompts, negative=negative, planner=planner,
+                   variants=variants), infos
+
+
+def ad_plan(spec: CampaignSpec, *, job_id: str, seed: int, scene: Scene, prompts: AdPrompts, negative: str,
+            planner: PlannerInfo, variants: list[AdVariant]) -> AdPlan:
     w, h = parse_size(spec.sizes[0])
     return AdPlan(plan_id=plan_id_for(job_id, STAGE_LAYOUT), seed=seed, width=w, height=h, negative_prompt=negative,
                   planner=planner,
@@ -237,6 +333,18 @@ def ad_layout(spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any]
                   taglines=_taglines(spec), prompts=prompts, variants=variants)
 
 
+def ad_layout(spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any] | None = None,
+              planner: PlannerInfo = RULES_PLANNER, allow_occlude: bool | None = None) -> AdPlan:
+    """Output plan of ``plan.ad_layout``: an AdPlan with one variant per target size."""
+    return ad_layout_with_info(spec, job_id=job_id, prompts_output=prompts_output, planner=planner,
+                               allow_occlude=allow_occlude)[0]
+
+
 def text_contrast_ok(variant: AdVariant, background: str) -> bool:
     """Every text style reaches 4.5:1 on its underlay, or on ``background`` when it has none."""
     return all(contrast_ratio(s.color, s.underlay_color or background) >= WCAG_AA for s in variant.text_styles)
+
+
+def product_area(variant: AdVariant) -> float:
+    """Area of the product box (fraction of the canvas)."""
+    return area(next(b for b in variant.layout.boxes if b.role == "product").bbox)

@@ -18,8 +18,10 @@ style are kept out of the regions and appended to every region as a style suffix
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from atelier_shared.plans import PlannerInfo, Region, RegionalPlan, parse_split_ratio
 
@@ -177,3 +179,87 @@ def recaption(prompt: str, *, plan_id: str | None = None, seed: int = 0, width: 
 def regional_prompt_text(plan: RegionalPlan) -> str:
     """RPG's ``"p0 BREAK p1 ..."`` form of the regions (what the regional pipeline encodes)."""
     return " BREAK ".join(r.prompt for r in plan.regions)
+
+
+# ---------------------------------------------------------------- exact split-ratio grammar
+
+Cell = tuple[int, int, tuple[Fraction, Fraction, Fraction, Fraction]]
+
+
+def ratio_grid(split_ratio: str) -> list[tuple[Fraction, list[Fraction]]]:
+    """RPG grammar → ``[(row height, [cell widths])]`` as exact fractions, each level normalised to sum 1.
+
+    Same reading as :func:`atelier_shared.plans.parse_split_ratio` (``;`` rows, ``,`` cells, the first
+    number of a row is its height when there is more than one row), without floating-point error."""
+    parse_split_ratio(split_ratio)  # same validation and error messages as the shared contract
+    rows: list[tuple[Fraction, list[Fraction]]] = []
+    parts = split_ratio.strip().split(";")
+    for part in parts:
+        nums = [Fraction(x.strip()) for x in part.split(",")]
+        if len(parts) == 1:
+            rows.append((Fraction(1), nums))
+        else:
+            rows.append((nums[0], nums[1:] or [Fraction(1)]))
+    total = sum(h for h, _ in rows)
+    return [(h / total, [w / sum(cells) for w in cells]) for h, cells in rows]
+
+
+def split_ratio_cells(split_ratio: str) -> list[Cell]:
+    """Exact ``(row, col, (x1, y1, x2, y2))`` cells, left→right, top→bottom (RPG's BREAK order)."""
+    out: list[Cell] = []
+    y = Fraction(0)
+    for r, (h, widths) in enumerate(ratio_grid(split_ratio)):
+        x = Fraction(0)
+        for c, w in enumerate(widths):
+            out.append((r, c, (x, y, x + w, y + h)))
+            x += w
+        y += h
+    return out
+
+
+def _integers(values: list[Fraction]) -> list[int]:
+    scale = 1
+    for v in values:
+        scale = scale * v.denominator // math.gcd(scale, v.denominator)
+    ints = [int(v * scale) for v in values]
+    g = 0
+    for i in ints:
+        g = math.gcd(g, i)
+    return [i // (g or 1) for i in ints]
+
+
+def grid_split_ratio(rows: list[tuple[Fraction | int | float, list[Fraction | int | float]]]) -> str:
+    """``[(height, [widths])]`` (any positive numbers) → the smallest-integer RPG split ratio for that grid."""
+    if not rows or any(not cells for _, cells in rows):
+        raise ValueError("a split ratio needs at least one row with at least one cell")
+    fr = [(_frac(h), [_frac(w) for w in cells]) for h, cells in rows]
+    if any(h <= 0 for h, _ in fr) or any(w <= 0 for _, cells in fr for w in cells):
+        raise ValueError("split-ratio weights must be positive")
+    if len(fr) == 1:
+        return ",".join(str(i) for i in _integers(fr[0][1]))
+    heights = _integers([h for h, _ in fr])
+    parts = []
+    for h, (_, cells) in zip(heights, fr, strict=True):
+        widths = _integers(cells)
+        parts.append(str(h) if len(widths) == 1 else ",".join([str(h), *(str(w) for w in widths)]))
+    return ";".join(parts)
+
+
+def _frac(v: Fraction | int | float) -> Fraction:
+    return v if isinstance(v, Fraction) else Fraction(v).limit_denominator(10**9)
+
+
+def split_ratio_from_cells(cells: list[tuple[int, int, tuple[Fraction | float, Fraction | float,
+                                                             Fraction | float, Fraction | float]]]) -> str:
+    """Inverse of :func:`split_ratio_cells`: cells on a row/column grid → the RPG split ratio."""
+    rows: dict[int, list[tuple[int, tuple[Fraction, ...]]]] = {}
+    for r, c, box in cells:
+        rows.setdefault(r, []).append((c, tuple(_frac(v) for v in box)))
+    grid = []
+    for r in sorted(rows):
+        row = sorted(rows[r])
+        heights = {b[3] - b[1] for _, b in row}
+        if len(heights) != 1:
+            raise ValueError(f"row {r}: cells of one row must share their height")
+        grid.append((heights.pop(), [b[2] - b[0] for _, b in row]))
+    return grid_split_ratio(grid)  # type: ignore[arg-type]

@@ -1,0 +1,121 @@
+"""``POST /v1/plans:preview``: the plans the planner would make for a spec — no job, no GPU time.
+
+The body is the same as ``POST /v1/jobs`` (``{kind, spec}``), validated the same way (problem+json naming
+the field; product images must be the caller's uploads). The planning itself runs on a planner worker,
+with the planner's own backend settings (rules, or an LLM), so the preview is what a job would get: the
+API sends ``atelier.planner.preview`` to the ``planning`` queue and waits for the answer on a one-off
+reply queue on the same broker (in the embedded mode the in-process worker answers). Nothing is stored.
+
+The answer holds every planning stage's output in graph order (campaign: ``plan.ad_prompts``,
+``plan.ad_layout``; story: ``plan.culture`` … ``plan.scene_layout``), each with its ``planner`` (backend,
+model, prompt version, fallback) and ``metrics``. Ids and seeds derive from ``preview_id``; give the spec
+a ``seed`` and a job made from it gets the same boxes and captions (an LLM backend samples anew).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from atelier_shared.errors import AtelierError, InvalidInput
+from atelier_shared.specs import JobRequest
+from atelier_shared.tasks import Q_PLANNING
+from celery import Celery
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from .. import jobs as job_service
+from ..deps import CeleryDep, SessionDep, SettingsDep, TenantDep
+from ..problems import BrokerUnavailable, problem_responses
+from ..schemas import JobKindName
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["plans"], responses=problem_responses(401, 422))
+
+# the planner registers the task under this name (services send tasks by name, never import each other)
+T_PREVIEW = "atelier.planner.preview"
+REPLY_PREFIX = "atelier.preview.reply."
+
+
+class PlanPreview(BaseModel):
+    """What the planner would plan for a spec."""
+
+    kind: JobKindName
+    preview_id: str = Field(description="Stands in for the job id in plan ids and seeds.")
+    backend: str = Field(description="The planner backend that answered: rules, openai, transformers or vllm.")
+    stages: dict[str, dict[str, Any]] = Field(
+        description="Each planning stage's output, in graph order, with its `planner` and `metrics`.")
+
+
+class PlannerTimeout(AtelierError):
+    """No planner worker answered in time (none running, or all busy)."""
+
+    status = 504
+    title = "Planner timeout"
+
+
+class PlannerFailed(AtelierError):
+    """The planner failed on this spec."""
+
+    status = 502
+    title = "Planner failed"
+
+
+def request_preview(celery: Celery, *, kind: str, spec: dict[str, Any], tenant_id: str,
+                    timeout_s: float) -> dict[str, Any]:
+    """Send a preview request to the planning queue and wait for its reply (declared first, so none is lost)."""
+    reply_to = REPLY_PREFIX + uuid.uuid4().hex
+    try:
+        conn = celery.connection_for_read()
+        conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001 - any broker failure is a 503
+        raise BrokerUnavailable("the planner cannot be reached (broker unreachable); retry later") from exc
+    try:
+        queue = conn.SimpleQueue(reply_to, no_ack=True)
+        try:
+            celery.send_task(T_PREVIEW, args=[{"kind": kind, "spec": spec, "tenant_id": tenant_id,
+                                               "reply_to": reply_to, "deadline": time.time() + timeout_s}],
+                             queue=Q_PLANNING)
+            try:
+                return dict(queue.get(block=True, timeout=timeout_s).payload)
+            except queue.Empty:
+                raise PlannerTimeout(f"no planner answered within {timeout_s:g} s; is a worker consuming the "
+                                     f"'{Q_PLANNING}' queue?") from None
+        finally:
+            try:
+                queue.queue.delete()
+            except Exception:  # noqa: BLE001 - a reply queue that is gone already is fine
+                log.debug("could not delete %s", reply_to, exc_info=True)
+            queue.close()
+    except AtelierError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the broker failed mid-request
+        raise BrokerUnavailable("the planner cannot be reached (broker error); retry later") from exc
+    finally:
+        conn.release()
+
+
+@router.post(
+    "/v1/plans:preview", response_model=PlanPreview, summary="Preview the plans of a job spec",
+    responses=problem_responses(502, 503, 504),
+    description="Same body as `POST /v1/jobs`. Returns what the planner would plan — prompts, layouts per size "
+                "with their metrics, story, characters, scenes — without creating a job or running a GPU stage.",
+)
+def preview_plans(body: JobRequest, principal: TenantDep, session: SessionDep, celery: CeleryDep,
+                  settings: SettingsDep) -> PlanPreview:
+    spec = job_service.parse_spec(body)
+    job_service.check_upload_refs(session, tenant_id=principal.tenant_id, spec=spec)
+    session.close()  # nothing else needs the database while the planner works
+    reply = request_preview(celery, kind=body.kind, spec=spec.model_dump(mode="json"), tenant_id=principal.tenant_id,
+                            timeout_s=settings.plan_preview_timeout_s)
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        message = str(error.get("message") or "the planner failed")
+        if error.get("type") == "InvalidSpec":
+            raise InvalidInput(f"the planner refused the spec: {message}", field="spec")
+        raise PlannerFailed(message)
+    return PlanPreview(kind=reply["kind"], preview_id=reply["preview_id"], backend=reply["backend"],
+                       stages=reply["stages"])
