@@ -1,43 +1,78 @@
-"""Model registry: ``models.yaml`` → model specs → warm pipelines in a small LRU per worker process.
+"""Model registry: ``models.yaml`` → model specs → warm pipelines in an LRU within a memory budget.
 
 ``models.yaml`` (paths are relative to the file)::
 
     models:
-      sdxl-tiny: {family: sdxl, path: sdxl-tiny, dtype: float32, quantization: none,
-                  steps: 4, guidance: 5.0, scheduler: null, max_side: 128}
+      sdxl-tiny:
+        family: sdxl                 # sdxl | flux | sd3 | pixart
+        path: sdxl-tiny              # a saved diffusers pipeline (model_index.json)
+        dtype: float32               # float32 | float16 | bfloat16
+        quantization: none           # none | svdquant-int4 | torchao-int8 | quanto-int8 | quanto-int4 | nunchaku
+        preset: sdxl-lightning       # optional few-step preset (atelier_gpu.presets): scheduler, steps, guidance
+        steps: 4                     # these three win over the preset's
+        guidance: 5.0
+        scheduler: null              # null | class name | {class: <name>, <config key>: <value>, ...}
+        timesteps: null              # explicit timesteps (DMD2: [999, 749, 499, 249])
+        max_side: 128                # cap on the generated size
+        loras: [{path: loras/style.safetensors, scale: 0.8}]
+        controlnets:                 # name → folder of a saved ControlNet and what it reads
+          canny: {path: controlnet-canny, kind: canny}
+        svdquant: svdquant/unet.safetensors   # the SVDQuant checkpoint (quantization: svdquant-int4)
 
-``scheduler`` is null (keep the one saved with the pipeline), a diffusers scheduler class name
-(``EulerDiscreteScheduler``), or ``{class: <name>, <config key>: <value>, ...}`` for presets such as
-``{class: EulerDiscreteScheduler, timestep_spacing: trailing}``. ``max_side`` caps the generated size.
+Weights are only ever read from local folders: loads pass ``local_files_only=True`` and the process
+runs with ``HF_HUB_OFFLINE=1``. LoRAs are fused into the weights once at load (before torchao/quanto
+quantise them); on an SVDQuant model they are concatenated onto the low-rank branches instead.
 
-Weights are only ever read from the local folder: loads pass ``local_files_only=True`` and the
-process runs with ``HF_HUB_OFFLINE=1``.
+The LRU keeps at most ``cache_size`` pipelines and, when ``memory_budget_bytes`` is set, evicts the
+least recently used until the new model fits (the estimate before loading is the size of its weight
+files; the resident size is measured after loading and kept up to date).
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from atelier_shared.errors import StageError
 
-FAMILIES = ("sdxl", "flux")
+from .presets import PRESETS
+
+FAMILIES = ("sdxl", "flux", "sd3", "pixart")
 DTYPES = ("float32", "float16", "bfloat16")
-QUANTIZATIONS = ("none",)
+QUANTIZATIONS = ("none", "svdquant-int4", "torchao-int8", "quanto-int8", "quanto-int4", "nunchaku")
+CONTROL_KINDS = ("canny", "depth", "pose", "other")
+DENOISER = {"sdxl": "unet", "flux": "transformer", "sd3": "transformer", "pixart": "transformer"}
+# GPUs Nunchaku's 4-bit kernels run on (compute capability); Hopper (9.x) has no 4-bit tensor cores for them
+NUNCHAKU_CAPABILITIES = ((7, 5), (8, 0), (8, 6), (8, 9), (12, 0))
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: Path
+    scale: float = 1.0
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    name: str
+    path: Path
+    kind: str = "other"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One entry of ``models.yaml``, with its folder resolved to an absolute path."""
+    """One entry of ``models.yaml``, with its folders resolved to absolute paths and its preset applied."""
 
     id: str
-    family: Literal["sdxl", "flux"]
+    family: Literal["sdxl", "flux", "sd3", "pixart"]
     path: Path
     dtype: str = "float32"
     quantization: str = "none"
@@ -45,10 +80,118 @@ class ModelSpec:
     guidance: float = 5.0
     scheduler: str | dict[str, Any] | None = None
     max_side: int | None = None
+    preset: str | None = None
+    timesteps: tuple[int, ...] | None = None
+    eta: float | None = None
+    loras: tuple[LoraSpec, ...] = ()
+    controlnets: dict[str, ControlNetSpec] = field(default_factory=dict)
+    svdquant: Path | None = None
+    svdquant_mode: str = "packed"
+
+    @property
+    def denoiser(self) -> str:
+        return DENOISER[self.family]
+
+    def controlnet(self, name: str) -> ControlNetSpec:
+        try:
+            return self.controlnets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.controlnets)) or "none"
+            raise StageError(f"model {self.id} has no ControlNet {name!r} (configured: {known})", retryable=False,
+                             field="controlnet") from None
 
 
 def _bad(models_file: Path, detail: str) -> StageError:
     return StageError(f"{models_file}: {detail}", retryable=False)
+
+
+def _resolve(base: Path, value: Any) -> Path:
+    path = Path(str(value))
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _parse_entry(models_file: Path, model_id: str, entry: Any) -> ModelSpec:
+    where = f"models.{model_id}"
+    base = models_file.parent
+    if not isinstance(entry, dict):
+        raise _bad(models_file, f"{where} must be a mapping")
+    family = entry.get("family")
+    if family not in FAMILIES:
+        raise _bad(models_file, f"{where}.family is {family!r}; expected one of {', '.join(FAMILIES)}")
+    if not entry.get("path"):
+        raise _bad(models_file, f"{where}.path is missing")
+    dtype = str(entry.get("dtype") or "float32")
+    if dtype not in DTYPES:
+        raise _bad(models_file, f"{where}.dtype is {dtype!r}; expected one of {', '.join(DTYPES)}")
+    quantization = str(entry.get("quantization") or "none")
+    if quantization not in QUANTIZATIONS:
+        raise _bad(models_file, f"{where}.quantization {quantization!r} is not supported "
+                                f"(supported: {', '.join(QUANTIZATIONS)})")
+    preset_name = entry.get("preset")
+    preset = None
+    if preset_name is not None:
+        preset = PRESETS.get(str(preset_name))
+        if preset is None:
+            raise _bad(models_file, f"{where}.preset {preset_name!r} is unknown; known: {', '.join(sorted(PRESETS))}")
+        if family not in preset.families:
+            raise _bad(models_file, f"{where}.preset {preset_name!r} is for {'/'.join(preset.families)} models, "
+                                    f"not {family}")
+    scheduler = entry["scheduler"] if "scheduler" in entry else (preset.scheduler if preset else None)
+    if scheduler is not None and not isinstance(scheduler, str | dict):
+        raise _bad(models_file, f"{where}.scheduler must be null, a class name or a mapping with `class`")
+    if isinstance(scheduler, dict) and not scheduler.get("class"):
+        raise _bad(models_file, f"{where}.scheduler mapping needs a `class` key")
+    try:
+        timesteps_raw = entry.get("timesteps", list(preset.timesteps) if preset and preset.timesteps else None)
+        timesteps = tuple(int(t) for t in timesteps_raw) if timesteps_raw else None
+        steps = len(timesteps) if timesteps else int(entry.get("steps", preset.steps if preset else 4))
+        guidance = float(entry.get("guidance", preset.guidance if preset else 5.0))
+        eta_raw = entry.get("eta", preset.eta if preset else None)
+        eta = float(eta_raw) if eta_raw is not None else None
+        max_side = entry.get("max_side")
+        max_side = int(max_side) if max_side is not None else None
+    except (TypeError, ValueError) as exc:
+        raise _bad(models_file, f"{where}: steps, guidance, eta, timesteps and max_side must be numbers ({exc})") from exc
+    if steps < 1:
+        raise _bad(models_file, f"{where}.steps must be >= 1")
+    if timesteps and any(not 0 <= t < 1000 for t in timesteps):
+        raise _bad(models_file, f"{where}.timesteps must lie in 0..999")
+    if max_side is not None and max_side < 32:
+        raise _bad(models_file, f"{where}.max_side must be >= 32")
+    loras = []
+    for i, lora in enumerate(entry.get("loras") or []):
+        if not isinstance(lora, dict) or not lora.get("path"):
+            raise _bad(models_file, f"{where}.loras[{i}] needs a `path` (and optionally `scale`, `name`)")
+        try:
+            scale = float(lora.get("scale", 1.0))
+        except (TypeError, ValueError) as exc:
+            raise _bad(models_file, f"{where}.loras[{i}].scale must be a number") from exc
+        loras.append(LoraSpec(_resolve(base, lora["path"]), scale, str(lora.get("name") or f"lora{i}")))
+    controlnets: dict[str, ControlNetSpec] = {}
+    raw_cn = entry.get("controlnets") or {}
+    if not isinstance(raw_cn, dict):
+        raise _bad(models_file, f"{where}.controlnets must map a name to {{path, kind}}")
+    for name, cn in raw_cn.items():
+        if not isinstance(cn, dict) or not cn.get("path"):
+            raise _bad(models_file, f"{where}.controlnets.{name} needs a `path`")
+        kind = str(cn.get("kind") or "other")
+        if kind not in CONTROL_KINDS:
+            raise _bad(models_file, f"{where}.controlnets.{name}.kind is {kind!r}; expected one of "
+                                    f"{', '.join(CONTROL_KINDS)}")
+        controlnets[str(name)] = ControlNetSpec(str(name), _resolve(base, cn["path"]), kind)
+    path = _resolve(base, entry["path"])
+    svdquant = entry.get("svdquant")
+    svdquant_path = _resolve(base, svdquant) if svdquant else None
+    if quantization == "svdquant-int4" and svdquant_path is None:
+        svdquant_path = path / "svdquant" / f"{DENOISER[family]}.safetensors"
+    svdquant_mode = str(entry.get("svdquant_mode") or "packed")
+    if svdquant_mode not in ("packed", "fake"):
+        raise _bad(models_file, f"{where}.svdquant_mode must be 'packed' or 'fake'")
+    return ModelSpec(
+        id=model_id, family=family, path=path, dtype=dtype, quantization=quantization, steps=steps, guidance=guidance,
+        scheduler=scheduler, max_side=max_side, preset=str(preset_name) if preset_name else None, timesteps=timesteps,
+        eta=eta, loras=tuple(loras), controlnets=controlnets, svdquant=svdquant_path, svdquant_mode=svdquant_mode,
+    )
 
 
 def read_models_file(models_file: Path) -> dict[str, ModelSpec]:
@@ -67,46 +210,7 @@ def read_models_file(models_file: Path) -> dict[str, ModelSpec]:
     entries = doc.get("models") if isinstance(doc, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise _bad(models_file, "needs a non-empty `models:` mapping of id → settings")
-    base = models_file.parent
-    specs: dict[str, ModelSpec] = {}
-    for model_id, entry in entries.items():
-        where = f"models.{model_id}"
-        if not isinstance(entry, dict):
-            raise _bad(models_file, f"{where} must be a mapping")
-        family = entry.get("family")
-        if family not in FAMILIES:
-            raise _bad(models_file, f"{where}.family is {family!r}; expected one of {', '.join(FAMILIES)}")
-        if not entry.get("path"):
-            raise _bad(models_file, f"{where}.path is missing")
-        dtype = str(entry.get("dtype") or "float32")
-        if dtype not in DTYPES:
-            raise _bad(models_file, f"{where}.dtype is {dtype!r}; expected one of {', '.join(DTYPES)}")
-        quantization = str(entry.get("quantization") or "none")
-        if quantization not in QUANTIZATIONS:
-            raise _bad(models_file, f"{where}.quantization {quantization!r} is not supported (supported: none)")
-        scheduler = entry.get("scheduler")
-        if scheduler is not None and not isinstance(scheduler, str | dict):
-            raise _bad(models_file, f"{where}.scheduler must be null, a class name or a mapping with `class`")
-        if isinstance(scheduler, dict) and not scheduler.get("class"):
-            raise _bad(models_file, f"{where}.scheduler mapping needs a `class` key")
-        try:
-            steps = int(entry.get("steps", 4))
-            guidance = float(entry.get("guidance", 5.0))
-            max_side = entry.get("max_side")
-            max_side = int(max_side) if max_side is not None else None
-        except (TypeError, ValueError) as exc:
-            raise _bad(models_file, f"{where}: steps, guidance and max_side must be numbers ({exc})") from exc
-        if steps < 1:
-            raise _bad(models_file, f"{where}.steps must be >= 1")
-        if max_side is not None and max_side < 32:
-            raise _bad(models_file, f"{where}.max_side must be >= 32")
-        path = Path(entry["path"])
-        specs[str(model_id)] = ModelSpec(
-            id=str(model_id), family=family, path=path if path.is_absolute() else (base / path).resolve(),
-            dtype=dtype, quantization=quantization, steps=steps, guidance=guidance, scheduler=scheduler,
-            max_side=max_side,
-        )
-    return specs
+    return {str(mid): _parse_entry(models_file, str(mid), entry) for mid, entry in entries.items()}
 
 
 def _default_device() -> str:
@@ -135,50 +239,188 @@ def quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _pipeline_class(family: str) -> Any:
+    import diffusers
+
+    return {"sdxl": diffusers.StableDiffusionXLPipeline, "flux": diffusers.FluxPipeline,
+            "sd3": diffusers.StableDiffusion3Pipeline, "pixart": diffusers.PixArtSigmaPipeline}[family]
+
+
+def nunchaku_support() -> tuple[bool, str]:
+    """Whether Nunchaku's fused 4-bit kernels can run here, and why not."""
+    if importlib.util.find_spec("nunchaku") is None:
+        return False, "the nunchaku package is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "Nunchaku needs a CUDA GPU"
+    cap = torch.cuda.get_device_capability()
+    if cap not in NUNCHAKU_CAPABILITIES:
+        return False, (f"GPU compute capability {cap[0]}.{cap[1]} is not supported by Nunchaku "
+                       f"(Hopper H100/H200 is not; supported: sm_75/80/86/89/120)")
+    return True, ""
+
+
+def _load_lora_state(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    file = path if path.is_file() else next(iter(sorted(path.glob("*.safetensors"))), None)
+    if file is None or not file.is_file():
+        raise StageError(f"LoRA {path} not found (a .safetensors file or a folder holding one)", retryable=False)
+    return load_file(str(file))
+
+
+def _apply_loras(pipe: Any, spec: ModelSpec) -> None:
+    """Fuse every LoRA into the denoiser weights (``W += scale * B A``), once, at load."""
+    from .quant.svdquant import fold_lora
+
+    denoiser = getattr(pipe, spec.denoiser)
+    for lora in spec.loras:
+        state = _load_lora_state(lora.path)
+        prefix = f"{spec.denoiser}."
+        own = {k: v for k, v in state.items() if k.startswith(prefix)} or state
+        try:
+            fold_lora(denoiser, own, scale=lora.scale, prefix=prefix)
+        except ValueError as exc:
+            raise StageError(f"model {spec.id}: LoRA {lora.path}: {exc} (diffusers/PEFT format expected: "
+                             f"'{prefix}<module>.lora_A.weight')", retryable=False) from exc
+
+
+def _quantize(pipe: Any, spec: ModelSpec) -> None:
+    denoiser = getattr(pipe, spec.denoiser)
+    q = spec.quantization
+    if q == "none":
+        return
+    if q == "svdquant-int4":
+        from .quant.svdquant import load_svdquant
+
+        if spec.svdquant is None or not spec.svdquant.is_file():
+            raise StageError(f"model {spec.id}: SVDQuant checkpoint {spec.svdquant} not found; write it with "
+                             f"`python -m atelier_gpu.quant.pipeline --models-file ... --model <16-bit id> --out <file>`",
+                             retryable=False)
+        try:
+            load_svdquant(denoiser, spec.svdquant, mode=spec.svdquant_mode)
+        except (ValueError, KeyError) as exc:
+            raise StageError(f"model {spec.id}: cannot apply {spec.svdquant}: {exc}", retryable=False) from exc
+        return
+    if q == "torchao-int8":
+        if importlib.util.find_spec("torchao") is None:
+            raise StageError(f"model {spec.id}: quantization torchao-int8 needs the torchao package", retryable=False)
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        quantize_(denoiser, Int8WeightOnlyConfig())
+        return
+    if q in ("quanto-int8", "quanto-int4"):
+        if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.quanto") is None:
+            raise StageError(f"model {spec.id}: quantization {q} needs the optimum-quanto package", retryable=False)
+        from optimum.quanto import freeze, qint4, qint8, quantize
+
+        quantize(denoiser, weights=qint8 if q == "quanto-int8" else qint4)
+        freeze(denoiser)
+        return
+    if q == "nunchaku":
+        ok, why = nunchaku_support()
+        if not ok:
+            raise StageError(f"model {spec.id}: quantization nunchaku is unavailable here: {why}; use svdquant-int4 "
+                             f"(the same method in plain PyTorch) or torchao-int8", retryable=False)
+        raise StageError(f"model {spec.id}: quantization nunchaku: point `path` at a Nunchaku-format transformer "
+                         f"and load it through nunchaku's own classes; not wired in this build", retryable=False)
+
+
 def load_pipeline(spec: ModelSpec, *, device: str | None = None) -> Any:
-    """Load one pipeline from its local folder (never from a hub) and move it to ``device``."""
+    """Load one pipeline from its local folder (never from a hub), apply LoRAs and quantisation, move it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
-    from diffusers import FluxPipeline, StableDiffusionXLPipeline
 
     if not (spec.path / "model_index.json").is_file():
         raise StageError(f"model {spec.id}: {spec.path} has no model_index.json (not a saved diffusers pipeline)",
                          retryable=False)
     dtype = getattr(torch, spec.dtype)
     quiet_progress_bars()
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+    if spec.family == "sdxl":
+        kwargs["add_watermarker"] = False  # our own watermark runs after rendering
     try:
-        if spec.family == "sdxl":
-            # our own watermark runs after rendering; SDXL's built-in one would only add noise here
-            pipe = StableDiffusionXLPipeline.from_pretrained(spec.path, local_files_only=True, dtype=dtype,
-                                                             add_watermarker=False)
-        else:
-            pipe = FluxPipeline.from_pretrained(spec.path, local_files_only=True, dtype=dtype)
+        pipe = _pipeline_class(spec.family).from_pretrained(spec.path, **kwargs)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise StageError(f"model {spec.id}: cannot load {spec.path}: {exc}", retryable=False) from exc
     if spec.scheduler is not None:
         _apply_scheduler(pipe, spec.scheduler, spec.id)
+    if spec.quantization == "svdquant-int4":
+        _quantize(pipe, spec)
+        _apply_loras(pipe, spec)  # concatenated onto the low-rank branches, no re-quantising
+    else:
+        _apply_loras(pipe, spec)  # fused into the 16-bit weights before any weight-only quantisation
+        _quantize(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device or _default_device())
 
 
+def load_controlnet(spec: ModelSpec, name: str, *, device: str | None = None) -> Any:
+    """Load one of the model's ControlNets from its local folder."""
+    import torch
+    from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
+
+    cn = spec.controlnet(name)
+    cls = {"sdxl": ControlNetModel, "flux": FluxControlNetModel, "sd3": SD3ControlNetModel}.get(spec.family)
+    if cls is None:
+        raise StageError(f"model {spec.id}: ControlNets are not supported for the {spec.family} family",
+                         retryable=False)
+    if not (cn.path / "config.json").is_file():
+        raise StageError(f"model {spec.id}: ControlNet {name} folder {cn.path} has no config.json", retryable=False)
+    try:
+        model = cls.from_pretrained(cn.path, local_files_only=True, torch_dtype=getattr(torch, spec.dtype))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise StageError(f"model {spec.id}: cannot load ControlNet {name} from {cn.path}: {exc}",
+                         retryable=False) from exc
+    return model.to(device or _default_device())
+
+
+def resident_bytes(obj: Any) -> int:
+    """Bytes of every parameter and buffer of a pipeline's modules (or of one module)."""
+    import torch
+
+    modules = [obj] if isinstance(obj, torch.nn.Module) else [
+        c for c in getattr(obj, "components", {}).values() if isinstance(c, torch.nn.Module)]
+    seen: set[int] = set()
+    total = 0
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    return total
+
+
+def estimate_bytes(folder: Path) -> int:
+    """Bytes a model folder will take once loaded, estimated from its weight files."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*.safetensors") if "svdquant" not in p.parts)
+
+
 class ModelRegistry:
-    """Specs from ``models.yaml`` and up to ``cache_size`` warm pipelines, least recently used evicted.
+    """Specs from ``models.yaml`` and warm pipelines, least recently used evicted by count and memory.
 
     Thread-safe: one lock guards the cache and loading, so two threads asking for the same model
     load it once (a GPU worker runs one task at a time, so the lock is rarely contended).
     """
 
-    def __init__(self, models_file: Path, *, cache_size: int = 2, device: str | None = None) -> None:
+    def __init__(self, models_file: Path, *, cache_size: int = 2, device: str | None = None,
+                 memory_budget_bytes: int | None = None) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be >= 1")
         self.models_file = Path(models_file)
         self.cache_size = cache_size
         self.device = device
+        self.memory_budget_bytes = memory_budget_bytes
         self._specs = read_models_file(self.models_file)
         self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._bytes: dict[str, int] = {}
         self._lock = threading.RLock()
-        self.loads = 0  # pipelines loaded from disk so far (evictions make it grow)
+        # one pipeline call at a time per process (one GPU): warm pipelines share schedulers and attention
+        # processors, so two threads (the embedded worker's pool) must not run them at once
+        self.call_lock = threading.RLock()
+        self.loads = 0  # pipelines and ControlNets loaded from disk so far (evictions make it grow)
 
     def ids(self) -> list[str]:
         return sorted(self._specs)
@@ -193,24 +435,46 @@ class ModelRegistry:
             ) from None
 
     def cached(self) -> list[str]:
-        """Ids of the warm pipelines, least recently used first."""
+        """Keys of the warm entries (model ids; ``<id>/controlnet/<name>`` for ControlNets), LRU first."""
         with self._lock:
             return list(self._cache)
 
-    def load(self, model_id: str) -> Any:
-        """The warm pipeline for ``model_id``, loading it (and evicting the least recently used) if needed."""
-        spec = self.spec(model_id)
+    def resident(self) -> int:
+        """Bytes held by the warm entries."""
         with self._lock:
-            pipe = self._cache.get(model_id)
-            if pipe is not None:
-                self._cache.move_to_end(model_id)
-                return pipe
-            while len(self._cache) >= self.cache_size:
+            return sum(self._bytes.values())
+
+    def load(self, model_id: str) -> Any:
+        """The warm pipeline for ``model_id``, loading it (and evicting least recently used ones) if needed."""
+        spec = self.spec(model_id)
+        return self._get(model_id, estimate_bytes(spec.path), lambda: load_pipeline(spec, device=self.device))
+
+    def controlnet(self, model_id: str, name: str) -> Any:
+        """A warm ControlNet of ``model_id`` (counted in the same LRU and budget)."""
+        spec = self.spec(model_id)
+        cn = spec.controlnet(name)
+        return self._get(f"{model_id}/controlnet/{name}", estimate_bytes(cn.path),
+                         lambda: load_controlnet(spec, name, device=self.device))
+
+    def _get(self, key: str, estimate: int, loader: Any) -> Any:
+        with self._lock:
+            obj = self._cache.get(key)
+            if obj is not None:
+                self._cache.move_to_end(key)
+                return obj
+            while self._cache and (len(self._cache) >= self.cache_size or self._over_budget(estimate)):
                 self._evict_oldest()
-            pipe = load_pipeline(spec, device=self.device)
+            obj = loader()
             self.loads += 1
-            self._cache[model_id] = pipe
-            return pipe
+            self._cache[key] = obj
+            self._bytes[key] = resident_bytes(obj)
+            # the estimate can be low (dtype upcast): make room after the fact, never evicting the new entry
+            while len(self._cache) > 1 and self._over_budget(0):
+                self._evict_oldest()
+            return obj
+
+    def _over_budget(self, extra: int) -> bool:
+        return self.memory_budget_bytes is not None and sum(self._bytes.values()) + extra > self.memory_budget_bytes
 
     def clear(self) -> None:
         with self._lock:
@@ -218,8 +482,9 @@ class ModelRegistry:
                 self._evict_oldest()
 
     def _evict_oldest(self) -> None:
-        _, pipe = self._cache.popitem(last=False)
-        del pipe
+        key, obj = self._cache.popitem(last=False)
+        self._bytes.pop(key, None)
+        del obj
         gc.collect()
         import torch
 

@@ -1,7 +1,18 @@
-"""GPU stage tasks: backgrounds, character sheets, scenes (text-to-image) and the watermark.
+"""GPU stage tasks: backgrounds, character sheets, scenes and the watermark.
 
-Each task is a thin edge: read its upstream plan from the payload, pick prompt, seed and size, call
-one recipe, write one PNG artifact under the stage's deterministic key, return a small JSON output.
+Each task is a thin edge: read its upstream plan from the payload, pick recipe, prompt, seed and size,
+call one recipe, write one PNG artifact under the stage's deterministic key, return a small JSON output.
+
+* ``gpu.background`` — inpaint around the product when the campaign has a product image (upload
+  ``tenants/{tenant}/uploads/{id}.png``, box from the AdPlan variant's layout), else the layout recipe
+  on the variant's layout (background objects and, without an image, the product drawn in its box),
+  else the RPG regional plan of ``plan.ad_prompts`` when that stage is an upstream, else text-to-image. Batched with compatible queued backgrounds (``atelier_gpu.serving``).
+* ``gpu.character_sheet`` — text-to-image, batched with other sheets of the same model and size.
+* ``gpu.scene`` — the layout recipe with the scene's ``LayoutPlan`` (``plan.scene_layout``), through
+  the identity hook of issue 5.
+
+Outputs keep their keys (``background_key``, ``sheet_key``, ``scene_key``, ``width``, ``height``,
+``seed``, ``model``, ``steps``) and add ``recipe`` and ``batch_size`` (and ``product_rect``).
 Registered under ``atelier.stage.<stage>`` by ``atelier_shared.stage_runner.stage_task``; Celery
 imports this module for the ``gpu.*`` roles (``atelier_shared.celeryapp.ROLE_MODULES``).
 """
@@ -17,6 +28,7 @@ from atelier_shared.plans import AdPlan, Character, LayoutPlan, StoryPlan
 from atelier_shared.stage_runner import StageContext, WorkerResources, stage_task
 from atelier_shared.tasks import (
     S_AD_LAYOUT,
+    S_AD_PROMPTS,
     S_BACKGROUND,
     S_CHARACTER_SHEET,
     S_CHARACTERS,
@@ -29,7 +41,11 @@ from atelier_shared.tasks import (
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from . import serving
+from .recipes import identity as identity_recipe  # issue 5
+from .recipes import layout as layout_recipe
 from .recipes import text_to_image
+from .serving import GenRequest
 
 RENDER_STAGES = (S_RENDER_AD, S_STORYBOOK)
 _REGISTRY_KEY = "atelier_gpu.registry"
@@ -46,7 +62,9 @@ def registry(res: WorkerResources) -> Any:
             if reg is None:
                 from .registry import ModelRegistry
 
-                reg = ModelRegistry(res.settings.resolved_models_file(), cache_size=res.settings.model_cache_size)
+                budget = getattr(res.settings, "model_memory_gb", None)
+                reg = ModelRegistry(res.settings.resolved_models_file(), cache_size=res.settings.model_cache_size,
+                                    memory_budget_bytes=int(budget * 2**30) if budget else None)
                 res.extras[_REGISTRY_KEY] = reg
     return reg
 
@@ -78,18 +96,20 @@ def _generate(ctx: StageContext, *, prompt: str, negative_prompt: str, target: t
     reg = registry(ctx.res)
     model_id = ctx.task.spec.get("model") or ctx.settings.default_model
     spec = reg.spec(model_id)
-    steps = ctx.settings.gen_steps or spec.steps
+    steps = len(spec.timesteps) if spec.timesteps else (ctx.settings.gen_steps or spec.steps)
     max_side = min(ctx.settings.gen_max_side, spec.max_side or ctx.settings.gen_max_side)
     width, height = text_to_image.generation_size(target[0], target[1], max_side)
-    pipe = reg.load(model_id)
-    started = time.perf_counter()
-    try:
-        image = text_to_image.run(
-            pipe, family=spec.family, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-            steps=steps, guidance=spec.guidance, seed=seed, on_step=ctx.progress,
-        )
-    finally:
-        ctx.gpu_seconds += time.perf_counter() - started
+    with reg.call_lock:  # one pipeline call at a time in this process
+        pipe = reg.load(model_id)
+        started = time.perf_counter()
+        try:
+            image = text_to_image.run(
+                pipe, family=spec.family, prompt=prompt, negative_prompt=negative_prompt, width=width,
+                height=height, steps=steps, guidance=spec.guidance, seed=seed, on_step=ctx.progress,
+                timesteps=list(spec.timesteps) if spec.timesteps else None, eta=spec.eta,
+            )
+        finally:
+            ctx.gpu_seconds += time.perf_counter() - started
     return image, {"width": width, "height": height, "seed": seed, "model": model_id, "steps": steps}
 
 
@@ -112,11 +132,48 @@ def background_seed(plan_seed: int, variant_index: int, size_index: int) -> int:
     return (plan_seed + 1000 * variant_index + size_index) % 2**32
 
 
-# --- stages ---------------------------------------------------------------------------------------
+REGIONAL_FAMILIES = ("sdxl", "flux")  # families with regional attention, inpainting and ControlNets here
 
-@stage_task(S_BACKGROUND)
-def background(ctx: StageContext) -> dict[str, Any]:
-    """One ad background for one size x variant (item ``<size>-v<variant>``)."""
+
+def upload_key(tenant_id: str, upload_id: str) -> str:
+    """Where an upload lives (the API stores every upload as PNG)."""
+    return f"tenants/{tenant_id}/uploads/{upload_id}.png"
+
+
+def _model_and_size(ctx: StageContext, target: tuple[int, int]) -> tuple[str, Any, int, tuple[int, int]]:
+    """Model id, its spec, the step count and the generation size for ``target`` (spec + settings)."""
+    reg = registry(ctx.res)
+    model_id = ctx.task.spec.get("model") or ctx.settings.default_model
+    spec = reg.spec(model_id)
+    steps = len(spec.timesteps) if spec.timesteps else (ctx.settings.gen_steps or spec.steps)
+    max_side = min(ctx.settings.gen_max_side, spec.max_side or ctx.settings.gen_max_side)
+    return model_id, spec, steps, text_to_image.generation_size(target[0], target[1], max_side)
+
+
+def _request(ctx: StageContext, *, recipe: str, target: tuple[int, int], seed: int, prompt: str,
+             negative_prompt: str, params: dict[str, Any], kind: str, output_key: str) -> GenRequest:
+    """A GenRequest whose ``finish`` stores the PNG and returns the stage output under ``output_key``."""
+    model_id, spec, steps, (width, height) = _model_and_size(ctx, target)
+    info = {"width": width, "height": height, "seed": seed, "model": model_id, "steps": steps}
+
+    def finish(c: StageContext, image: Image.Image, extra: dict[str, Any]) -> dict[str, Any]:
+        out = {**info, **extra}
+        key = _put_image(c, image, kind=kind, info=out, prompt=prompt)
+        return {output_key: key, **out}
+
+    return GenRequest(ctx=ctx, recipe=recipe, model=model_id, width=width, height=height, steps=steps,
+                      guidance=spec.guidance, seed=seed, prompt=prompt, negative_prompt=negative_prompt or "",
+                      params=params, timesteps=spec.timesteps, eta=spec.eta, finish=finish)
+
+
+def _regional_plan(ctx: StageContext) -> dict[str, Any] | None:
+    prompts = ctx.task.upstream.get(S_AD_PROMPTS)
+    regional = prompts.get("regional") if isinstance(prompts, dict) else None
+    return regional if isinstance(regional, dict) and regional.get("regions") else None
+
+
+def prepare_background(ctx: StageContext) -> GenRequest:
+    """The request for one ad background: inpaint around the product, else layout, else text-to-image."""
     plan: AdPlan = _parse(AdPlan, _upstream(ctx, S_AD_LAYOUT, "plan"), f"upstream.{S_AD_LAYOUT}.plan")
     size_name, variant_index = parse_background_item(ctx.task.item)
     index = next((i for i, v in enumerate(plan.variants) if v.target.name == size_name), None)
@@ -126,15 +183,27 @@ def background(ctx: StageContext) -> dict[str, Any]:
                          retryable=False, field="item")
     variant = plan.variants[index]
     seed = background_seed(plan.seed, variant_index, index)
-    image, info = _generate(ctx, prompt=plan.prompts.background, negative_prompt=plan.negative_prompt,
-                            target=(variant.target.w, variant.target.h), seed=seed)
-    key = _put_image(ctx, image, kind="background", info=info, prompt=plan.prompts.background)
-    return {"background_key": key, **info}
+    _, spec, _, _ = _model_and_size(ctx, (variant.target.w, variant.target.h))
+    product_id = (ctx.task.spec.get("product") or {}).get("image")
+    product_box = next((b for b in variant.layout.boxes if b.role == "product"), None)
+    layout_json = variant.layout.model_dump(mode="json")
+    if spec.family in REGIONAL_FAMILIES and product_id and product_box is not None:
+        recipe, params = "inpaint", {"product_key": upload_key(ctx.task.tenant_id, product_id),
+                                     "product_box": list(product_box.bbox), "plan": layout_json}
+    elif spec.family in REGIONAL_FAMILIES and layout_recipe.grounded_boxes(variant.layout):
+        recipe, params = "layout", {"plan": layout_json}
+    elif spec.family in REGIONAL_FAMILIES and _regional_plan(ctx) is not None:
+        # the RPG plan of the background caption, when plan.ad_prompts is among this stage's upstreams
+        recipe, params = "regional", {"plan": _regional_plan(ctx)}
+    else:
+        recipe, params = "text_to_image", {}
+    return _request(ctx, recipe=recipe, target=(variant.target.w, variant.target.h), seed=seed,
+                    prompt=plan.prompts.background, negative_prompt=plan.negative_prompt, params=params,
+                    kind="background", output_key="background_key")
 
 
-@stage_task(S_CHARACTER_SHEET)
-def character_sheet(ctx: StageContext) -> dict[str, Any]:
-    """The canonical square reference image of one character (item = character id)."""
+def prepare_character_sheet(ctx: StageContext) -> GenRequest:
+    """The request for one character sheet: square, the character's own seed, text-to-image."""
     characters = _upstream(ctx, S_CHARACTERS, "characters")
     if not isinstance(characters, list):
         raise StageError(f"upstream.{S_CHARACTERS}.characters must be a list", retryable=False)
@@ -144,10 +213,52 @@ def character_sheet(ctx: StageContext) -> dict[str, Any]:
                          field="item")
     character: Character = _parse(Character, found[0], f"upstream.{S_CHARACTERS}.characters[{ctx.task.item}]")
     side = ctx.settings.gen_max_side
-    image, info = _generate(ctx, prompt=character.sheet_prompt, negative_prompt="", target=(side, side),
-                            seed=character.seed % 2**32)
-    key = _put_image(ctx, image, kind="character_sheet", info=info, prompt=character.sheet_prompt)
-    return {"sheet_key": key, **info}
+    return _request(ctx, recipe="text_to_image", target=(side, side), seed=character.seed % 2**32,
+                    prompt=character.sheet_prompt, negative_prompt="", params={}, kind="character_sheet",
+                    output_key="sheet_key")
+
+
+# stage → how to turn one of its tasks into a GenRequest (the stages a diffusion worker may batch)
+PREPARERS = {S_BACKGROUND: prepare_background, S_CHARACTER_SHEET: prepare_character_sheet}
+
+
+def _serve(ctx: StageContext, stage: str) -> dict[str, Any]:
+    return serving.serve(ctx, PREPARERS[stage], registry=registry(ctx.res), preparers=PREPARERS)
+
+
+def _scene_generator(layout: LayoutPlan) -> Any:
+    """The ``generate`` the identity hook calls for a scene without identity conditioning: the layout recipe."""
+
+    def generate(ctx: StageContext, *, prompt: str, negative_prompt: str, target: tuple[int, int], seed: int
+                 ) -> tuple[Image.Image, dict[str, Any]]:
+        model_id, spec, steps, (width, height) = _model_and_size(ctx, target)
+        if spec.family not in REGIONAL_FAMILIES:
+            return _generate(ctx, prompt=prompt, negative_prompt=negative_prompt, target=target, seed=seed)
+        # the scene prompt (characters, poses, backdrop) is the base prompt; the boxes ground the cast
+        plan = layout.model_copy(update={"global_caption": prompt}).model_dump(mode="json")
+        req = _request(ctx, recipe="layout", target=target, seed=seed, prompt=prompt,
+                       negative_prompt=negative_prompt, params={"plan": plan}, kind="scene", output_key="scene_key")
+        outcome = serving.execute(registry(ctx.res), [req], max_batch=1)[id(req)]
+        if outcome.error is not None:
+            raise outcome.error
+        info = {"width": width, "height": height, "seed": seed, "model": model_id, "steps": steps}
+        return outcome.image, {**info, **outcome.info}
+
+    return generate
+
+
+# --- stages ---------------------------------------------------------------------------------------
+
+@stage_task(S_BACKGROUND)
+def background(ctx: StageContext) -> dict[str, Any]:
+    """One ad background for one size x variant (item ``<size>-v<variant>``), batched when it can be."""
+    return _serve(ctx, S_BACKGROUND)
+
+
+@stage_task(S_CHARACTER_SHEET)
+def character_sheet(ctx: StageContext) -> dict[str, Any]:
+    """The canonical square reference image of one character (item = character id), batched when it can be."""
+    return _serve(ctx, S_CHARACTER_SHEET)
 
 
 @stage_task(S_SCENE)
@@ -168,9 +279,13 @@ def scene(ctx: StageContext) -> dict[str, Any]:
                          retryable=False)
     layout: LayoutPlan = _parse(LayoutPlan, layouts[position], f"upstream.{S_SCENE_LAYOUT}.layouts[{position}]")
     prompt = ordered[position].scene_prompt
-    image, info = _generate(ctx, prompt=prompt, negative_prompt=layout.negative_prompt or plan.negative_prompt,
-                            target=(layout.width, layout.height), seed=layout.seed)
-    key = _put_image(ctx, image, kind="scene", info=info, prompt=prompt)
+    # issue 5 (identity): InstantID / IP-Adapter conditioning when configured (recorded in info["identity"]); a
+    # gate's regeneration offsets the seed and stores the attempt under its own name (s2.r1)
+    image, info = identity_recipe.generate_scene(
+        ctx, generate=_scene_generator(layout), prompt=prompt, negative_prompt=layout.negative_prompt or plan.negative_prompt,
+        target=(layout.width, layout.height), seed=identity_recipe.scene_seed(layout.seed, ctx.task.regeneration),
+        cast=list(dict.fromkeys(c.character_id for c in ordered[position].cast)))
+    key = identity_recipe.put_scene(ctx, image, info=info, prompt=prompt)
     return {"scene_key": key, **info}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 # Bump when a config below changes, so existing folders are rebuilt instead of reused.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 _MARKER = ".atelier-tiny"
 
 # Words that get their own BPE/Unigram token, so typical prompts stay well under 77 tokens.
@@ -246,10 +246,117 @@ def build_flux_tiny() -> Any:
     )
 
 
+def _randomize_zero_modules(model: Any, names: tuple[str, ...], seed: int, std: float = 0.05) -> Any:
+    """ControlNets start with zero-initialised output layers (no effect until trained); a random one must act."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(part in name for part in names):
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    return model
+
+
+def build_sdxl_controlnet(pipe: Any | None = None) -> Any:
+    """A ControlNet for ``sdxl-tiny``: the tiny UNet's encoder (``ControlNetModel.from_unet``), random zero-convs."""
+    from diffusers import ControlNetModel
+
+    unet = (pipe or build_sdxl_tiny()).unet
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    return _randomize_zero_modules(cn, ("controlnet_down_blocks", "controlnet_mid_block",
+                                        "controlnet_cond_embedding.conv_out"), seed=1)
+
+
+def build_flux_controlnet() -> Any:
+    """A FLUX ControlNet shaped like ``flux-tiny`` (one double and one single block), random output layers."""
+    import torch
+    from diffusers import FluxControlNetModel
+
+    torch.manual_seed(0)
+    cn = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                             guidance_embeds=True, axes_dims_rope=[4, 4, 8])
+    return _randomize_zero_modules(cn, ("controlnet_blocks", "controlnet_single_blocks", "controlnet_x_embedder"),
+                                   seed=2)
+
+
+def build_sd3_tiny() -> Any:
+    """SD3-shaped pipeline: MMDiT with 16-channel latents, two CLIP encoders and T5."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    tok, tok2, tok3 = build_clip_tokenizer(), build_clip_tokenizer(pad_token="!"), build_t5_tokenizer(model_max_length=77)
+    torch.manual_seed(0)
+    te = CLIPTextModelWithProjection(_clip_text_config(tok, hidden=32, layers=2, heads=4, projection=32))
+    torch.manual_seed(0)
+    te2 = CLIPTextModelWithProjection(_clip_text_config(tok2, hidden=32, layers=2, heads=4, projection=32))
+    torch.manual_seed(0)
+    te3 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                  relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                                  feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+                                  pad_token_id=tok3.pad_token_id, eos_token_id=tok3.eos_token_id, dropout_rate=0.0))
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, num_layers=2,
+                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=64,
+                                        caption_projection_dim=32, pooled_projection_dim=64, out_channels=16,
+                                        pos_embed_max_size=64)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 32),
+                        layers_per_block=1, latent_channels=16, norm_num_groups=8, sample_size=128,
+                        scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
+                        force_upcast=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=te,
+                                    tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2, text_encoder_3=te3,
+                                    tokenizer_3=tok3)
+
+
+def build_pixart_tiny() -> Any:
+    """PixArt-Sigma-shaped pipeline: DiT with adaLN-single, T5 text encoder."""
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tok = build_t5_tokenizer(model_max_length=120)
+    torch.manual_seed(0)
+    te = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, dropout_rate=0.0))
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(sample_size=16, num_layers=2, patch_size=2, attention_head_dim=16,
+                                           num_attention_heads=2, caption_channels=32, in_channels=4,
+                                           cross_attention_dim=32, out_channels=8, attention_bias=True,
+                                           activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                                           norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 32, 32),
+                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=128,
+                        force_upcast=False)
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
+    return PixArtSigmaPipeline(tokenizer=tok, text_encoder=te, vae=vae, transformer=transformer, scheduler=scheduler)
+
+
 # id → (family, builder, max_side)
 TINY_MODELS: dict[str, tuple[str, Callable[[], Any], int]] = {
     "sdxl-tiny": ("sdxl", build_sdxl_tiny, 128),
     "flux-tiny": ("flux", build_flux_tiny, 128),
+    "sd3-tiny": ("sd3", build_sd3_tiny, 128),
+    "pixart-tiny": ("pixart", build_pixart_tiny, 128),
+}
+# ControlNets written beside the tiny pipelines: folder → (builder, the model ids that use it, control kind)
+TINY_CONTROLNETS: dict[str, tuple[Callable[[], Any], tuple[str, ...], str]] = {
+    "sdxl-tiny-controlnet": (build_sdxl_controlnet, ("sdxl-tiny",), "canny"),
+    "flux-tiny-controlnet": (build_flux_controlnet, ("flux-tiny",), "canny"),
 }
 BENCH_MODELS: dict[str, tuple[str, Callable[[], Any], int]] = {
     "sdxl-bench": ("sdxl", build_sdxl_bench, 256),
@@ -258,8 +365,7 @@ BENCH_MODELS: dict[str, tuple[str, Callable[[], Any], int]] = {
 
 def _write_pipeline(folder: Path, build: Callable[[], Any], *, force: bool) -> None:
     marker = folder / _MARKER
-    if not force and marker.is_file() and marker.read_text().strip() == TINY_VERSION \
-            and (folder / "model_index.json").is_file():
+    if not force and marker.is_file() and marker.read_text().strip() == TINY_VERSION:
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
@@ -274,8 +380,56 @@ def _write_pipeline(folder: Path, build: Callable[[], Any], *, force: bool) -> N
         raise
 
 
+def _fresh(path: Path, force: bool) -> bool:
+    marker = path.with_name(path.name + _MARKER)
+    return not force and path.is_file() and marker.is_file() and marker.read_text().strip() == TINY_VERSION
+
+
+def _mark(path: Path) -> None:
+    path.with_name(path.name + _MARKER).write_text(TINY_VERSION + "\n")
+
+
+def _write_lora(path: Path, sdxl_folder: Path, *, force: bool, rank: int = 4) -> Path:
+    """A random rank-4 LoRA for the tiny SDXL UNet's attention projections, in diffusers/PEFT format."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    if _fresh(path, force):
+        return path
+    unet = UNet2DConditionModel.from_pretrained(sdxl_folder / "unet", local_files_only=True)
+    gen = torch.Generator().manual_seed(3)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
+            tensors[f"unet.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=gen) * 0.1
+            tensors[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=gen) * 0.1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    _mark(path)
+    return path
+
+
+def _write_svdquant(path: Path, sdxl_folder: Path, *, force: bool) -> Path:
+    """SVDQuant checkpoint of the tiny SDXL UNet, calibrated on a few prompts through the real pipeline."""
+    from .quant.pipeline import CALIBRATION_PROMPTS, quantize_pipeline
+    from .registry import ModelSpec, load_pipeline
+
+    if _fresh(path, force):
+        return path
+    pipe = load_pipeline(ModelSpec(id="sdxl-tiny", family="sdxl", path=sdxl_folder), device="cpu")
+    quantize_pipeline(pipe, family="sdxl", out=path, prompts=CALIBRATION_PROMPTS[:1], width=64, height=64, steps=2,
+                      alphas=(0.25, 0.5, 0.75), refit_iters=1)
+    _mark(path)
+    return path
+
+
 def init_tiny(dest: Path, *, bench: bool = False, force: bool = False) -> Path:
     """Write the tiny pipelines (and ``sdxl-bench`` when asked) into ``dest``; return ``dest/models.yaml``.
+
+    Every family gets one (``sdxl-tiny``, ``flux-tiny``, ``sd3-tiny``, ``pixart-tiny``); SDXL and FLUX
+    also get a tiny canny ControlNet, and ``sdxl-tiny-svdq`` is the tiny SDXL with an SVDQuant INT4
+    checkpoint and a tiny LoRA folded into its low-rank branches.
 
     Entries already in an existing ``models.yaml`` (real weights) are kept. Folders written by the same
     version of this module are reused unless ``force``.
@@ -300,6 +454,17 @@ def init_tiny(dest: Path, *, bench: bool = False, force: bool = False) -> Path:
             # the bench model stands in for a few-step distilled SDXL (Lightning/Hyper style): no CFG
             "steps": 4, "guidance": 1.0 if model_id in BENCH_MODELS else 5.0, "scheduler": None, "max_side": max_side,
         }
+    for folder, (build, users, kind) in TINY_CONTROLNETS.items():
+        _write_pipeline(dest / folder, build, force=force)
+        for model_id in users:
+            models[model_id]["controlnets"] = {kind: {"path": folder, "kind": kind}}
+    lora = _write_lora(dest / "loras" / "sdxl-tiny-style.safetensors", dest / "sdxl-tiny", force=force)
+    svdq = _write_svdquant(dest / "sdxl-tiny-svdq" / "unet.safetensors", dest / "sdxl-tiny", force=force)
+    models["sdxl-tiny-svdq"] = {
+        **models["sdxl-tiny"], "quantization": "svdquant-int4", "svdquant": str(svdq.relative_to(dest)),
+        "loras": [{"path": str(lora.relative_to(dest)), "scale": 0.5, "name": "style"}],
+    }
+    models["sdxl-tiny-svdq"].pop("controlnets", None)
     doc["models"] = models
     tmp = models_file.with_suffix(".yaml.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=True))

@@ -29,7 +29,7 @@ def three_models(models_dir: Path, tmp_path: Path) -> Path:
 
 def test_specs_resolve_paths_relative_to_the_file(models_file: Path, models_dir: Path):
     reg = ModelRegistry(models_file)
-    assert reg.ids() == ["flux-tiny", "sdxl-tiny"]
+    assert reg.ids() == ["flux-tiny", "pixart-tiny", "sd3-tiny", "sdxl-tiny", "sdxl-tiny-svdq"]
     spec = reg.spec("flux-tiny")
     assert spec.family == "flux" and spec.path == (models_dir / "flux-tiny").resolve()
     assert spec.steps == 4 and spec.guidance == 5.0 and spec.max_side == 128
@@ -39,7 +39,7 @@ def test_unknown_model_lists_known_ids(registry):
     with pytest.raises(StageError) as err:
         registry.spec("sdxl-huge")
     assert err.value.retryable is False
-    assert "sdxl-huge" in str(err.value) and "flux-tiny, sdxl-tiny" in str(err.value)
+    assert "sdxl-huge" in str(err.value) and "flux-tiny, pixart-tiny, sd3-tiny, sdxl-tiny" in str(err.value)
     with pytest.raises(StageError):
         registry.load("sdxl-huge")
 

@@ -218,10 +218,13 @@ def test_watermark_stage_embeds_the_job_payload(res):
     payload = watermark.payload_for(TENANT, job)
     assert out["asset_key"] == f"{job_prefix(TENANT, job)}/gpu.watermark/1080x1080-v0.png"
     assert (out["width"], out["height"]) == (512, 384)
-    assert out["watermark"] == {"method": "dwtDctSvd+rs", "payload_hex": payload.hex(), "readback_ok": True,
-                                "bit_accuracy": 1.0}
+    # issue 5: the record also names the size the mark was embedded at, and the asset carries a C2PA manifest
+    assert {k: out["watermark"][k] for k in ("method", "payload_hex", "readback_ok", "bit_accuracy", "width",
+                                             "height")} == {"method": "dwtDctSvd+rs", "payload_hex": payload.hex(),
+                                                            "readback_ok": True, "bit_accuracy": 1.0, "width": 512,
+                                                            "height": 384}
     [art] = ctx.artifacts
-    assert art.kind == "asset" and art.meta == {"watermark": out["watermark"]}
+    assert art.kind == "asset" and art.meta["watermark"] == out["watermark"] and art.meta["c2pa"]["state"] == "trusted"
     stored = _image(ctx, out["asset_key"])
     assert stored.format == "PNG" and watermark.detect(stored).payload == payload
     assert watermark.detect(_image(ctx, key)).payload != payload  # the render itself is untouched

@@ -1,16 +1,18 @@
-"""Text-to-image: one prompt, one seed, one image, on an SDXL or FLUX pipeline.
+"""Text-to-image: a prompt and a seed per image, on an SDXL, FLUX, SD3 or PixArt-Sigma pipeline.
 
 The recipe is deliberately flat (diffusers' PHILOSOPHY: readable over abstract):
 
 1. ``check_inputs`` says exactly which argument is wrong and how to fix it.
 2. ``generation_size`` picks the size to generate for a target size: same aspect ratio, longest
    side capped, both sides multiples of 16 (SDXL's VAE downsamples 8x; FLUX also packs latents 2x2).
-3. ``run`` seeds a CPU ``torch.Generator`` (same seed → same image on any device), calls the
-   pipeline, and reports every finished step through ``on_step(step, total)``. Whatever ``on_step``
-   raises (a cancel, for instance) stops the denoising loop and leaves ``run`` unchanged.
+3. ``run_batch`` seeds one CPU ``torch.Generator`` per image (same seed → same image on any device,
+   alone or batched), calls the pipeline once, and reports every finished step through
+   ``on_step(step, total)``. Whatever ``on_step`` raises (a cancel, for instance) stops the
+   denoising loop. ``run`` is ``run_batch`` with one seed.
 
 FLUX.1 is guidance-distilled: ``guidance`` goes into its guidance embedding and there is no negative
-branch, so ``negative_prompt`` is ignored for the ``flux`` family.
+branch, so ``negative_prompt`` is ignored for the ``flux`` family. PixArt runs without its resolution
+binning (the size is chosen here).
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ from typing import Any
 
 from atelier_shared.errors import StageError
 
-FAMILIES = ("sdxl", "flux")
-MIN_SIDE = 32
-MAX_SIDE = 4096
-MAX_STEPS = 200
-MAX_SEED = 2**32 - 1
+from .common import (
+    FAMILIES,
+    MIN_SIDE,
+    NEGATIVE_FAMILIES,
+    check_common,
+    generators,
+    rgb_images,
+    sampling_kwargs,
+    step_callback,
+    text_kwargs,
+)
+
+__all__ = ["FAMILIES", "check_inputs", "generation_size", "run", "run_batch"]
 
 
 def _fail(argument: str, detail: str) -> StageError:
@@ -55,74 +65,65 @@ def generation_size(target_w: int, target_h: int, max_side: int, multiple: int =
 
 
 def check_inputs(pipe: Any, *, family: str, prompt: Any, negative_prompt: Any, width: Any, height: Any, steps: Any,
-                 guidance: Any, seed: Any, on_step: Any = None, multiple: int = 16) -> None:
+                 guidance: Any, seed: Any = 0, on_step: Any = None, multiple: int = 16,
+                 seeds: Any = None) -> None:
     """Raise ``StageError(retryable=False)`` naming the first bad argument; return None if all are fine."""
-    if family not in FAMILIES:
-        raise _fail("family", f"is {family!r}; expected one of {', '.join(FAMILIES)}")
-    denoiser = "unet" if family == "sdxl" else "transformer"
-    if getattr(pipe, denoiser, None) is None:
-        raise _fail("pipe", f"is a {type(pipe).__name__} without a `{denoiser}`; it is not a {family} pipeline")
-    if not isinstance(prompt, str) or not prompt.strip():
+    check_common("text_to_image", pipe, family=family, width=width, height=height, steps=steps, guidance=guidance,
+                 seeds=[seed] if seeds is None else seeds, on_step=on_step, multiple=multiple)
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+    if not prompts:
         raise _fail("prompt", "must be a non-empty string")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise _fail("prompt", "must be a non-empty string")
+    if isinstance(prompt, list) and seeds is not None and len(prompt) != len(seeds):
+        raise _fail("prompt", f"has {len(prompt)} prompts for {len(seeds)} seeds; give one prompt or one per seed")
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise _fail("negative_prompt", f"must be a string or None, got {type(negative_prompt).__name__}")
-    for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise _fail(name, f"must be an integer, got {value!r}")
-        if not MIN_SIDE <= value <= MAX_SIDE:
-            raise _fail(name, f"is {value}; it must be between {MIN_SIDE} and {MAX_SIDE}")
-        if value % multiple:
-            raise _fail(name, f"is {value}; it must be a multiple of {multiple} (use generation_size())")
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
-        raise _fail("steps", f"is {steps!r}; it must be an integer between 1 and {MAX_STEPS}")
-    if not isinstance(guidance, int | float) or isinstance(guidance, bool) or not 0.0 <= guidance <= 50.0:
-        raise _fail("guidance", f"is {guidance!r}; it must be a number between 0 and 50")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise _fail("seed", f"is {seed!r}; it must be an integer between 0 and 2**32-1")
-    if on_step is not None and not callable(on_step):
-        raise _fail("on_step", "must be callable as on_step(step, total) or None")
+
+
+def run_batch(pipe: Any, *, family: str, prompt: str | list[str], negative_prompt: str | None = "", width: int,
+              height: int, steps: int, guidance: float, seeds: list[int],
+              on_step: Callable[[int, int], None] | None = None, timesteps: list[int] | None = None,
+              eta: float | None = None) -> list[Any]:
+    """Generate ``len(seeds)`` images in one pipeline call, image ``i`` from ``seeds[i]``.
+
+    Args:
+        pipe: a loaded SDXL, FLUX, SD3 or PixArt-Sigma pipeline (``family``).
+        family: ``sdxl``, ``flux``, ``sd3`` or ``pixart``.
+        prompt: one prompt for every image, or one per seed.
+        negative_prompt: what to avoid (ignored by FLUX, which has no negative branch).
+        width, height: output size in pixels, multiples of 16 (see ``generation_size``).
+        steps: denoising steps (ignored when ``timesteps`` is given).
+        guidance: CFG scale (<= 1 disables the negative branch); FLUX's guidance embedding.
+        seeds: one seed per image; the same seed, inputs and model give the same image alone or batched.
+        on_step: called as ``on_step(step, total)`` after each step; whatever it raises stops the run.
+        timesteps, eta: few-step preset values (``atelier_gpu.presets``), SDXL only.
+
+    Returns:
+        ``len(seeds)`` RGB ``PIL.Image.Image`` of ``width`` x ``height``.
+    """
+    check_inputs(pipe, family=family, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+                 steps=steps, guidance=guidance, seeds=seeds, on_step=on_step)
+    n = len(seeds)
+    prompts = prompt if isinstance(prompt, list) else [prompt] * n
+    call: dict[str, Any] = {
+        "prompt": prompts, "width": width, "height": height, "generator": generators(seeds),
+        "callback_on_step_end": step_callback(on_step, len(timesteps) if timesteps else steps),
+        "callback_on_step_end_tensor_inputs": ["latents"], "output_type": "pil",
+        **sampling_kwargs(family, steps=steps, guidance=guidance, timesteps=timesteps, eta=eta),
+        **text_kwargs(pipe, family),
+    }
+    if family in NEGATIVE_FAMILIES:
+        call["negative_prompt"] = [negative_prompt or ""] * n if negative_prompt else None
+    return rgb_images(pipe(**call))
 
 
 def run(pipe: Any, *, family: str, prompt: str, negative_prompt: str | None = "", width: int, height: int,
-        steps: int, guidance: float, seed: int, on_step: Callable[[int, int], None] | None = None) -> Any:
-    """Generate one image.
-
-    Args:
-        pipe: a loaded ``StableDiffusionXLPipeline`` (family ``sdxl``) or ``FluxPipeline`` (``flux``).
-        family: ``sdxl`` or ``flux``.
-        prompt: what to draw.
-        negative_prompt: what to avoid (SDXL classifier-free guidance; ignored by FLUX).
-        width, height: output size in pixels, multiples of 16 (see ``generation_size``).
-        steps: denoising steps.
-        guidance: CFG scale for SDXL (<= 1 disables the negative branch); guidance embedding for FLUX.
-        seed: 0..2**32-1; the same seed, inputs and model give the same image.
-        on_step: called as ``on_step(step, total)`` after each denoising step, ``step`` from 1.
-            Anything it raises propagates out of ``run`` and ends the generation.
-
-    Returns:
-        An RGB ``PIL.Image.Image`` of ``width`` x ``height``.
-    """
-    import torch
-
+        steps: int, guidance: float, seed: int, on_step: Callable[[int, int], None] | None = None,
+        timesteps: list[int] | None = None, eta: float | None = None) -> Any:
+    """Generate one image (``run_batch`` with one seed); an RGB ``PIL.Image.Image`` of ``width`` x ``height``."""
     check_inputs(pipe, family=family, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                  steps=steps, guidance=guidance, seed=seed, on_step=on_step)
-    # A CPU generator gives the same starting noise on every device.
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-
-    def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        if on_step is not None:
-            total = getattr(pipeline, "num_timesteps", None) or steps
-            on_step(step + 1, total)
-        return {}
-
-    common: dict[str, Any] = {
-        "prompt": prompt, "width": width, "height": height, "num_inference_steps": steps,
-        "guidance_scale": float(guidance), "generator": generator, "callback_on_step_end": on_step_end,
-        "callback_on_step_end_tensor_inputs": ["latents"], "output_type": "pil",
-    }
-    if family == "sdxl":
-        output = pipe(negative_prompt=negative_prompt or None, **common)
-    else:
-        output = pipe(**common)
-    image = output.images[0]
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return run_batch(pipe, family=family, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+                     steps=steps, guidance=guidance, seeds=[seed], on_step=on_step, timesteps=timesteps, eta=eta)[0]

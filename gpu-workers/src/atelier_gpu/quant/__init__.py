@@ -1,0 +1,1 @@
+"""Quantisation for the diffusion denoisers: SVDQuant (ours) and adapters for torchao / quanto / Nunchaku."""

@@ -1,0 +1,84 @@
+"""From a group of compatible ``GenRequest`` to the recipe call that serves them (one pipeline call)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from atelier_shared.errors import StageError
+from atelier_shared.plans import LayoutPlan
+from PIL import Image
+
+from . import control_images
+from .recipes import control, inpaint, layout, regional, text_to_image
+
+
+def read_image(ctx: Any, key: str, what: str) -> Image.Image:
+    """An image from storage, or a non-retryable error naming it."""
+    try:
+        image = Image.open(io.BytesIO(ctx.get(key)))
+        image.load()
+        return image
+    except (OSError, KeyError, FileNotFoundError) as exc:
+        raise StageError(f"{ctx.task.stage}: {what} {key} is not a readable image: {exc}", retryable=False) from exc
+
+
+def _controls(registry: Any, spec: Any, first: Any, width: int, height: int) -> list[control.Control]:
+    plan = LayoutPlan.model_validate(first.params["plan"]) if first.params.get("plan") else None
+    out = []
+    for c in first.params["controls"]:
+        source = read_image(first.ctx, c["image_key"], "control image") if c.get("image_key") else None
+        kind = c.get("kind") or spec.controlnet(c["name"]).kind
+        if c.get("use_as_is") and source is not None:
+            image = source.convert("RGB")
+        else:
+            image = control_images.derive(kind, width=width, height=height, image=source,
+                                          boxes=plan.boxes if plan else [])
+        out.append(control.Control(registry.controlnet(first.model, c["name"]), image, float(c.get("weight", 1.0)),
+                                   float(c.get("start", 0.0)), float(c.get("end", 1.0)), kind))
+    return out
+
+
+def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
+        on_step: Callable[[int, int], None]) -> list[tuple[Any, dict[str, Any]]]:
+    """Call the recipe of ``requests`` (all compatible) once; (image, extra info) per request."""
+    first = requests[0]
+    common: dict[str, Any] = {
+        "family": spec.family, "width": first.width, "height": first.height, "steps": first.steps,
+        "guidance": first.guidance, "seeds": [r.seed for r in requests], "on_step": on_step,
+        "timesteps": list(first.timesteps) if first.timesteps else None, "eta": first.eta,
+    }
+    negative = first.negative_prompt or None
+    info: dict[str, Any] = {"recipe": first.recipe}
+    if first.recipe == "text_to_image":
+        images = text_to_image.run_batch(pipe, prompt=[r.prompt for r in requests], negative_prompt=negative, **common)
+    elif first.recipe == "regional":
+        images = regional.run_batch(pipe, plan=first.params["plan"], negative_prompt=negative, **common)
+    elif first.recipe == "layout":
+        images = layout.run_batch(pipe, plan=first.params["plan"], base_ratio=first.params.get("base_ratio", 0.3),
+                                  negative_prompt=negative, **common)
+    elif first.recipe == "inpaint":
+        product = read_image(first.ctx, first.params["product_key"], "product image")
+        regions: list[tuple[str, Any]] = []
+        fraction = 0.3
+        if first.params.get("plan"):
+            plan = LayoutPlan.model_validate(first.params["plan"])
+            fraction = plan.grounding_fraction
+            boxes = layout.grounded_boxes(plan, roles=("entity", "background"))
+            masks = layout.box_masks(boxes, first.width, first.height)
+            regions = [(b.caption, masks[i]) for i, b in enumerate(boxes)]
+        images, placement = inpaint.run_batch(
+            pipe, prompt=first.prompt, product=product, product_box=first.params["product_box"],
+            negative_prompt=negative, regions=regions, base_ratio=first.params.get("base_ratio", 0.3),
+            grounding_fraction=fraction, **common)
+        info["product_rect"] = list(placement.rect)
+    elif first.recipe == "control":
+        controls = _controls(registry, spec, first, first.width, first.height)
+        images = control.run_batch(pipe, prompt=first.prompt, controls=controls, negative_prompt=negative,
+                                   conditioning_scale=float(first.params.get("conditioning_scale", 1.0)), **common)
+        info["controls"] = [{"name": c["name"], "kind": k.kind} for c, k in zip(first.params["controls"], controls,
+                                                                                strict=True)]
+    else:
+        raise StageError(f"unknown recipe {first.recipe!r}", retryable=False)
+    return [(im, dict(info)) for im in images]
