@@ -1,143 +1,141 @@
-"""Invisible watermark: a 48-bit payload, Reed-Solomon protected, hidden with DWT-DCT-SVD.
+"""Invisible watermark backends of the ``gpu.watermark`` stage.
 
-Payload (6 bytes) = sha256(tenant_id)[:2] + sha256(job_id)[:4]. Reed-Solomon adds 6 parity bytes, so
-the 96-bit codeword survives up to 3 wrong bytes; a fixed XOR mask keeps blank images from reading as
-a valid codeword. The codeword is hidden with invisible-watermark's
-``dwtDctSvd`` method: the U (chroma) channel goes through a Haar DWT, its LL band is cut into 4x4
-blocks, and the largest singular value of each block's DCT is quantised so that its remainder encodes
-one bit; the bits repeat across the whole image and are read back by a majority vote.
+* ``dwtDctSvd+rs`` (default): the numpy DWT-DCT-SVD + Reed-Solomon codec of ``atelier_shared.watermark``,
+  re-exported here (``embed``, ``detect``, ``payload_for``, ...). It imports no torch, so the API can read
+  marks too.
+* ``vine+rs``: VINE (Lu et al., "Robust Watermarking Using Generative Priors Against Image Editing",
+  ICLR 2025) when its encoder/decoder weights are configured (``ATELIER_WATERMARK_VINE_DIR``). VINE's
+  modules are not packaged on PyPI, so the folder holds TorchScript exports of the two networks
+  (``encoder.pt``: ``(image [1,3,256,256] in [-1,1], message [1,100] of 0/1) -> marked image in [-1,1]``;
+  ``decoder.pt``: ``image [1,3,256,256] in [-1,1] -> 100 logits``), e.g. ``torch.jit.trace`` of the
+  repository's ``VINE_Turbo`` encoder and ConvNeXt decoder. As in the paper, the encoder works at 256x256
+  and only its residual is upsampled onto the full-size image. The 100 bits carry our 96-bit codeword plus
+  four zero bits, so the same Reed-Solomon code and binomial decision apply (100 bits: >= 66 at 0.1%).
 
-Embedding runs the library's block coder (``EmbedDwtDctSvd.encode_frame``) on our own colour
-conversion: the library's ``WatermarkEncoder`` writes float results back into a uint8 array
-(wrap-around on bright/dark pixels, PSNR ~15 dB on noisy images) and swaps the horizontal and
-vertical detail bands on the way back. Converting in float, rounding and clipping once keeps PSNR
-near 40 dB and lets the mark survive JPEG quality 75. Decoding uses the library's
-``WatermarkDecoder`` in ``bits`` mode unchanged.
-
-Limits: the library needs at least 256x256 pixels; flat, fully saturated images (pure white, pure
-blue) have no chroma headroom and cannot carry the mark (their ``detect`` returns ``payload=None``).
+torch is imported only inside ``VineBackend``.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from atelier_shared.settings import Settings
+from atelier_shared.watermark import (
+    CODEWORD_BITS,
+    DEFAULT_FPR,
+    METHOD,
+    MIN_PIXELS,
+    PAYLOAD_BYTES,
+    Detection,
+    WatermarkError,
+    _bits,
+    _rs_decode,
+    binomial_tail,
+    binomial_threshold,
+    codeword,
+    detect,
+    embed,
+    job_ref,
+    payload_for,
+    tenant_ref,
+)
 from PIL import Image
 
-METHOD = "dwtDctSvd+rs"
-PAYLOAD_BYTES = 6
-PARITY_BYTES = 6
-CODEWORD_BITS = (PAYLOAD_BYTES + PARITY_BYTES) * 8
-# Step of the singular-value quantiser on the U channel. The library default (36) loses ~7% of the
-# bits of a 512x512 noisy image to JPEG-75; 48 keeps them all at ~39-40 dB PSNR.
-SCALES = (0, 48, 0)
-MIN_PIXELS = 256 * 256
-# XOR mask over the codeword: a flat or unmarked image reads as all-0 or all-1 bits, and all-zero is a
-# valid Reed-Solomon codeword (payload 000000); whitened, such reads are no longer codewords.
-_WHITENING = hashlib.sha256(b"atelier watermark v1").digest()[: PAYLOAD_BYTES + PARITY_BYTES]
-_CHROMA_GAP = 0.5
+__all__ = ["CODEWORD_BITS", "DEFAULT_FPR", "METHOD", "MIN_PIXELS", "PAYLOAD_BYTES", "Detection", "DwtDctSvdBackend",
+           "VineBackend", "WatermarkError", "backend_from_settings", "codeword", "detect", "embed", "job_ref",
+           "payload_for", "tenant_ref"]
 
 
-class WatermarkError(ValueError):
-    """The image cannot carry the watermark (too small, wrong payload size)."""
+class DwtDctSvdBackend:
+    """The default codec (numpy, CPU); see ``atelier_shared.watermark``."""
+
+    method = METHOD
+
+    def embed(self, image: Image.Image, payload: bytes) -> Image.Image:
+        return embed(image, payload)
+
+    def detect(self, image: Image.Image, *, expected_size: tuple[int, int] | None = None,
+               expected: bytes | None = None, fpr: float = DEFAULT_FPR) -> Detection:
+        return detect(image, expected_size=expected_size, expected=expected, fpr=fpr)
 
 
-def payload_for(tenant_id: str, job_id: str) -> bytes:
-    """The 6-byte payload of a job's assets: 2 bytes of sha256(tenant_id) + 4 bytes of sha256(job_id)."""
-    return hashlib.sha256(tenant_id.encode()).digest()[:2] + hashlib.sha256(job_id.encode()).digest()[:4]
+class VineBackend:
+    """VINE encoder/decoder from a folder of TorchScript exports (``encoder.pt``, ``decoder.pt``)."""
+
+    method = "vine+rs"
+    message_bits = 100
+    side = 256
+
+    def __init__(self, folder: Path, *, device: str = "cpu") -> None:
+        folder = Path(folder)
+        missing = [n for n in ("encoder.pt", "decoder.pt") if not (folder / n).is_file()]
+        if missing:
+            raise WatermarkError(f"VINE weights not found: {folder} lacks {', '.join(missing)} (TorchScript exports "
+                                 "of VINE's encoder and decoder); unset ATELIER_WATERMARK_BACKEND to use dwtDctSvd")
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.encoder = torch.jit.load(str(folder / "encoder.pt"), map_location=device).eval()
+        self.decoder = torch.jit.load(str(folder / "decoder.pt"), map_location=device).eval()
+
+    def _tensor(self, image: Image.Image) -> Any:
+        arr = np.asarray(image.convert("RGB").resize((self.side, self.side), Image.Resampling.BICUBIC),
+                         dtype=np.float32) / 127.5 - 1.0
+        return self.torch.from_numpy(arr).permute(2, 0, 1)[None].to(self.device)
+
+    def _message(self, payload: bytes) -> np.ndarray:
+        msg = np.zeros(self.message_bits, dtype=np.float32)
+        msg[:CODEWORD_BITS] = _bits(codeword(payload))
+        return msg
+
+    def embed(self, image: Image.Image, payload: bytes) -> Image.Image:
+        """Encode at 256x256, upsample the residual to the image's size, add it (VINE's resolution scaling)."""
+        rgb = image.convert("RGB")
+        if rgb.width * rgb.height < MIN_PIXELS:
+            raise WatermarkError(f"image is {rgb.width}x{rgb.height}; the watermark needs at least 256x256 pixels")
+        torch = self.torch
+        x = self._tensor(rgb)
+        msg = torch.from_numpy(self._message(payload))[None].to(self.device)
+        with torch.inference_mode():
+            residual = (self.encoder(x, msg) - x).clamp(-2, 2)
+            residual = torch.nn.functional.interpolate(residual, size=(rgb.height, rgb.width), mode="bicubic",
+                                                       align_corners=False)
+        res = residual[0].permute(1, 2, 0).cpu().numpy() * 127.5
+        out = np.asarray(rgb, dtype=np.float64) + res
+        return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+
+    def read_bits(self, image: Image.Image) -> np.ndarray:
+        with self.torch.inference_mode():
+            logits = self.decoder(self._tensor(image))
+        return (logits.reshape(-1)[: self.message_bits].cpu().numpy() > 0).astype(np.int8)
+
+    def detect(self, image: Image.Image, *, expected_size: tuple[int, int] | None = None,
+               expected: bytes | None = None, fpr: float = DEFAULT_FPR) -> Detection:
+        """VINE reads at 256x256 whatever the size, so ``expected_size`` is not needed (accepted for symmetry)."""
+        bits = self.read_bits(image)
+        n = self.message_bits
+        k = binomial_threshold(n, fpr)
+        payload, fixed = None, 0
+        if expected is not None:
+            ref = self._message(expected).astype(np.int8)
+        else:
+            payload, fixed = _rs_decode(bits[:CODEWORD_BITS], np.ones(CODEWORD_BITS, dtype=bool))
+            ref = self._message(payload).astype(np.int8) if payload is not None else None
+        matched = int(np.sum(bits == ref)) if ref is not None else 0
+        return Detection(detected=ref is not None and matched >= k, payload=payload, bit_accuracy=matched / n,
+                         matched_bits=matched, bits_read=n, threshold_bits=k, fpr=fpr,
+                         p_value=binomial_tail(n, matched) if ref is not None else 1.0, geometry="resized to 256x256",
+                         corrected_bytes=fixed, expected=expected, raw_bits=tuple(int(b) for b in bits))
 
 
-def _codec():
-    from reedsolo import RSCodec
-
-    return RSCodec(PARITY_BYTES)
-
-
-def _whiten(data: bytes) -> bytes:
-    return bytes(a ^ b for a, b in zip(data, _WHITENING, strict=True))
-
-
-def codeword(payload: bytes) -> bytes:
-    """Payload + Reed-Solomon parity, whitened: the 12 bytes that are actually embedded."""
-    if len(payload) != PAYLOAD_BYTES:
-        raise WatermarkError(f"payload must be {PAYLOAD_BYTES} bytes, got {len(payload)}")
-    return _whiten(bytes(_codec().encode(payload)))
-
-
-def _bits(data: bytes) -> list[int]:
-    return [int(b) for b in np.unpackbits(np.frombuffer(data, dtype=np.uint8))]
-
-
-def _to_bgr(image: Image.Image) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-
-
-@dataclass(frozen=True)
-class DetectResult:
-    """What ``detect`` read: the corrected payload (None if unreadable) and the raw codeword bits."""
-
-    payload: bytes | None
-    corrected: bool = False  # Reed-Solomon had to fix at least one byte
-    errors: int = 0  # bytes fixed by Reed-Solomon
-    raw_bits: tuple[int, ...] = field(default=(), repr=False)
-
-    def bit_accuracy(self, expected: bytes) -> float:
-        """Fraction of raw codeword bits that match the codeword of ``expected`` (0.0 if nothing was read)."""
-        if not self.raw_bits:
-            return 0.0
-        want = _bits(codeword(expected))
-        return sum(int(a == b) for a, b in zip(self.raw_bits, want, strict=True)) / len(want)
-
-    def matches(self, expected: bytes) -> bool:
-        return self.payload is not None and self.payload == expected
-
-
-def embed(image: Image.Image, payload: bytes) -> Image.Image:
-    """Return an RGB copy of ``image`` carrying ``payload`` (6 bytes, see ``payload_for``)."""
-    import cv2
-    import pywt
-    from imwatermark.dwtDctSvd import EmbedDwtDctSvd
-
-    bits = _bits(codeword(payload))
-    bgr = _to_bgr(image)
-    rows, cols = bgr.shape[:2]
-    if rows * cols < MIN_PIXELS:
-        raise WatermarkError(f"image is {cols}x{rows}; the watermark needs at least {MIN_PIXELS} pixels (256x256)")
-    # Float YUV on the decoder's uint8 scale: cv2 offsets float chroma by 0.5 on 0..1 data (127.5 once
-    # scaled) but by 128 on uint8 data, which is what the decoder reads; the 0.5 closes that gap.
-    yuv = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2YUV).astype(np.float64) * 255.0
-    yuv[:, :, 1:] += _CHROMA_GAP
-    r4, c4 = rows // 4 * 4, cols // 4 * 4
-    coder = EmbedDwtDctSvd(watermarks=bits, wmLen=len(bits), scales=list(SCALES), block=4)
-    for channel, scale in enumerate(SCALES):
-        if scale <= 0:
-            continue
-        approx, details = pywt.dwt2(yuv[:r4, :c4, channel], "haar")
-        coder.encode_frame(approx, scale)
-        yuv[:r4, :c4, channel] = pywt.idwt2((approx, details), "haar")
-    yuv[:, :, 1:] -= _CHROMA_GAP
-    out = cv2.cvtColor((yuv / 255.0).astype(np.float32), cv2.COLOR_YUV2BGR) * 255.0
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(out[:, :, ::-1]), "RGB")
-
-
-def detect(image: Image.Image, *, expected_size: tuple[int, int] | None = None) -> DetectResult:
-    """Read the watermark; resize to ``expected_size`` (the size it was embedded at) first when given."""
-    from imwatermark import WatermarkDecoder
-    from reedsolo import ReedSolomonError
-
-    rgb = image.convert("RGB")
-    if expected_size is not None and rgb.size != tuple(expected_size):
-        rgb = rgb.resize(tuple(expected_size), Image.Resampling.BICUBIC)
-    if rgb.width * rgb.height < MIN_PIXELS:
-        return DetectResult(payload=None)
-    decoder = WatermarkDecoder("bits", CODEWORD_BITS)
-    raw = tuple(int(b) for b in decoder.decode(_to_bgr(rgb), "dwtDctSvd", scales=list(SCALES)))
-    data = _whiten(bytes(np.packbits(np.array(raw, dtype=np.uint8))))
-    try:
-        message, _full, errata = _codec().decode(data)
-    except ReedSolomonError:
-        return DetectResult(payload=None, raw_bits=raw)
-    return DetectResult(payload=bytes(message), corrected=len(errata) > 0, errors=len(errata), raw_bits=raw)
+def backend_from_settings(settings: Settings) -> DwtDctSvdBackend | VineBackend:
+    """The backend the settings name; ``vine`` without its weights is a clear error, never a silent fallback."""
+    if settings.watermark_backend == "vine":
+        if settings.watermark_vine_dir is None:
+            raise WatermarkError("ATELIER_WATERMARK_BACKEND=vine needs ATELIER_WATERMARK_VINE_DIR (a folder with the "
+                                 "TorchScript encoder.pt and decoder.pt of VINE)")
+        return VineBackend(settings.watermark_vine_dir)
+    return DwtDctSvdBackend()

@@ -1,0 +1,175 @@
+"""Quality gates: best-of-N regeneration of items that fail a check, within a per-job budget.
+
+A *gate stage* checks the output of the stage it follows on the same item (``gate.identity[s2]`` checks
+``gpu.scene[s2]``; ``GATE_TARGETS`` says which). Its worker returns::
+
+    {"gates": [{"name": "identity", "score": 0.31, "passed": false, "detail": "..."}, ...],
+     "passed": false,            # all gates passed
+     "score": 0.31,              # what best-of-N maximises (null: nothing measurable, e.g. no face)
+     "regenerate": true,         # a new seed could help
+     "artifact_key": "...",      # the artifact that was scored (its meta gets the scores)
+     "warnings": ["..."], "strict": false}
+
+``gate_done`` (called by ``engine.stage_done`` when a gate stage succeeds) then decides:
+
+* passed → the job moves on;
+* failed, ``regenerate`` asked, fewer than ``gate_max_attempts`` attempts for this item and fewer than
+  ``gate_max_regenerations`` regenerations spent by the whole job → the target item and the gate row go
+  back to ``pending``; the engine re-queues the target with ``StageTask.regeneration`` = attempts so far
+  (the stage offsets its seed by it and writes a new artifact name), then the gate again;
+* otherwise the best-scoring attempt is kept: the target row's output is set back to that attempt's
+  output (what downstream stages read), the gate row records every attempt and which one was kept, and
+  a ``job.warning`` event says the item did not pass. With ``strict`` in the gate's output the job fails
+  instead.
+
+Every attempt's scores are written into the meta of the artifact it scored (``meta.gates``), and the
+kept one is marked ``meta.gate_selected``, so ``GET /v1/jobs/{id}/artifacts`` shows all attempts. The
+history lives in the gate row's ``output.attempts`` (also while the row is pending again), so no schema
+change is needed and a restarted orchestrator continues where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from atelier_shared.events import emit
+from atelier_shared.models import Artifact, Job, Stage, utcnow
+from atelier_shared.settings import Settings
+from atelier_shared.tasks import S_GATE_IDENTITY, S_SCENE
+from sqlalchemy import select
+from sqlalchemy.orm import Session, object_session
+
+log = logging.getLogger(__name__)
+
+# gate stage -> the stage whose item it regenerates (same item space)
+GATE_TARGETS: dict[str, str] = {S_GATE_IDENTITY: S_SCENE}
+_TARGET_GATES: dict[str, str] = {target: gate for gate, target in GATE_TARGETS.items()}
+
+
+def is_gate(stage_name: str) -> bool:
+    return stage_name in GATE_TARGETS
+
+
+def history(row: Stage) -> list[dict[str, Any]]:
+    """Attempts recorded so far on a gate row (read before its output is overwritten)."""
+    if not is_gate(row.name) or not isinstance(row.output, dict):
+        return []
+    attempts = row.output.get("attempts")
+    return list(attempts) if isinstance(attempts, list) else []
+
+
+def regeneration_for(row: Stage) -> int:
+    """``StageTask.regeneration`` for a row: how many times a gate has regenerated its item so far."""
+    gate_name = row.name if is_gate(row.name) else _TARGET_GATES.get(row.name)
+    if gate_name is None:
+        return 0
+    session = object_session(row)
+    if session is None:
+        return 0
+    gate = row if gate_name == row.name else session.scalar(
+        select(Stage).where(Stage.job_id == row.job_id, Stage.name == gate_name, Stage.item == row.item))
+    if gate is None:
+        return 0
+    n = len(history(gate))
+    # a finished gate row holds its final attempt too; a pending one only the attempts that asked for more
+    return n - 1 if gate.status == "succeeded" and n else n
+
+
+def regenerations_used(session: Session, job_id: str, *, exclude: str) -> int:
+    """Regenerations the job's gates have asked for so far (``exclude``: the row being decided)."""
+    used = 0
+    for gate in session.scalars(select(Stage).where(Stage.job_id == job_id, Stage.name.in_(list(GATE_TARGETS)),
+                                                    Stage.id != exclude)):
+        n = len(history(gate))
+        used += max(n - 1, 0) if gate.status == "succeeded" else n
+    return used
+
+
+def _score(attempt: dict[str, Any]) -> float:
+    score = attempt.get("score")
+    return float(score) if isinstance(score, int | float) else float("-inf")
+
+
+def _annotate(session: Session, job: Job, key: Any, gate_name: str, attempt: dict[str, Any],
+              selected: bool | None = None) -> None:
+    if not isinstance(key, str):
+        return
+    art = session.scalar(select(Artifact).where(Artifact.key == key, Artifact.job_id == job.id))
+    if art is None:
+        return
+    meta = dict(art.meta or {})
+    if attempt:
+        gates = dict(meta.get("gates") or {})
+        gates[gate_name] = {k: attempt.get(k) for k in ("regeneration", "score", "passed", "gates", "detail")}
+        meta["gates"] = gates
+    if selected is not None:
+        meta["gate_selected"] = selected
+    art.meta = meta  # a new dict, so the JSON column is written
+
+
+def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, Any]], *, settings: Settings) -> str:
+    """Act on a gate stage's result (``row.output`` is the worker's output). Returns pass | regenerate | keep | fail."""
+    target_name = GATE_TARGETS.get(row.name)
+    if target_name is None:
+        return "pass"
+    out = dict(row.output or {})
+    target = session.scalar(select(Stage).where(Stage.job_id == job.id, Stage.name == target_name,
+                                                Stage.item == row.item))
+    n = len(previous)
+    attempt = {
+        "regeneration": n, "score": out.get("score"), "passed": out.get("passed"), "gates": out.get("gates") or [],
+        "detail": out.get("detail"), "artifact_key": out.get("artifact_key"), "warnings": out.get("warnings") or [],
+        "target_output": target.output if target is not None else None,
+    }
+    attempts = [*previous, attempt]
+    _annotate(session, job, attempt["artifact_key"], row.name, attempt)
+    passed = out.get("passed") is True
+    wants = bool(out.get("regenerate")) and not passed and target is not None
+    used = regenerations_used(session, job.id, exclude=row.id) + n
+    can = wants and n + 1 < settings.gate_max_attempts and used < settings.gate_max_regenerations
+    decision = "pass" if passed else ("regenerate" if can else "keep")
+    emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.gate",
+         data={"stage": row.name, "item": row.item, "regeneration": n, "score": out.get("score"), "passed": passed,
+               "decision": decision, "budget_used": used + (1 if can else 0),
+               "budget": settings.gate_max_regenerations})
+    if decision == "regenerate":
+        assert target is not None
+        row.status, row.output, row.attempts, row.error = "pending", {"attempts": attempts}, 0, None
+        target.status, target.attempts, target.error = "pending", 0, None
+        target.queued_at = row.queued_at = None
+        target.finished_at = row.finished_at = None
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.regenerating",
+             data={"stage": target.name, "item": row.item, "regeneration": n + 1, "gate": row.name,
+                   "score": out.get("score")})
+        return decision
+    if len(attempts) > 1:
+        # best of N: the highest score (ties: the earlier attempt); its output is what downstream stages read
+        best = max(attempts, key=lambda a: (_score(a), -a["regeneration"]))
+        if target is not None and best is not attempt and best.get("target_output") is not None:
+            target.output = best["target_output"]
+        for a in attempts:
+            _annotate(session, job, a.get("artifact_key"), row.name, {}, selected=a is best)
+    else:
+        best = attempt
+        _annotate(session, job, attempt["artifact_key"], row.name, {}, selected=True)
+    final = best if best is not attempt else out
+    row.output = {**{k: v for k, v in final.items() if k != "target_output"}, "attempts": attempts,
+                  "kept": best["regeneration"], "passed": best.get("passed") is True}
+    if decision == "pass":
+        return decision
+    warning = (f"{row.name}[{row.item}] did not pass after {len(attempts)} attempt(s); kept regeneration "
+               f"{best['regeneration']} (score {best.get('score')}): "
+               + "; ".join(str(w) for w in (best.get("warnings") or attempt["warnings"] or [best.get("detail")])))
+    row.output["warnings"] = [warning]
+    emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.warning",
+         data={"stage": row.name, "item": row.item, "warning": warning})
+    if out.get("strict"):
+        from .engine import _finish_job
+
+        row.status, row.error, row.finished_at = "failed", warning, utcnow()
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.failed",
+             data={"stage": row.name, "item": row.item, "attempt": row.attempts, "error": warning})
+        _finish_job(session, job, "failed", error=f"strict gate: {warning}")
+        return "fail"
+    return decision

@@ -1,0 +1,32 @@
+"""``POST /v1/verify``: is this file ours (invisible watermark), and what do its content credentials say?"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from atelier_shared.verify import verify_image
+from fastapi import APIRouter, File, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import SessionDep, SettingsDep, TenantDep
+from ..problems import problem_responses
+from ..uploads import read_limited
+
+router = APIRouter(prefix="/v1/verify", tags=["verify"])
+
+
+@router.post(
+    "", summary="Verify an image: watermark, C2PA manifest, and the job it came from (within your tenant)",
+    responses=problem_responses(401, 413, 415, 422),
+)
+async def verify(
+    file: Annotated[UploadFile, File(description="The image as found (PNG, JPEG, WebP); its bytes are not stored.")],
+    principal: TenantDep, session: SessionDep, settings: SettingsDep,
+) -> dict[str, Any]:
+    """Watermark decision at the stated false-positive rate, C2PA validity (trusted/untrusted/invalid/absent) and
+    claims (job, model, time); the mark's job reference is looked up among the caller's jobs only."""
+    data = await run_in_threadpool(read_limited, file.file, settings.upload_max_bytes)
+    report = await run_in_threadpool(verify_image, data, settings=settings, session=session,
+                                     tenant_id=principal.tenant_id)
+    session.rollback()  # read-only; end the transaction before answering
+    return report
