@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,12 +70,63 @@ def test_render_ad(make_ctx: MakeCtx) -> None:
                          "gpu.background": {"background_key": bg_key, "width": 512, "height": 256}}
     out = tasks.render_ad.stage_fn(ctx)
     assert out == {"render_key": "tenants/t1/jobs/job-1/render.ad/1200x628-v1.png", "width": 1200, "height": 628,
-                   "size": "1200x628", "variant": 1}
+                   "size": "1200x628", "variant": 1, "gates_passed": True, "gates_failed": []}
     img = Image.open(io.BytesIO(ctx.get(out["render_key"])))
     assert img.size == (1200, 628)
     assert img.convert("RGB").getpixel((int(0.75 * 1200), int(0.5 * 628))) == (200, 30, 30)  # product pasted
     rec = ctx.artifacts[0]
     assert rec.kind == "render" and (rec.width, rec.height) == (1200, 628) and rec.content_type == "image/png"
+    # gate scores ride along in the artifact's meta: OCR per text box, contrast, canvas, safe zone
+    gates = {g["name"]: g for g in rec.meta["gates"]}
+    assert {"ocr.headline", "ocr.cta", "contrast.headline", "contrast.cta", "inside_canvas", "safe_zone"} <= set(gates)
+    assert gates["ocr.headline"]["score"] == 0.0 and gates["ocr.headline"]["passed"] is True
+    assert gates["contrast.headline"]["score"] >= 4.5 and gates["safe_zone"]["passed"] is True
+    assert rec.meta["taglines"] == ["Hello"] and rec.meta["cta"] == "Buy" and rec.meta["backdrop"] == "generated"
+
+
+def test_render_ad_studio_backdrop_needs_no_background(make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(stage="render.ad", kind="campaign", spec=dict(SPEC, backdrop="studio"), item="1080x1080-v0")
+    ctx.store.put("tenants/t1/uploads/up-1.png", png(Image.new("RGBA", (50, 100), (200, 30, 30, 255))), "image/png")
+    ctx.store.put("tenants/t1/uploads/logo-1.png", png(Image.new("RGB", (60, 30), (0, 180, 0))), "image/png")
+    # no gpu.background output at all: the renderer draws the backdrop itself
+    ctx.task.upstream = {"plan.ad_layout": {"plan": ad_plan().model_dump(mode="json")}}
+    out = tasks.render_ad.stage_fn(ctx)
+    img = Image.open(io.BytesIO(ctx.get(out["render_key"]))).convert("RGB")
+    assert img.size == (1080, 1080) and ctx.artifacts[0].meta["backdrop"] == "studio"
+    assert out["gates_passed"] is True, ctx.artifacts[0].meta["gates"]
+
+
+def test_render_ad_uses_the_brand_kit_font(make_ctx: MakeCtx) -> None:
+    """The brand font comes from the store by artifact id, is registered under the brand's family and drawn."""
+    src = Path("/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf")
+    if not src.is_file():
+        pytest.skip("DejaVu Serif (fonts-dejavu-core) is not installed")
+    spec = {**SPEC, "brand": {**SPEC["brand"], "font": "LumenSerif", "font_artifact": "art_font1"}}
+    ctx = make_ctx(stage="render.ad", kind="campaign", spec=spec, item="1080x1080-v0")
+    ctx.store.put("tenants/t1/uploads/up-1.png", png(Image.new("RGBA", (50, 100), (200, 30, 30, 255))), "image/png")
+    ctx.store.put("tenants/t1/uploads/logo-1.png", png(Image.new("RGB", (60, 30), (0, 180, 0))), "image/png")
+    ctx.store.put(tasks.font_key("t1", "art_font1"), src.read_bytes(), "font/ttf")
+    bg_key = "tenants/t1/jobs/job-1/gpu.background/1080x1080-v0.png"
+    ctx.store.put(bg_key, png(Image.new("RGB", (64, 64), (240, 240, 240))), "image/png")
+    ctx.task.upstream = {"plan.ad_layout": {"plan": ad_plan().model_dump(mode="json")},
+                         "gpu.background": {"background_key": bg_key}}
+    tasks.render_ad.stage_fn(ctx)
+    texts = ctx.artifacts[0].meta["texts"]
+    assert {t["font"] for t in texts} == {f"{hashlib.sha256(src.read_bytes()).hexdigest()}.font"}
+
+
+def test_render_ad_rejects_a_broken_brand_font(make_ctx: MakeCtx) -> None:
+    spec = {**SPEC, "brand": {**SPEC["brand"], "font_artifact": "art_bad"}}
+    ctx = make_ctx(stage="render.ad", kind="campaign", spec=spec, item="1080x1080-v0",
+                   upstream={"plan.ad_layout": {"plan": ad_plan().model_dump(mode="json")},
+                             "gpu.background": {"background_key": "k"}})
+    ctx.store.put("k", png(Image.new("RGB", (8, 8))), "image/png")
+    ctx.store.put("tenants/t1/uploads/up-1.png", png(Image.new("RGB", (8, 8))), "image/png")
+    ctx.store.put("tenants/t1/uploads/logo-1.png", png(Image.new("RGB", (8, 8))), "image/png")
+    ctx.store.put(tasks.font_key("t1", "art_bad"), b"not a font", "font/ttf")
+    with pytest.raises(StageError, match="not a readable") as exc:
+        tasks.render_ad.stage_fn(ctx)
+    assert exc.value.retryable is False
 
 
 def test_render_ad_unknown_size_fails_for_good(make_ctx: MakeCtx) -> None:
@@ -105,6 +157,11 @@ def test_render_storybook(make_ctx: MakeCtx) -> None:
     assert out == {"render_key": "tenants/t1/jobs/job-1/render.storybook/s2.png", "width": 1024, "height": 1280, "page": 3}
     assert ctx.artifacts[0].kind == "page"
     assert Image.open(io.BytesIO(ctx.get(out["render_key"]))).size == (1024, 1280)
+    side = json.loads(ctx.get("tenants/t1/jobs/job-1/render.storybook/s2.json"))
+    assert side["narration"] == "Narration of page 3." and side["title"] == "T" and side["page"] == 3
+    x1, y1, x2, y2 = side["image_rect"]
+    page = Image.open(io.BytesIO(ctx.get(out["render_key"]))).convert("RGB")
+    assert page.getpixel(((x1 + x2) // 2, (y1 + y2) // 2)) == (90, 90, 200)  # the rect is where the scene is
 
 
 def test_deliver_writes_manifest(make_ctx: MakeCtx) -> None:
@@ -123,7 +180,10 @@ def test_deliver_writes_manifest(make_ctx: MakeCtx) -> None:
     first = manifest["assets"][0]
     assert first["item"] == "s1" and first["sha256"] == hashlib.sha256(ctx.get(first["key"])).hexdigest()
     assert first["watermark"]["method"] == "dwtDctSvd" and (first["width"], first["height"]) == (41, 30)
-    assert ctx.artifacts[0].kind == "manifest"
+    # a story also gets its storybook as PDF and HTML, listed in the manifest
+    assert [a.kind for a in ctx.artifacts] == ["document", "document", "manifest"]
+    assert [d["item"] for d in manifest["documents"]] == ["storybook.pdf", "storybook.html"]
+    assert ctx.get(manifest["documents"][0]["key"]).startswith(b"%PDF-")
 
 
 def test_deliver_missing_asset_fails(make_ctx: MakeCtx) -> None:

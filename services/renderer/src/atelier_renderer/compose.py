@@ -10,14 +10,17 @@ counts as both its light and its dark parts). When the planned colour fails, ano
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from atelier_shared.plans import AdVariant, Box, Tagline, TextStyle
 from PIL import Image, ImageDraw, ImageFilter
 
-from .fonts import Font, load_font
+from .fonts import Font, is_rtl, load_font
 
 WCAG_AA = 4.5
 RGB = tuple[int, int, int]
@@ -116,39 +119,117 @@ def _metrics(font: Font) -> tuple[int, int]:
 
 
 def text_width(text: str, font: Font) -> int:
+    """Advance-box width of ``text`` as drawn (shaped) with ``font``, in pixels."""
     if not text:
         return 0
+    return _width(font, text)
+
+
+@lru_cache(maxsize=65536)
+def _width(font: Font, text: str) -> int:
     left, _top, right, _bottom = font.getbbox(text)
     return int(math.ceil(right - min(0, left)))
 
 
+_CJK_CHAR = r"\u3000-\u30FF\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF\uFF00-\uFFEF\uAC00-\uD7AF"
+_CJK_RE = re.compile(f"[{_CJK_CHAR}]")
+_CJK_PIECES = re.compile(f"[{_CJK_CHAR}]|[^{_CJK_CHAR}]+")
+# kinsoku: these never start a line (closing marks) / never end one (opening marks)
+_NO_START = set("、。，．・：；？！ー）」』】〉》〕］｝〟’”ゝゞヽヾぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ々〜…‥,.!?)]}")
+_NO_END = set("（「『【〈《〔［｛〝‘“([{")
+_VIRAMAS = frozenset("\u094D\u09CD\u0A4D\u0ACD\u0B4D\u0BCD\u0C4D\u0CCD\u0D4D")
+
+
+def _tokens(para: str) -> list[tuple[str, bool]]:
+    """Break opportunities of a paragraph: ``(token, space_before)``. Words break at spaces; CJK text
+    breaks between any two characters, except before closing and after opening punctuation."""
+    out: list[tuple[str, bool]] = []
+    for m in re.finditer(r"\S+", para):
+        word, space = m.group(0), bool(out)
+        if not _CJK_RE.search(word):
+            out.append((word, space))
+            continue
+        pieces: list[str] = []
+        for piece in _CJK_PIECES.findall(word):
+            if pieces and (piece[0] in _NO_START or pieces[-1][-1] in _NO_END):
+                pieces[-1] += piece
+            else:
+                pieces.append(piece)
+        out.append((pieces[0], space))
+        out.extend((p, False) for p in pieces[1:])
+    return out
+
+
+def _clusters(word: str) -> list[str]:
+    """Rough grapheme clusters: a base character with its combining marks, joiners and virama conjuncts,
+    so a forced break never splits what the shaper draws as one glyph."""
+    out: list[str] = []
+    for ch in word:
+        joins = (unicodedata.category(ch).startswith("M") or ch in "\u200c\u200d"
+                 or (out and out[-1][-1] in _VIRAMAS) or (out and out[-1][-1] in "\u200c\u200d"))
+        if out and joins:
+            out[-1] += ch
+        else:
+            out.append(ch)
+    return out
+
+
 def wrap_text(text: str, font: Font, max_width: int) -> list[str]:
-    """Greedy word wrap to ``max_width`` px; a word wider than the line is broken between characters."""
+    """Greedy line breaking to ``max_width`` px: by words, by characters in CJK text; a word wider than
+    the line is broken between grapheme clusters.
+
+    Lines are built from measured token widths (shaping happens within words, so they add up), and
+    every finished line is measured whole; one that came out too wide gives its last tokens back."""
     lines: list[str] = []
+    space = text_width("a a", font) - text_width("aa", font)
     for para in text.split("\n"):
-        words = para.split()
-        current = ""
-        for word in words:
-            trial = f"{current} {word}" if current else word
-            if text_width(trial, font) <= max_width:
-                current = trial
-                continue
-            if current:
-                lines.append(current)
+        tokens = _tokens(para)
+        pending: list[tuple[str, bool]] = []
+        for word, sp in tokens:
             if text_width(word, font) <= max_width:
-                current = word
+                pending.append((word, sp))
                 continue
+            pieces: list[str] = []
             piece = ""
-            for ch in word:  # a single word wider than the box: hard-break it
-                if piece and text_width(piece + ch, font) > max_width:
-                    lines.append(piece)
-                    piece = ch
+            for cl in _clusters(word):  # a single word wider than the box: hard-break it
+                if piece and text_width(piece + cl, font) > max_width:
+                    pieces.append(piece)
+                    piece = cl
                 else:
-                    piece += ch
-            current = piece
-        if current or not words:
-            lines.append(current)
+                    piece += cl
+            pieces.append(piece)
+            pending.append((pieces[0], sp))
+            pending.extend((p, False) for p in pieces[1:])
+        current: list[tuple[str, bool]] = []
+        width, i, n = 0, 0, len(pending)
+        while True:
+            if i < n:
+                word, sp = pending[i]
+                add = text_width(word, font) + (space if current and sp else 0)
+                if not current or width + add <= max_width:
+                    current.append((word, sp))
+                    width += add
+                    i += 1
+                    continue
+            if not current:
+                break
+            while len(current) > 1 and text_width(_join(current), font) > max_width:
+                current.pop()  # the estimate was a little short: give the token back
+                i -= 1
+            lines.append(_join(current))
+            current, width = [], 0
+            if i >= n:
+                break
+        if not tokens:
+            lines.append("")
     return lines
+
+
+def _join(tokens: list[tuple[str, bool]]) -> str:
+    out = ""
+    for word, sp in tokens:
+        out += (" " if out and sp else "") + word
+    return out
 
 
 def _block(lines: list[str], font: Font, spacing: float) -> tuple[int, int, int]:
@@ -194,7 +275,7 @@ def fit_text(text: str, box_w: int, box_h: int, *, bold: bool = False, family: s
     lines = fit.lines[:keep]
     last = lines[-1]
     while last and text_width(last + "…", font) > box_w:
-        last = last[:-1].rstrip()
+        last = "".join(_clusters(last)[:-1]).rstrip()
     lines[-1] = last + "…"
     w, h, pitch = _block(lines, font, line_spacing)
     return TextFit(font, fit.size, lines, pitch, w, h, truncated=True)
@@ -202,8 +283,12 @@ def fit_text(text: str, box_w: int, box_h: int, *, bold: bool = False, family: s
 
 def draw_text_block(draw: ImageDraw.ImageDraw, fit: TextFit, box: tuple[int, int, int, int], color: RGB | str,
                     align: str = "center", valign: str = "center") -> tuple[int, int, int, int]:
-    """Draw fitted lines inside ``box``; returns the block's pixel rectangle."""
+    """Draw fitted lines inside ``box``; returns the block's pixel rectangle.
+
+    Right-to-left text (Arabic, Hebrew) mirrors the alignment: its lines start at the right edge."""
     x1, y1, x2, y2 = box
+    if is_rtl(" ".join(fit.lines)):
+        align = {"left": "right", "right": "left"}.get(align, align)
     if valign == "top":
         top = y1
     elif valign == "bottom":
@@ -335,6 +420,8 @@ class TextReport:
     switched: bool = False
     underlay: bool = False
     truncated: bool = False
+    ground: str | None = None  # the colour drawn behind the text (button or underlay), None = the backdrop
+    font: str = ""
 
 
 @dataclass
@@ -344,6 +431,8 @@ class AdReport:
     product_box: tuple[int, int, int, int] | None = None
     product_rect: tuple[int, int, int, int] | None = None
     texts: list[TextReport] = field(default_factory=list)
+    backdrop: str = "generated"
+    safe_zone: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def _level(box: Box, index_among_taglines: int) -> str:
@@ -355,10 +444,11 @@ def _level(box: Box, index_among_taglines: int) -> str:
     return "headline" if index_among_taglines == 0 else "sub"
 
 
-def _text_for(level: str, box: Box, taglines: list[Tagline]) -> str:
+def _text_for(level: str, box: Box, taglines: list[Tagline], nth: int = 0) -> str:
+    """The ``nth`` tagline of ``level`` (the n-th box of a level shows the n-th line), else the box caption."""
     same = [t.text for t in taglines if t.level == level]
-    if same:
-        return same[0]
+    if nth < len(same):
+        return same[nth]
     return box.caption.split(":", 1)[1].strip() if ":" in box.caption else box.caption
 
 
@@ -389,10 +479,45 @@ def _choose_text_colour(planned: str, image: Image.Image, palette: list[str]) ->
     return best[1], best[0], True
 
 
-def _draw_text(canvas: Image.Image, box: Box, text: str, level: str, style: TextStyle | None, brand: dict[str, Any],
-               report: AdReport, max_size: int | None = None) -> None:
+# the channel rules of the planner's safe-zone table (atelier_planner/data/safe_zones.json), mirrored here
+# because services never import each other: (name, test, left, top, right, bottom) as fractions of the canvas
+SAFE_ZONES: tuple[tuple[str, Any, float, float, float, float], ...] = (
+    ("vertical-fullscreen", lambda w, h: h / w >= 1.6, 0.06, 0.14, 0.08, 0.20),  # Stories, Reels, Shorts, TikTok
+    ("banner", lambda w, h: w / h >= 4.0, 0.03, 0.08, 0.03, 0.08),  # leaderboards, billboards
+    ("title-safe", lambda w, h: True, 0.04, 0.04, 0.04, 0.04),  # feeds, display ads, everything else
+)
+
+
+def safe_zone(width: int, height: int) -> tuple[int, int, int, int]:
+    """The rectangle text must stay in for the channel a size is meant for.
+
+    Full-screen vertical placements (9:16) are covered by the app's own UI: about 14% at the top (profile,
+    progress bar), 20% at the bottom (caption, reply bar, call-to-action) and the side buttons; every other
+    size keeps a title-safe margin."""
+    for _name, test, left, top, right, bottom in SAFE_ZONES:
+        if test(width, height):
+            return (round(left * width), round(top * height), width - round(right * width),
+                    height - round(bottom * height))
+    return 0, 0, width, height
+
+
+def _clamp_box(rect: tuple[int, int, int, int], safe: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """``rect`` cut to the safe zone; a box that lies (almost) outside it is moved inside instead."""
+    x1, y1, x2, y2 = max(rect[0], safe[0]), max(rect[1], safe[1]), min(rect[2], safe[2]), min(rect[3], safe[3])
+    w, h = rect[2] - rect[0], rect[3] - rect[1]
+    if x2 - x1 < max(8, w // 3):
+        x1 = min(max(rect[0], safe[0]), safe[2] - w)
+        x2 = min(safe[2], x1 + w)
+    if y2 - y1 < max(8, h // 3):
+        y1 = min(max(rect[1], safe[1]), safe[3] - h)
+        y2 = min(safe[3], y1 + h)
+    return x1, y1, x2, y2
+
+
+def _draw_text(canvas: Image.Image, rect: tuple[int, int, int, int], text: str, level: str, style: TextStyle | None,
+               brand: dict[str, Any], report: AdReport, max_size: int | None = None) -> None:
     W, H = canvas.size
-    x1, y1, x2, y2 = box.to_pixels(W, H)
+    x1, y1, x2, y2 = rect
     palette = [str(c) for c in brand.get("palette") or ["#1F2937", "#F9FAFB"]]
     family = (style.font if style else None) or brand.get("font")
     draw = ImageDraw.Draw(canvas)
@@ -410,7 +535,8 @@ def _draw_text(canvas: Image.Image, box: Box, text: str, level: str, style: Text
         fit = fit_text(text, inner[2] - inner[0], inner[3] - inner[1], bold=True, family=family, min_size=6)
         block = draw_text_block(ImageDraw.Draw(canvas), fit, inner, color, align="center")
         report.texts.append(TextReport("cta", level, text, (x1, y1, x2, y2), block, fit.size, fit.lines, color,
-                                       contrast_ratio(color, fill), switched, True, fit.truncated))
+                                       contrast_ratio(color, fill), switched, True, fit.truncated, fill,
+                                       font=_font_name(fit)))
         return
     pad = max(1, round(0.04 * min(x2 - x1, y2 - y1)))
     inner = (x1 + pad, y1 + pad, x2 - pad, y2 - pad)
@@ -423,6 +549,7 @@ def _draw_text(canvas: Image.Image, box: Box, text: str, level: str, style: Text
     planned = style.color if style else palette[0]
     color, contrast, switched = _choose_text_colour(planned, region, palette)
     underlay = False
+    under_hex: str | None = None
     if contrast < WCAG_AA:
         # no colour reads on this background: an opaque underlay behind the block
         wanted = [style.underlay_color] if style and style.underlay_color else []
@@ -432,46 +559,120 @@ def _draw_text(canvas: Image.Image, box: Box, text: str, level: str, style: Text
         color = planned.upper() if contrast_ratio(planned, under) >= WCAG_AA else max(
             _candidates(palette), key=lambda c: contrast_ratio(c, under))
         m = max(2, pad // 2 + fit.size // 6)
-        rect = (max(0, probe[0] - m), max(0, probe[1] - m), min(W, probe[2] + m), min(H, probe[3] + m))
-        _rounded(canvas, rect, hex_to_rgb(under), radius=max(2, fit.size // 4))
-        contrast, switched, underlay = contrast_ratio(color, under), color != planned.upper(), True
+        rect_u = (max(0, probe[0] - m), max(0, probe[1] - m), min(W, probe[2] + m), min(H, probe[3] + m))
+        _rounded(canvas, rect_u, hex_to_rgb(under), radius=max(2, fit.size // 4))
+        contrast, switched, underlay, under_hex = contrast_ratio(color, under), color != planned.upper(), True, under
     block = draw_text_block(draw, fit, inner, color, align=align)
     report.texts.append(TextReport("tagline", level, text, (x1, y1, x2, y2), block, fit.size, fit.lines, color, contrast,
-                                   switched, underlay, fit.truncated))
+                                   switched, underlay, fit.truncated, under_hex, font=_font_name(fit)))
 
 
-def compose_ad_with_report(*, background: Image.Image, product: Image.Image | None, variant: AdVariant,
-                           taglines: list[Tagline], brand: dict[str, Any],
-                           logo: Image.Image | None = None) -> tuple[Image.Image, AdReport]:
-    """:func:`compose_ad` plus a report of every text box (size, lines, colour, contrast, underlay)."""
+def _font_name(fit: TextFit) -> str:
+    return str(getattr(fit.font, "path", "") or "default").rsplit("/", 1)[-1]
+
+
+# ---------------------------------------------------------------- studio backdrop
+
+
+def _mix(a: RGB, b: RGB, t: float) -> RGB:
+    return (round(a[0] + (b[0] - a[0]) * t), round(a[1] + (b[1] - a[1]) * t), round(a[2] + (b[2] - a[2]) * t))
+
+
+def studio_colours(palette: list[str]) -> tuple[RGB, RGB]:
+    """(wall, floor) of a studio sweep in the brand's palette: its lightest colour, kept light."""
+    lightest = max((hex_to_rgb(c) for c in palette), key=relative_luminance)
+    wall = _mix(lightest, (255, 255, 255), 0.25 if relative_luminance(lightest) > 0.5 else 0.8)
+    floor = _mix(wall, lightest if lightest != wall else (0, 0, 0), 0.35 if lightest != wall else 0.08)
+    return wall, floor
+
+
+def studio_backdrop(width: int, height: int, palette: list[str], *, horizon: float = 0.72) -> Image.Image:
+    """A seamless studio sweep in brand colours: a lit wall curving into the floor at ``horizon``
+    (fraction of the height), with a soft vignette. Rendered on CPU; needs no GPU background."""
+    wall, floor = studio_colours(palette)
+    y = np.linspace(0.0, 1.0, height)[:, None]
+    # smoothstep across the sweep, so there is no hard floor line
+    band = 0.12
+    t = np.clip((y - (horizon - band)) / (2 * band), 0.0, 1.0)
+    t = t * t * (3 - 2 * t)
+    wall_a, floor_a = np.array(wall, dtype=np.float64), np.array(floor, dtype=np.float64)
+    light = 1.04 - 0.08 * y  # light from above
+    img = ((1 - t)[..., None] * wall_a + t[..., None] * floor_a) * light[..., None]
+    xs = np.linspace(-1.0, 1.0, width)[None, :]
+    ys = np.linspace(-1.0, 1.0, height)[:, None]
+    vignette = 1.0 - 0.10 * np.clip(xs ** 2 + 0.6 * ys ** 2, 0.0, 1.6)
+    img = np.clip(img * vignette[..., None], 0, 255).astype(np.uint8)
+    return Image.fromarray(np.broadcast_to(img, (height, width, 3)).copy(), "RGB")
+
+
+def floor_shadow(canvas: Image.Image, product: Image.Image, pos: tuple[int, int]) -> None:
+    """A soft elliptical floor shadow under a product standing at ``pos`` (its top-left)."""
+    w, h = product.size
+    px, py = pos
+    alpha = np.asarray(product.getchannel("A")) if product.mode == "RGBA" else np.full((h, w), 255, np.uint8)
+    cols = np.where(alpha[max(0, h - max(2, h // 12)):].max(axis=0) > 32)[0]
+    left, right = (int(cols.min()), int(cols.max())) if cols.size else (0, w - 1)
+    foot_w = max(4, right - left + 1)
+    cx, base = px + (left + right) // 2, py + h
+    spread = max(6.0, 0.55 * foot_w)
+    overlay = Image.new("L", canvas.size, 0)
+    d = ImageDraw.Draw(overlay)
+    ry = max(2, round(0.09 * spread))
+    d.ellipse((cx - spread, base - ry, cx + spread, base + ry), fill=110)  # wide soft penumbra
+    d.ellipse((cx - 0.42 * foot_w, base - ry * 0.45, cx + 0.42 * foot_w, base + ry * 0.45), fill=170)  # contact
+    overlay = overlay.filter(ImageFilter.GaussianBlur(max(2.0, 0.06 * spread)))
+    shade = Image.new("RGBA", canvas.size, (20, 16, 12, 0))
+    shade.putalpha(overlay)
+    canvas.alpha_composite(shade)
+
+
+def compose_ad_with_report(*, background: Image.Image | None, product: Image.Image | None, variant: AdVariant,
+                           taglines: list[Tagline], brand: dict[str, Any], logo: Image.Image | None = None,
+                           backdrop: str = "generated") -> tuple[Image.Image, AdReport]:
+    """:func:`compose_ad` plus a report of every text box (size, lines, colour, contrast, underlay).
+
+    ``backdrop="studio"`` ignores ``background`` and draws a brand-palette studio sweep with a floor
+    shadow under the product; ``"generated"`` covers the canvas with the (GPU) background."""
     W, H = variant.target.w, variant.target.h
-    canvas = cover(background.convert("RGB"), W, H).convert("RGBA")
-    report = AdReport(width=W, height=H)
+    palette = [str(c) for c in brand.get("palette") or ["#1F2937", "#F9FAFB"]]
     boxes = sorted(variant.layout.boxes, key=lambda b: b.z)  # stable: equal z keeps plan order
+    product_box = next((b for b in boxes if b.role == "product"), None)
+    if backdrop == "studio" or background is None:
+        horizon = product_box.bbox[3] - 0.04 if product_box is not None else 0.72
+        canvas = studio_backdrop(W, H, palette, horizon=min(0.95, max(0.3, horizon))).convert("RGBA")
+    else:
+        canvas = cover(background.convert("RGB"), W, H).convert("RGBA")
+    report = AdReport(width=W, height=H, backdrop="studio" if backdrop == "studio" or background is None else "generated",
+                      safe_zone=safe_zone(W, H))
 
     for b in boxes:
         if b.role == "product" and product is not None:
             rect = b.to_pixels(W, H)
             img, (px, py) = fit_into(cutout(product), rect, valign="bottom")
+            if report.backdrop == "studio":
+                floor_shadow(canvas, img, (px, py))
             canvas.alpha_composite(img, (px, py))
             report.product_box, report.product_rect = rect, (px, py, px + img.width, py + img.height)
     text_styles = [s for s in variant.text_styles if s.box_role in ("tagline", "cta")]
     under_color = next((s.underlay_color for s in text_styles if s.box_role == "tagline" and s.underlay_color), None)
     for b in boxes:
         if b.role == "underlay" and under_color:
-            x1, y1, x2, y2 = b.to_pixels(W, H)
+            x1, y1, x2, y2 = _clamp_box(b.to_pixels(W, H), report.safe_zone)
             _rounded(canvas, (x1, y1, x2 - 1, y2 - 1), hex_to_rgb(under_color), radius=round(0.04 * min(x2 - x1, y2 - y1)))
     text_boxes = [b for b in variant.layout.boxes if b.role in ("tagline", "cta")]
     n_tag = 0
+    seen: dict[str, int] = {}
     for b, style in zip(text_boxes, _styles_for(text_boxes, text_styles), strict=True):
         level = _level(b, n_tag)
         n_tag += b.role == "tagline"
-        text = _text_for(level, b, taglines)
+        text = _text_for(level, b, taglines, seen.get(level, 0))
+        seen[level] = seen.get(level, 0) + 1
         headline = next((t.size for t in report.texts if t.level == "headline"), None)
         # hierarchy: a sub line never outgrows the headline drawn before it
         cap = max(6, round(0.75 * headline)) if level == "sub" and headline else None
         if text.strip():
-            _draw_text(canvas, b, text, level, style, brand, report, max_size=cap)
+            rect = _clamp_box(b.to_pixels(W, H), report.safe_zone)
+            _draw_text(canvas, rect, text, level, style, brand, report, max_size=cap)
     for b in boxes:
         if b.role == "logo" and logo is not None:
             img, pos = fit_into(cutout(logo), b.to_pixels(W, H))
@@ -479,8 +680,9 @@ def compose_ad_with_report(*, background: Image.Image, product: Image.Image | No
     return canvas.convert("RGB"), report
 
 
-def compose_ad(*, background: Image.Image, product: Image.Image | None, variant: AdVariant, taglines: list[Tagline],
-               brand: dict[str, Any], logo: Image.Image | None = None) -> Image.Image:
+def compose_ad(*, background: Image.Image | None, product: Image.Image | None, variant: AdVariant,
+               taglines: list[Tagline], brand: dict[str, Any], logo: Image.Image | None = None,
+               backdrop: str = "generated") -> Image.Image:
     """The finished ad at exactly the variant's target size (RGB)."""
     return compose_ad_with_report(background=background, product=product, variant=variant, taglines=taglines,
-                                  brand=brand, logo=logo)[0]
+                                  brand=brand, logo=logo, backdrop=backdrop)[0]

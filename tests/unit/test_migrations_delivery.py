@@ -1,0 +1,73 @@
+"""Migration 0002 (brand kits, webhooks, webhook deliveries): runs on SQLite and PostgreSQL, matches the models."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from atelier_migrations import config, upgrade
+from atelier_shared.db import make_engine
+from atelier_shared.models import Base
+from sqlalchemy import inspect
+
+TABLES = {"brands", "webhooks", "webhook_deliveries", "webhook_cursor"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'm.db'}"
+        return
+    psycopg = pytest.importorskip("psycopg")
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    name = f"atelier_mig6_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError:
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _diff_on_my_tables(url: str) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        engine.dispose()
+
+    def table_of(d: object) -> str | None:
+        item = d[0] if isinstance(d, list) else d
+        obj = item[1] if isinstance(item, tuple) and len(item) > 1 else None
+        table = getattr(obj, "table", obj)
+        return getattr(table, "name", None) if table is not None else (item[2] if isinstance(item, tuple) else None)
+
+    return [d for d in diffs if table_of(d) in TABLES]
+
+
+def test_upgrade_downgrade_upgrade(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        assert TABLES <= set(inspect(engine).get_table_names())
+        uniques = {u["name"] for u in inspect(engine).get_unique_constraints("webhook_deliveries")}
+        assert "uq_webhook_deliveries_webhook_event" in uniques  # no event queued twice for an endpoint
+    finally:
+        engine.dispose()
+    assert _diff_on_my_tables(db_url) == []  # the migration creates exactly what the models say
+    command.downgrade(config(db_url), "0001")
+    engine = make_engine(db_url)
+    try:
+        assert not TABLES & set(inspect(engine).get_table_names())
+        assert "jobs" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    upgrade(db_url)
