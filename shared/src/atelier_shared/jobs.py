@@ -70,3 +70,30 @@ def cancel_job(session: Session, runtime: RuntimeState, *, tenant_id: str, job_i
     emit(session, tenant_id=tenant_id, job_id=job.id, type="job.canceled", data={})
     runtime.cancel(job.id)
     return job
+
+
+def retry_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
+    """Give a failed job another go from where it stopped; the caller sends ``start_job`` after commit.
+
+    The failed stage row, and the rows the failure canceled, go back to ``pending`` (their outputs and
+    the stages that succeeded are kept); the job goes back to ``queued``, so ``start_job`` marks it
+    running again and queues what is ready, and the reconciler restarts it if that message is lost.
+    Attempt counters are not reset: a late result of an earlier attempt is still told apart.
+    """
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id, for_update=True)
+    if job.status != "failed":
+        raise Conflict(f"job {job_id} is {job.status}; only a failed job can be retried")
+    rows = list(session.scalars(
+        select(Stage).where(Stage.job_id == job.id, Stage.status.in_(("failed", "canceled")))
+        .order_by(Stage.position, Stage.item)
+    ))
+    for row in rows:
+        if row.status == "failed":
+            emit(session, tenant_id=tenant_id, job_id=job.id, type="stage.retrying",
+                 data={"stage": row.name, "item": row.item, "attempt": row.attempts + 1, "delay_s": 0.0,
+                       "error": row.error, "manual": True})
+        row.status, row.error, row.worker = "pending", None, None
+        row.queued_at = row.started_at = row.finished_at = None
+    job.status, job.error, job.finished_at = "queued", None, None
+    session.flush()
+    return job

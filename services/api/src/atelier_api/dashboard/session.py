@@ -1,0 +1,189 @@
+"""Dashboard sessions: an API key is exchanged for a signed, HTTP-only cookie; forms carry a CSRF token.
+
+The cookie holds ``{tenant, key id, csrf token, issued at}`` signed with HMAC-SHA256 — never the key
+itself. Every request re-checks that the key still exists and is not revoked, so revoking a key signs
+its sessions out. Anonymous visitors get a session too (CSRF token only), so the sign-in form is
+protected against login CSRF; signing in rotates the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atelier_shared.auth import authenticate, hash_key
+from atelier_shared.models import ApiKey, Tenant
+from atelier_shared.settings import Settings
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+COOKIE = "atelier_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+SECRET_FILE = "session_secret"
+
+
+def resolve_secret(settings: Settings) -> bytes:
+    """The configured secret, else one generated on first use and kept (0600) under ``settings.home``."""
+    if settings.session_secret is not None and settings.session_secret.get_secret_value():
+        return settings.session_secret.get_secret_value().encode()
+    path = Path(settings.home) / SECRET_FILE
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process wrote it first: use theirs
+        return _read_secret(path)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    log.info("generated the dashboard session secret in %s", path)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> bytes:
+    value = path.read_text().strip()
+    if len(value) < 32:
+        raise ValueError(f"{path} holds a session secret shorter than 32 characters")
+    return value.encode()
+
+
+class Signer:
+    """``base64url(json).base64url(hmac)``: tamper-evident, not secret (nothing secret goes in)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._key = hashlib.sha256(b"atelier-dashboard-session\x00" + secret).digest()
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()
+
+    def dumps(self, data: dict[str, Any]) -> str:
+        body = _b64(json.dumps(data, separators=(",", ":"), sort_keys=True).encode())
+        return f"{body}.{_b64(self._mac(body.encode()))}"
+
+    def loads(self, token: str) -> dict[str, Any] | None:
+        body, _, mac = token.partition(".")
+        if not body or not mac:
+            return None
+        try:
+            if not hmac.compare_digest(_unb64(mac), self._mac(body.encode())):
+                return None
+            data = json.loads(_unb64(body))
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking at the dashboard: a tenant, through one of its API keys."""
+
+    tenant_id: str
+    tenant_name: str
+    key_id: str
+    key_prefix: str
+    csrf: str
+
+
+@dataclass(frozen=True)
+class SessionData:
+    csrf: str
+    tenant_id: str | None = None
+    key_id: str | None = None
+    issued_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"c": self.csrf, "iat": int(self.issued_at)}
+        if self.tenant_id and self.key_id:
+            out.update(t=self.tenant_id, k=self.key_id)
+        return out
+
+
+def signer_for(request: Request) -> Signer:
+    """One signer per app, built on first use (the secret may be read from disk)."""
+    state = request.app.state
+    signer: Signer | None = getattr(state, "dashboard_signer", None)
+    if signer is None:
+        signer = Signer(resolve_secret(state.settings))
+        state.dashboard_signer = signer
+    return signer
+
+
+def read_session(request: Request, *, max_age_s: int) -> SessionData | None:
+    """The cookie's content when its signature holds and it is not older than ``max_age_s``."""
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return None
+    data = signer_for(request).loads(token)
+    if data is None or not isinstance(data.get("c"), str) or not isinstance(data.get("iat"), int):
+        return None
+    if data["iat"] + max_age_s < time.time() or data["iat"] > time.time() + 300:
+        return None
+    tenant, key = data.get("t"), data.get("k")
+    return SessionData(csrf=data["c"], tenant_id=tenant if isinstance(tenant, str) else None,
+                       key_id=key if isinstance(key, str) else None, issued_at=float(data["iat"]))
+
+
+def new_session(*, tenant_id: str | None = None, key_id: str | None = None) -> SessionData:
+    return SessionData(csrf=secrets.token_urlsafe(24), tenant_id=tenant_id, key_id=key_id, issued_at=time.time())
+
+
+def write_session(request: Request, response: Response, data: SessionData, *, max_age_s: int) -> None:
+    """Set the cookie: HTTP-only, SameSite=Lax, Secure when the request came over https."""
+    response.set_cookie(
+        COOKIE, signer_for(request).dumps(data.to_json()), max_age=max_age_s, path="/", httponly=True,
+        samesite="lax", secure=request.url.scheme == "https",
+    )
+
+
+def clear_session(request: Request, response: Response) -> None:
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=request.url.scheme == "https")
+
+
+def viewer_from(session: Session, data: SessionData | None) -> Viewer | None:
+    """The signed-in viewer, or None when the session is anonymous or its key was revoked or deleted."""
+    if data is None or data.tenant_id is None or data.key_id is None:
+        return None
+    row = session.get(ApiKey, data.key_id)
+    if row is None or row.revoked_at is not None or row.tenant_id != data.tenant_id:
+        return None
+    tenant = session.get(Tenant, row.tenant_id)
+    if tenant is None:
+        return None
+    return Viewer(tenant_id=tenant.id, tenant_name=tenant.name, key_id=row.id, key_prefix=row.prefix, csrf=data.csrf)
+
+
+def sign_in(session: Session, api_key: str) -> SessionData:
+    """Check the key exactly as the JSON API does (``authenticate``); Unauthorized otherwise."""
+    tenant = authenticate(session, api_key.strip())
+    key_id = session.scalar(select(ApiKey.id).where(ApiKey.hash == hash_key(api_key.strip())))
+    assert key_id is not None  # authenticate found this very row
+    return new_session(tenant_id=tenant.id, key_id=key_id)
+
+
+def csrf_ok(expected: str | None, given: str | None) -> bool:
+    return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
