@@ -1,0 +1,268 @@
+"""Per-tenant admission of new jobs: a jobs-per-minute rate limit and a GPU-seconds-per-day quota.
+
+Both answer ``429 Too Many Requests`` (problem+json) with ``Retry-After``, and both are off by default
+(``rate_limit_jobs_per_minute`` / ``quota_gpu_seconds_per_day`` = 0).
+
+* Jobs per minute is an exact sliding window (a log of admission times): at most N jobs are admitted in
+  any 60 s. With a Redis broker the log is a sorted set per tenant, updated by one Lua script on Redis's
+  own clock, so every API replica shares it; embedded mode keeps it in memory. A request that does not
+  end in a new job (invalid spec, idempotent replay, broker down) gives its slot back.
+* GPU-seconds per day sums ``jobs.gpu_seconds`` of the tenant's jobs created in the last 24 h (the
+  ``(tenant_id, created_at)`` index) and refuses new jobs while the sum is at or over the quota; it is
+  checked at submission, so running jobs may take a tenant past it. ``Retry-After`` is when enough of
+  that usage leaves the window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Protocol
+
+from atelier_shared.errors import AtelierError
+from atelier_shared.models import Job
+from atelier_shared.settings import Settings
+from fastapi import Depends, Request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .schemas import Problem
+
+log = logging.getLogger(__name__)
+
+JOBS_WINDOW_S = 60.0
+GPU_WINDOW = timedelta(hours=24)
+_BUILD_LOCK = threading.Lock()
+
+
+class RateLimited(AtelierError):
+    """The tenant is over a limit or quota; retry after ``retry_after_s`` seconds (429)."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: float, limit: str) -> None:
+        super().__init__(detail)
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+        self.limit = limit
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """problem+json extension members."""
+        return {"limit": self.limit, "retry_after_s": self.retry_after_s}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One admission recorded in a window; ``release`` it when no job came of it."""
+
+    key: str
+    member: str
+
+
+class Window(Protocol):
+    def acquire(self, key: str, *, limit: int, window_s: float) -> Slot | float:
+        """A slot, or the seconds until one frees up."""
+        ...
+
+    def release(self, slot: Slot) -> None: ...
+
+
+class MemoryWindow:
+    """Sliding-window log in this process (embedded mode: one process is the whole API)."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._logs: dict[str, deque[tuple[float, str]]] = {}
+
+    def acquire(self, key: str, *, limit: int, window_s: float) -> Slot | float:
+        with self._lock:
+            now = self._clock()
+            log_ = self._logs.setdefault(key, deque())
+            while log_ and log_[0][0] <= now - window_s:
+                log_.popleft()
+            if len(log_) >= limit:
+                return log_[0][0] + window_s - now
+            member = uuid.uuid4().hex
+            log_.append((now, member))
+            return Slot(key, member)
+
+    def release(self, slot: Slot) -> None:
+        with self._lock:
+            log_ = self._logs.get(slot.key)
+            if log_ is not None:
+                for entry in log_:
+                    if entry[1] == slot.member:
+                        log_.remove(entry)
+                        break
+
+
+# KEYS[1] = the tenant's sorted set; ARGV = window (ms), limit, member. Redis's clock, so replicas agree.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return -1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tonumber(oldest[2]) + window - now
+"""
+
+
+class RedisWindow:
+    """Sliding-window log shared by every API replica: one sorted set per key, one script per admission."""
+
+    def __init__(self, client: Any, *, namespace: str = "atelier:ratelimit") -> None:
+        self._client = client
+        self._namespace = namespace
+        self._script = client.register_script(_ACQUIRE)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisWindow:
+        import redis
+
+        return cls(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30))
+
+    def _key(self, key: str) -> str:
+        return f"{self._namespace}:{key}"
+
+    def acquire(self, key: str, *, limit: int, window_s: float) -> Slot | float:
+        member = uuid.uuid4().hex
+        wait_ms = int(self._script(keys=[self._key(key)], args=[int(window_s * 1000), limit, member]))
+        if wait_ms < 0:
+            return Slot(key, member)
+        return wait_ms / 1000.0
+
+    def release(self, slot: Slot) -> None:
+        self._client.zrem(self._key(slot.key), slot.member)
+
+
+def gpu_seconds_used(session: Session, *, tenant_id: str, now: datetime) -> float:
+    """GPU-seconds of the tenant's jobs created in the last 24 h."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Job.gpu_seconds), 0.0))
+        .where(Job.tenant_id == tenant_id, Job.created_at > now - GPU_WINDOW)
+    )
+    return float(total or 0.0)
+
+
+def gpu_quota_frees_in(session: Session, *, tenant_id: str, quota: float, now: datetime) -> float:
+    """Seconds until the usage in the window drops below ``quota`` as the oldest jobs age out."""
+    rows = session.execute(
+        select(Job.created_at, Job.gpu_seconds)
+        .where(Job.tenant_id == tenant_id, Job.created_at > now - GPU_WINDOW, Job.gpu_seconds > 0)
+        .order_by(Job.created_at)
+    ).all()
+    used = sum(float(s or 0.0) for _, s in rows)
+    for created_at, seconds in rows:
+        used -= float(seconds or 0.0)
+        if used < quota:
+            created = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
+            return (created + GPU_WINDOW - now).total_seconds()
+    return GPU_WINDOW.total_seconds()  # unreachable unless rows changed under us: a full window is safe
+
+
+@dataclass
+class Admission:
+    """Set ``created`` once the job exists; otherwise the rate-limit slot is given back."""
+
+    created: bool = False
+
+
+class JobLimits:
+    """What POST /v1/jobs asks before it creates a job (and what any other edge that creates jobs should ask)."""
+
+    def __init__(self, settings: Settings, *, window: Window | None = None) -> None:
+        self.jobs_per_minute = settings.rate_limit_jobs_per_minute
+        self.gpu_quota = settings.quota_gpu_seconds_per_day
+        if window is None and self.jobs_per_minute:
+            redis_broker = (settings.broker_url or "").startswith(("redis://", "rediss://"))
+            window = RedisWindow.from_url(settings.broker_url or "") if redis_broker else MemoryWindow()
+        self.window = window
+
+    def check_gpu_quota(self, session: Session, *, tenant_id: str, now: datetime | None = None) -> None:
+        if not self.gpu_quota:
+            return
+        now = now or datetime.now(UTC)
+        used = gpu_seconds_used(session, tenant_id=tenant_id, now=now)
+        if used < self.gpu_quota:
+            return
+        wait = gpu_quota_frees_in(session, tenant_id=tenant_id, quota=self.gpu_quota, now=now)
+        raise RateLimited(
+            f"GPU quota reached: the jobs of the last 24 h used {used:.1f} of {self.gpu_quota:g} GPU-seconds",
+            retry_after_s=wait, limit="gpu_seconds_per_day",
+        )
+
+    def acquire_rate_slot(self, *, tenant_id: str) -> Slot | None:
+        if not self.jobs_per_minute or self.window is None:
+            return None
+        try:
+            got = self.window.acquire(f"jobs:{tenant_id}", limit=self.jobs_per_minute, window_s=JOBS_WINDOW_S)
+        except Exception as exc:  # noqa: BLE001 - fail open: the limiter must not take submissions down with it
+            log.warning("rate limiter unavailable, admitting: %s", exc)
+            return None
+        if isinstance(got, Slot):
+            return got
+        raise RateLimited(f"rate limit: at most {self.jobs_per_minute} jobs per minute",
+                          retry_after_s=got, limit="jobs_per_minute")
+
+    def release(self, slot: Slot | None) -> None:
+        if slot is None or self.window is None:
+            return
+        try:
+            self.window.release(slot)
+        except Exception as exc:  # noqa: BLE001 - the slot expires with the window anyway
+            log.warning("could not give a rate-limit slot back: %s", exc)
+
+    @contextmanager
+    def admit(self, session: Session, *, tenant_id: str) -> Iterator[Admission]:
+        """Refuse (429) or admit one job; a slot whose request made no job is given back."""
+        self.check_gpu_quota(session, tenant_id=tenant_id)
+        session.commit()  # end the read transaction before the submission writes (SQLite snapshots)
+        slot = self.acquire_rate_slot(tenant_id=tenant_id)
+        admission = Admission()
+        try:
+            yield admission
+        finally:
+            if not admission.created:
+                self.release(slot)
+
+
+def get_job_limits(request: Request) -> JobLimits:
+    """One JobLimits per app, built on first use (tests may put their own on ``app.state.job_limits``)."""
+    state = request.app.state
+    limits: JobLimits | None = getattr(state, "job_limits", None)
+    if limits is None:
+        with _BUILD_LOCK:
+            limits = getattr(state, "job_limits", None)
+            if limits is None:
+                limits = JobLimits(state.settings)
+                state.job_limits = limits
+    return limits
+
+
+JobLimitsDep = Annotated[JobLimits, Depends(get_job_limits)]
+
+# OpenAPI ``responses=`` entry of a route that admits jobs
+RATE_LIMITED_DOC: dict[int | str, dict[str, Any]] = {
+    429: {"model": Problem, "description": "Over the tenant's jobs-per-minute limit or GPU-seconds-per-day quota.",
+          "headers": {"Retry-After": {"description": "Seconds until a submission can succeed.",
+                                      "schema": {"type": "integer", "minimum": 1}}}},
+}
