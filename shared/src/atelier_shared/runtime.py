@@ -16,10 +16,17 @@ CANCEL_TTL_S = 7 * 24 * 3600
 
 
 class RuntimeState(Protocol):
+    """Cancel flags, heartbeats, and per-stage leases + done marks that keep a re-sent stage from running twice."""
+
     def cancel(self, job_id: str) -> None: ...
     def is_canceled(self, job_id: str) -> bool: ...
     def heartbeat(self, stage_id: str) -> None: ...
     def last_heartbeat(self, stage_id: str) -> float | None: ...
+    def acquire_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool: ...
+    def renew_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool: ...
+    def release_lease(self, stage_id: str, owner: str) -> None: ...
+    def mark_done(self, stage_id: str, regeneration: int = 0) -> None: ...
+    def is_done(self, stage_id: str, regeneration: int = 0) -> bool: ...
     def ping(self) -> None: ...
 
 
@@ -28,6 +35,8 @@ class MemoryRuntime:
         self._lock = threading.Lock()
         self._canceled: set[str] = set()
         self._beats: dict[str, float] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._done: set[str] = set()
 
     def cancel(self, job_id: str) -> None:
         with self._lock:
@@ -42,6 +51,34 @@ class MemoryRuntime:
 
     def last_heartbeat(self, stage_id: str) -> float | None:
         return self._beats.get(stage_id)
+
+    def acquire_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool:
+        with self._lock:
+            held = self._leases.get(stage_id)
+            if held is not None and held[0] != owner and held[1] > time.monotonic():
+                return False
+            self._leases[stage_id] = (owner, time.monotonic() + ttl_s)
+            return True
+
+    def renew_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool:
+        with self._lock:
+            held = self._leases.get(stage_id)
+            if held is not None and held[0] != owner and held[1] > time.monotonic():
+                return False
+            self._leases[stage_id] = (owner, time.monotonic() + ttl_s)
+            return True
+
+    def release_lease(self, stage_id: str, owner: str) -> None:
+        with self._lock:
+            if self._leases.get(stage_id, ("",))[0] == owner:
+                del self._leases[stage_id]
+
+    def mark_done(self, stage_id: str, regeneration: int = 0) -> None:
+        with self._lock:
+            self._done.add(f"{stage_id}:{regeneration}")
+
+    def is_done(self, stage_id: str, regeneration: int = 0) -> bool:
+        return f"{stage_id}:{regeneration}" in self._done
 
     def ping(self) -> None:
         return None
@@ -74,6 +111,29 @@ class RedisRuntime:
     def last_heartbeat(self, stage_id: str) -> float | None:
         v = self.r.get(f"{self.ns}:hb:{stage_id}")
         return float(v) if v is not None else None
+
+    # compare-and-set in one round trip, so a lease that expired and was taken by another worker is left alone
+    _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] or redis.call('exists', KEYS[1]) == 0 then " \
+             "return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) and 1 else return 0 end"
+    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+    def acquire_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool:
+        key = f"{self.ns}:lease:{stage_id}"
+        if self.r.set(key, owner, nx=True, px=int(ttl_s * 1000)):
+            return True
+        return bool(self.r.get(key) == owner.encode())
+
+    def renew_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool:
+        return bool(self.r.eval(self._RENEW, 1, f"{self.ns}:lease:{stage_id}", owner, int(ttl_s * 1000)))
+
+    def release_lease(self, stage_id: str, owner: str) -> None:
+        self.r.eval(self._RELEASE, 1, f"{self.ns}:lease:{stage_id}", owner)
+
+    def mark_done(self, stage_id: str, regeneration: int = 0) -> None:
+        self.r.set(f"{self.ns}:done:{stage_id}:{regeneration}", "1", ex=CANCEL_TTL_S)
+
+    def is_done(self, stage_id: str, regeneration: int = 0) -> bool:
+        return bool(self.r.exists(f"{self.ns}:done:{stage_id}:{regeneration}"))
 
     def ping(self) -> None:
         self.r.ping()

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -116,29 +117,58 @@ class StageContext:
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, runtime: RuntimeState, stage_id: str, interval: float) -> None:
+    """Beats for the reconciler and renews this worker's lease on the stage while it runs."""
+
+    def __init__(self, runtime: RuntimeState, stage_id: str, interval: float, *, owner: str, ttl_s: float) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{stage_id}")
         self.runtime, self.stage_id, self.interval = runtime, stage_id, interval
+        self.owner, self.ttl_s = owner, ttl_s
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
             try:
                 self.runtime.heartbeat(self.stage_id)
+                self.runtime.renew_lease(self.stage_id, self.owner, self.ttl_s)
             except Exception:  # noqa: BLE001 - a missed beat only risks an early re-drive
                 log.warning("heartbeat failed for %s", self.stage_id, exc_info=True)
 
 
-def run_stage(app: Celery, payload: dict[str, Any], fn: Callable[[StageContext], dict[str, Any]]) -> StageResult:
-    """Run one stage function around the protocol: started → heartbeats → result to the orchestrator."""
+def _claim(res: WorkerResources, task: StageTask, owner: str) -> bool:
+    """False when this delivery must not run: the stage already finished, or a live worker holds its lease.
+
+    The reconciler and the broker may both re-send a stage whose worker looked dead; the lease (renewed by
+    heartbeats, expiring after ``stall_after_s``) and the done mark make such duplicates cheap no-ops.
+    """
+    try:
+        if res.runtime.is_done(task.stage_id, task.regeneration):
+            log.info("stage %s[%s] already finished: skipping a duplicate delivery", task.stage, task.item)
+            return False
+        if not res.runtime.acquire_lease(task.stage_id, owner, res.settings.stall_after_s):
+            log.info("stage %s[%s] is running on another live worker: skipping", task.stage, task.item)
+            return False
+    except Exception:  # noqa: BLE001 - without the runtime store we run it: duplicates are idempotent
+        log.warning("runtime state unreachable; running %s[%s] without a lease", task.stage, task.item, exc_info=True)
+    return True
+
+
+def run_stage(app: Celery, payload: dict[str, Any], fn: Callable[[StageContext], dict[str, Any]]) -> StageResult | None:
+    """Run one stage function around the protocol: claim → started → heartbeats → result to the orchestrator.
+
+    Returns None (and sends nothing) for a duplicate delivery that must not run.
+    """
     task = StageTask.model_validate(payload)
     res = resources(app)
+    owner = f"{res.name}:{uuid.uuid4().hex[:8]}"
+    if not _claim(res, task, owner):
+        return None
     started = datetime.now(UTC)
     ctx = StageContext(task, res, app)
     error: StageError_ | None = None
     output: dict[str, Any] = {}
     status = "succeeded"
-    beat = _Heartbeat(res.runtime, task.stage_id, res.settings.heartbeat_interval_s)
+    beat = _Heartbeat(res.runtime, task.stage_id, res.settings.heartbeat_interval_s, owner=owner,
+                      ttl_s=res.settings.stall_after_s)
     try:
         res.runtime.heartbeat(task.stage_id)
         ctx.check_canceled()
@@ -157,8 +187,15 @@ def run_stage(app: Celery, payload: dict[str, Any], fn: Callable[[StageContext],
         beat.stop_event.set()
     result = StageResult(job_id=task.job_id, stage_id=task.stage_id, attempt=task.attempt, status=status, output=output,
                          artifacts=ctx.artifacts, error=error, worker=res.name, started_at=started,
-                         finished_at=datetime.now(UTC), gpu_seconds=ctx.gpu_seconds)
-    app.send_task(T_STAGE_DONE, args=[result.model_dump(mode="json")])
+                         finished_at=datetime.now(UTC), gpu_seconds=ctx.gpu_seconds,
+                         regeneration=task.regeneration)
+    try:
+        app.send_task(T_STAGE_DONE, args=[result.model_dump(mode="json")])
+    finally:
+        try:
+            res.runtime.release_lease(task.stage_id, owner)
+        except Exception:  # noqa: BLE001 - the lease expires by itself
+            log.warning("could not release the lease of %s", task.stage_id, exc_info=True)
     return result
 
 

@@ -1,0 +1,80 @@
+"""Runtime state (cancel flags, heartbeats, leases, done marks) in memory and in a real Redis; duplicate skips."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from atelier_shared.runtime import MemoryRuntime, RedisRuntime
+from atelier_shared.settings import Settings
+from atelier_shared.stage_runner import run_stage
+
+
+@pytest.fixture(params=["memory", "redis"])
+def runtime(request: pytest.FixtureRequest) -> Any:
+    if request.param == "memory":
+        return MemoryRuntime()
+    url = request.getfixturevalue("redis_url")
+    return RedisRuntime.from_url(url)
+
+
+def test_lease_is_exclusive_until_released_or_expired(runtime: Any) -> None:
+    sid = f"stg_{uuid.uuid4().hex}"
+    assert runtime.acquire_lease(sid, "w1", 0.3)
+    assert runtime.acquire_lease(sid, "w1", 0.3)  # re-entrant for its owner
+    assert not runtime.acquire_lease(sid, "w2", 0.3)
+    assert not runtime.renew_lease(sid, "w2", 0.3)
+    assert runtime.renew_lease(sid, "w1", 0.3)
+    runtime.release_lease(sid, "w2")  # not the owner: no effect
+    assert not runtime.acquire_lease(sid, "w2", 0.3)
+    runtime.release_lease(sid, "w1")
+    assert runtime.acquire_lease(sid, "w2", 0.3)
+    time.sleep(0.45)
+    assert runtime.acquire_lease(sid, "w3", 0.3)  # w2 died: its lease expired
+
+
+def test_done_marks_are_per_regeneration(runtime: Any) -> None:
+    sid = f"stg_{uuid.uuid4().hex}"
+    assert not runtime.is_done(sid)
+    runtime.mark_done(sid)
+    assert runtime.is_done(sid) and not runtime.is_done(sid, 1)
+
+
+class _App:
+    def __init__(self, settings: Settings) -> None:
+        self.atelier_settings = settings
+        self.sent: list[str] = []
+
+    def send_task(self, name: str, args: list[Any] | None = None, **_: Any) -> None:
+        self.sent.append(name)
+
+
+def _payload(stage_id: str) -> dict[str, Any]:
+    return {"job_id": "job_x", "tenant_id": "ten_x", "stage_id": stage_id, "stage": "plan.ad_prompts", "kind": "campaign",
+            "spec": {}, "key_prefix": "tenants/ten_x/jobs/job_x"}
+
+
+def test_duplicate_deliveries_do_not_run(tmp_path: Path) -> None:
+    app = _App(Settings(home=tmp_path))
+    calls: list[int] = []
+
+    def fn(_ctx: Any) -> dict[str, Any]:
+        calls.append(1)
+        return {"ok": True}
+
+    sid = f"stg_{uuid.uuid4().hex}"
+    res = run_stage(app, _payload(sid), fn)  # type: ignore[arg-type]
+    assert res is not None and res.status == "succeeded"
+    assert app.sent == ["atelier.orchestrator.stage_started", "atelier.orchestrator.stage_done"]
+    from atelier_shared.stage_runner import resources
+
+    runtime = resources(app).runtime  # type: ignore[arg-type]
+    runtime.mark_done(sid)
+    assert run_stage(app, _payload(sid), fn) is None  # type: ignore[arg-type]
+    other = f"stg_{uuid.uuid4().hex}"
+    assert runtime.acquire_lease(other, "someone-else", 30)
+    assert run_stage(app, _payload(other), fn) is None  # type: ignore[arg-type]
+    assert len(calls) == 1 and len(app.sent) == 2
