@@ -7,13 +7,14 @@ PACKAGES := shared migrations orchestrator services/api services/planner service
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv sysdeps demo test test-unit test-integration bench lint services clean
+.PHONY: help venv sysdeps chaos fuzz demo test test-unit test-integration bench lint services clean
 
 help:
 	@echo "make demo   - set up and run one campaign and one story on the embedded default"
 	@echo "make test   - set up and run the test suite (needs the machine's PostgreSQL and Redis)"
 	@echo "make bench  - services-mode benchmarks -> bench/results.json"
 	@echo "make lint   - ruff"
+	@echo "make fuzz   - schemathesis: 5,000 generated requests against a live API (no 5xx, responses as documented)"
 
 venv: $(STAMP)
 
@@ -25,6 +26,8 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 	$(BIN)/pip install -q -c constraints.txt $(addprefix -e ,$(PACKAGES)) -r requirements-dev.txt
 	# invisible-watermark pins opencv-python (GUI build); we use opencv-python-headless instead
 	$(BIN)/pip install -q -c constraints.txt --no-deps invisible-watermark==0.2.0
+	# planner's transformers backend (issue 3): xgrammar's triton requirement serves CUDA kernels only, so not on CPU
+	$(BIN)/pip install -q -c constraints.txt --no-deps xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
 	touch $(STAMP)
 
 services:
@@ -47,6 +50,19 @@ test-integration: sysdeps venv services
 
 bench: venv services
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/gpu_bench.py cpu
+
+chaos: venv services
+	$(BIN)/python bench/chaos.py
+	$(BIN)/python bench/watermark_bench.py  # issue 5: W-Bench-style robustness (key watermark)
+
+# issue 8: schemathesis against a live API process (PostgreSQL, Redis, S3): >= 5,000 generated requests, no 5xx,
+# every response as documented; the failures (if any) also go to out/fuzz/report.txt. `make test` runs 300.
+FUZZ_REQUESTS ?= 5000
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: sysdeps venv services
+	ATELIER_FUZZ_REQUESTS=$(FUZZ_REQUESTS) ATELIER_FUZZ_SEED=$(FUZZ_SEED) \
+	  $(BIN)/python -m pytest tests/integration/test_fuzz_api.py -p no:cacheprovider -q -s --timeout=3000 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -50,12 +51,21 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
+_REDIS_DBS = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    """A Redis database number of our own, flushed before and after."""
+    """A Redis database number of this test module's own, flushed before and after.
+
+    Each module gets its own number, so a worker process or an unacked message one module leaves behind
+    can never take a task from the next module's stack (they share queue names). ATELIER_TEST_REDIS_DB
+    pins the number (parallel runs by several developers use different ones).
+    """
     import redis
 
-    url = f"{REDIS_BASE}/{os.environ.get('ATELIER_TEST_REDIS_DB', '11')}"
+    db = os.environ.get("ATELIER_TEST_REDIS_DB") or str(next(_REDIS_DBS))
+    url = f"{REDIS_BASE}/{db}"
     r = redis.Redis.from_url(url)
     r.flushdb()
     yield url

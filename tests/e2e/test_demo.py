@@ -34,3 +34,15 @@ def test_atelier_demo_runs_campaign_and_story(tmp_path: Path) -> None:
     for j in summary["jobs"]:
         assert all(s["status"] == "succeeded" and s["seconds"] is not None for s in j["stages"])
     assert "Atelier demo" in proc.stdout
+    # issue 5: the story ran its identity gate, and every delivered image verifies (watermark + trusted C2PA)
+    assert any(s["name"].startswith("gate.identity[") for s in kinds["story"]["stages"])
+    from atelier_shared.settings import Settings
+    from atelier_shared.verify import verify_image
+
+    settings = Settings(home=tmp_path / "home")
+    for a in campaign_assets + story_assets:
+        report = verify_image(Path(a["path"]).read_bytes(), settings=settings)
+        assert report["watermark"]["detected"] and report["c2pa"]["state"] == "trusted", (a["path"], report)
+    cli = subprocess.run([str(BIN / "atelier"), "verify", story_assets[0]["path"]], capture_output=True, text=True,
+                         env={**env, "ATELIER_HOME": str(tmp_path / "home")}, timeout=120)
+    assert cli.returncode == 0 and "made by Atelier" in cli.stdout, cli.stdout + cli.stderr

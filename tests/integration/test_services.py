@@ -67,7 +67,7 @@ def stack(pg_url: str, redis_url: str, s3_endpoint: dict[str, str], tiny_models:
     s.start("api", ["serve", "--port", str(s.port)])
     s.start("orchestrator", ["worker", "--queues", "orchestrator", "--loglevel", "WARNING"])
     s.start("planner-render", ["worker", "--queues", "planning,render", "--loglevel", "WARNING"])
-    s.start("gpu", ["worker", "--queues", "gpu.diffusion,gpu.watermark", "--loglevel", "WARNING"])
+    s.start("gpu", ["worker", "--queues", "gpu.diffusion,gpu.identity,gpu.watermark", "--loglevel", "WARNING"])
     try:
         wait_port(s.port, timeout=60)
         yield s
@@ -240,4 +240,4 @@ def test_cancel_interrupts_running_gpu_work(stack: Stack, keys: dict[str, str]) 
             assert slow.p is not None and slow.p.poll() is None, "the worker must survive a cancel"
     finally:
         slow.stop()
-        stack.start("gpu", ["worker", "--queues", "gpu.diffusion,gpu.watermark", "--loglevel", "WARNING"])
+        stack.start("gpu", ["worker", "--queues", "gpu.diffusion,gpu.identity,gpu.watermark", "--loglevel", "WARNING"])

@@ -13,6 +13,8 @@ import typer
 from atelier_shared.settings import Settings
 from atelier_shared.tasks import ALL_QUEUES, GPU_QUEUES
 
+from .delivery_cli import register as register_delivery_commands
+
 app = typer.Typer(help="Atelier: campaign and story content pipeline.", no_args_is_help=True, add_completion=False)
 tenants_app = typer.Typer(help="Manage tenants and API keys.", no_args_is_help=True)
 models_app = typer.Typer(help="Manage the local model folder.", no_args_is_help=True)
@@ -122,7 +124,7 @@ def worker(
     """Run a Celery worker for one or more roles (queues) against the configured broker."""
     from celery.signals import worker_ready
 
-    from .embedded import start_reconciler, worker_app
+    from .embedded import start_reconciler, start_webhook_dispatcher, worker_app
 
     settings = _settings()
     qs = [q.strip() for q in queues.split(",") if q.strip()]
@@ -140,6 +142,7 @@ def worker(
     concurrency = concurrency or (1 if gpu or pool == "solo" else 4)
     if "orchestrator" in qs:
         worker_ready.connect(lambda **_: start_reconciler(celery_app), weak=False)
+        worker_ready.connect(lambda **_: start_webhook_dispatcher(celery_app), weak=False)  # issue 6
     argv = ["worker", "-Q", ",".join(qs), "-P", pool, "-c", str(concurrency), "-l", loglevel,
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-n", name or f"{'+'.join(qs)}@{os.uname().nodename}-{os.getpid()}"]
@@ -160,6 +163,63 @@ def demo(
                            "gen_max_side": int(env.get("ATELIER_GEN_MAX_SIDE", "128"))})
     ok = run_demo(settings, out)
     raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def verify(
+    image: Annotated[Path, typer.Argument(help="The file to check (PNG, JPEG, WebP).", exists=True, dir_okay=False)],
+    api_url: Annotated[str | None, typer.Option(help="Ask this Atelier API instead (POST /v1/verify); with "
+                                                     "--api-key it also names the job, within your tenant.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Tenant API key for --api-url (default ATELIER_API_KEY).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+) -> None:
+    """Is IMAGE ours? Invisible watermark (decision at the stated false-positive rate) + C2PA manifest.
+
+    Exits 0 when the watermark is found and the content credentials verify, 1 otherwise (issue 5).
+    """
+    import json
+
+    settings = _settings()
+    data = image.read_bytes()
+    if api_url:
+        import httpx
+
+        key = api_key or os.environ.get("ATELIER_API_KEY")
+        if not key:
+            typer.echo("error: --api-url needs --api-key (or ATELIER_API_KEY)", err=True)
+            raise typer.Exit(2)
+        resp = httpx.post(api_url.rstrip("/") + "/v1/verify", files={"file": (image.name, data)},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=120)
+        if resp.status_code != 200:
+            typer.echo(f"error: {resp.status_code} {resp.text}", err=True)
+            raise typer.Exit(2)
+        report = resp.json()
+    else:
+        from atelier_shared.errors import AtelierError
+        from atelier_shared.verify import verify_image
+
+        try:
+            report = verify_image(data, settings=settings)
+        except AtelierError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    mark, c2pa = report["watermark"], report["c2pa"]
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        typer.echo(f"{image}: {report['verdict']}")
+        typer.echo(f"  watermark  {'found' if mark['detected'] else 'not found'} ({mark['method']}): "
+                   f"{mark['matched_bits']}/{mark['bits_read']} bits, need {mark['threshold_bits']} at FPR "
+                   f"{mark['fpr']:g}; job ref {mark['job_ref']}; {mark['geometry']}")
+        typer.echo(f"  c2pa       {c2pa['state']}; job {c2pa['job_id']}, model {c2pa['model']}, "
+                   f"seed {c2pa['seed']}, signed {c2pa['created_at']}")
+        if report.get("job"):
+            typer.echo(f"  job        {report['job']['id']} ({report['job']['kind']}, {report['job']['status']})")
+    raise typer.Exit(0 if mark["detected"] and c2pa["valid"] else 1)
+
+
+# issue 6: client commands over the HTTP API (`atelier submit`, `atelier jobs ls|show|cancel`)
+register_delivery_commands(app)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from atelier_shared.tasks import StageProgress, StageResult, StageStarted, Stage
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import gates
 from .graphs import GRAPHS, Graph, StageDef
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,8 @@ def _upstream(graph: Graph, st: StageDef, item: str, by_name: dict[str, list[Sta
 def _payload(job: Job, row: Stage, upstream: dict[str, Any]) -> dict[str, Any]:
     return StageTask(job_id=job.id, tenant_id=job.tenant_id, stage_id=row.id, stage=row.name, item=row.item,
                      attempt=row.attempts, kind=job.kind, spec=job.spec, upstream=upstream,  # type: ignore[arg-type]
-                     key_prefix=job_prefix(job.tenant_id, job.id)).model_dump(mode="json")
+                     key_prefix=job_prefix(job.tenant_id, job.id),
+                     regeneration=gates.regeneration_for(row)).model_dump(mode="json")
 
 
 def _finish_job(session: Session, job: Job, status: str, error: str | None = None) -> None:
@@ -150,13 +152,25 @@ def advance(session: Session, job: Job, outbox: Outbox) -> int:
     if len(by_name) == len(graph.stages) and all(r.status == "succeeded" for r in rows):
         _finish_job(session, job, "succeeded")
         return 0
-    queued = 0
+    queued = skipped = 0
     now = utcnow()
     for row in rows:
         if row.status != "pending":
             continue
-        upstream = _upstream(graph, graph.stage(row.name), row.item, by_name)
+        st = graph.stage(row.name)
+        upstream = _upstream(graph, st, row.item, by_name)
         if upstream is None:
+            continue
+        reason = st.skip_when(job.spec) if st.skip_when is not None else None
+        if reason is not None:
+            res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
+                                  .values(status="succeeded", output={"skipped": reason}, queued_at=now,
+                                          started_at=now, finished_at=now))
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                session.refresh(row)  # later rows in this pass see it done (rows come in graph order)
+                emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.completed",
+                     data={"stage": row.name, "item": row.item, "skipped": reason, "seconds": 0.0})
+                skipped += 1
             continue
         res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
                               .values(status="queued", attempts=Stage.attempts + 1, queued_at=now))
@@ -231,9 +245,16 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
         log.warning("stage_done for unknown job/stage %s/%s", result.job_id, result.stage_id)
         return
     if job.status in TERMINAL or row.status in TERMINAL:
-        return  # duplicate delivery, or the job was canceled meanwhile
+        # duplicate delivery, or the job ended meanwhile; what the worker wrote is still recorded, so no
+        # storage key is left without its row (deleting a job's artifacts then finds them all)
+        if result.status == "succeeded" and result.artifacts:
+            _record_artifacts(session, job, row, result)
+        return
+    if row.status == "pending" or result.regeneration != gates.regeneration_for(row):
+        return  # a result of an attempt a gate has since asked to regenerate: stale
     if result.status == "succeeded":
         _record_artifacts(session, job, row, result)
+        previous = gates.history(row)  # a gate row's earlier attempts, before its output is replaced
         row.status = "succeeded"
         row.output = result.output
         row.worker = result.worker
@@ -247,6 +268,9 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
              data={"stage": row.name, "item": row.item, "attempt": result.attempt,
                    "seconds": round((result.finished_at - started).total_seconds(), 4) if started else None})
         session.flush()
+        if gates.is_gate(row.name):  # best-of-N: regenerate the checked item, keep the best, or fail (strict)
+            gates.gate_done(session, job, row, previous, settings=settings)
+            session.flush()
         advance(session, job, outbox)
         return
     if result.attempt != row.attempts:

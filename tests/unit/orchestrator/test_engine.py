@@ -211,3 +211,14 @@ def test_graphs_are_well_formed() -> None:
         names = [s.name for s in graph.stages]
         assert len(names) == len(set(names)), kind
         assert names[-1] == "deliver"
+
+
+def test_studio_backdrop_skips_the_gpu_background(db: Any, settings: Settings) -> None:
+    _, job_id = _job(db, spec=dict(CAMPAIGN, backdrop="studio"))
+    order = Driver(db, settings).run_all(job_id)
+    assert not [o for o in order if o.startswith("gpu.background")]
+    assert sum(1 for o in order if o.startswith("render.ad")) == 4
+    with session_scope(db) as s:
+        assert s.get(Job, job_id).status == "succeeded"
+        bgs = s.scalars(select(Stage).where(Stage.job_id == job_id, Stage.name == "gpu.background")).all()
+        assert len(bgs) == 4 and all(b.status == "succeeded" and b.output["skipped"] for b in bgs)

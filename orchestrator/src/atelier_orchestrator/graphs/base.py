@@ -19,6 +19,9 @@ class StageDef:
     name: str
     after: tuple[str, ...] = ()
     fan_out: str | None = None
+    # skip_when(spec) -> a reason to skip the stage for this job (it then succeeds at once with
+    # {"skipped": reason} and no task is sent), or None to run it
+    skip_when: Callable[[dict[str, Any]], str | None] | None = None
 
     @property
     def queue(self) -> str:

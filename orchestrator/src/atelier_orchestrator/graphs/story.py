@@ -1,10 +1,14 @@
 """Story stage graph (KAHANI, with RPG, CreatiLayout and identity) — DESIGN §1.
 
     plan.culture → plan.story → plan.characters → plan.scenes → gpu.character_sheet[character]
-      → plan.scene_layout → gpu.scene[scene] → render.storybook[scene] → gpu.watermark[scene] → deliver
+      → plan.scene_layout → gpu.scene[scene] → gate.identity[scene] → render.storybook[scene]
+      → gpu.watermark[scene] → deliver
 
 Character items are known once plan.characters has run; scene items come from the spec's page count.
-(gate.identity joins between gpu.scene and render.storybook with the identity issue.)
+gate.identity compares every character's face in the scene with its sheet (ID-Aligner's reward); a scene
+below threshold is regenerated with a new seed within the job's budget, and the best attempt is kept
+(``atelier_orchestrator.gates``). The watermark stage also reads the plan and the scene, for the C2PA
+manifest's plan id, model and seed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from atelier_shared.tasks import (
     S_CHARACTERS,
     S_CULTURE,
     S_DELIVER,
+    S_GATE_IDENTITY,
     S_SCENE,
     S_SCENE_LAYOUT,
     S_SCENES,
@@ -49,8 +54,9 @@ STORY = Graph(
         StageDef(S_CHARACTER_SHEET, after=(S_CHARACTERS,), fan_out="character"),
         StageDef(S_SCENE_LAYOUT, after=(S_SCENES, S_CHARACTER_SHEET)),
         StageDef(S_SCENE, after=(S_SCENES, S_SCENE_LAYOUT, S_CHARACTER_SHEET), fan_out="scene"),
-        StageDef(S_STORYBOOK, after=(S_SCENES, S_SCENE), fan_out="scene"),
-        StageDef(S_WATERMARK, after=(S_STORYBOOK,), fan_out="scene"),
+        StageDef(S_GATE_IDENTITY, after=(S_SCENES, S_CHARACTER_SHEET, S_SCENE), fan_out="scene"),
+        StageDef(S_STORYBOOK, after=(S_SCENES, S_SCENE, S_GATE_IDENTITY), fan_out="scene"),
+        StageDef(S_WATERMARK, after=(S_SCENES, S_SCENE, S_STORYBOOK), fan_out="scene"),
         StageDef(S_DELIVER, after=(S_WATERMARK,)),
     ),
 )

@@ -18,17 +18,25 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from . import __version__
+from .dashboard import SUBMIT_PATH as DASHBOARD_SUBMIT_PATH
+from .dashboard import install_dashboard
 from .limits import JSON_BODY_MAX, MULTIPART_OVERHEAD, BodyLimitMiddleware
 from .metrics import ApiMetrics, MetricsMiddleware
 from .openapi import install_openapi
 from .problems import install_problem_handlers
+from .routes import brands as brand_routes
+from .routes import bundle as bundle_routes
 from .routes import include_routes
+from .routes import plans as plan_routes
+from .routes import verify as verify_routes
+from .routes import webhooks as webhook_routes
 
 log = logging.getLogger(__name__)
 
 ExtraLifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 UPLOAD_PATH = "/v1/uploads"
+VERIFY_PATH = "/v1/verify"
 
 
 def create_app(
@@ -84,6 +92,11 @@ def create_app(
 
     install_problem_handlers(app)
     include_routes(app)
+    for delivery_router in (bundle_routes.router, webhook_routes.router, brand_routes.router):  # issue 6
+        app.include_router(delivery_router)
+    app.include_router(verify_routes.router)  # issue 5: POST /v1/verify (watermark + C2PA)
+    app.include_router(plan_routes.router)  # issue 3: POST /v1/plans:preview
+    install_dashboard(app)  # issue 7: pages under /dashboard (HTML errors there; /v1 unchanged)
     install_openapi(app)
 
     upload_limit = settings.upload_max_bytes + MULTIPART_OVERHEAD
@@ -91,6 +104,10 @@ def create_app(
     def limit_for(path: str) -> tuple[int, str]:
         if path.rstrip("/").endswith(UPLOAD_PATH):
             return upload_limit, "file"
+        if path.rstrip("/") == VERIFY_PATH:  # issue 5: the image to verify, same limit as an upload
+            return upload_limit, "file"
+        if path.rstrip("/") == DASHBOARD_SUBMIT_PATH:  # the new-job form carries the product image
+            return upload_limit + MULTIPART_OVERHEAD, "product_image"
         return JSON_BODY_MAX, "body"
 
     # the last added is the outermost: metrics see every answer, 413s included

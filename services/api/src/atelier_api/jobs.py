@@ -18,10 +18,11 @@ from atelier_shared.specs import CampaignSpec, JobRequest, StorySpec
 from atelier_shared.tasks import T_START_JOB
 from celery import Celery
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import ColumnElement, String, and_, cast, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import brands
 from .problems import BrokerUnavailable, FieldErrors
 from .schemas import FieldError, JobList, JobView
 from .views import job_view
@@ -68,7 +69,9 @@ def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: Job
 
     A replay (same Idempotency-Key and body) returns the stored job and sends nothing.
     """
+    request = brands.apply_brand_kit(session, tenant_id=tenant_id, request=request)  # issue 6: brand_id → brand
     spec = parse_spec(request)
+    brands.check_campaign(session, tenant_id=tenant_id, spec=spec)
     check_upload_refs(session, tenant_id=tenant_id, spec=spec)
     try:
         job, created = shared_jobs.create_job(session, tenant_id=tenant_id, kind=request.kind, spec=spec,
@@ -111,14 +114,30 @@ def cancel(session: Session, runtime: RuntimeState, *, tenant_id: str, job_id: s
     return _view(session, job)
 
 
+def retry(session: Session, celery: Celery, *, tenant_id: str, job_id: str) -> JobView:
+    """Retry a failed job from its failed stage (commit first, then hand it to the orchestrator)."""
+    job = shared_jobs.retry_job(session, tenant_id=tenant_id, job_id=job_id)
+    session.commit()
+    try:
+        celery.send_task(T_START_JOB, args=[job.id])
+    except Exception as exc:  # noqa: BLE001 - the job is queued; the reconciler starts it once the broker is back
+        log.warning("could not send %s for retried %s (the reconciler will): %s", T_START_JOB, job.id, exc)
+    return _view(session, job)
+
+
 def list_jobs(session: Session, *, tenant_id: str, status: str | None = None, kind: str | None = None,
-              limit: int = 20, cursor: str | None = None) -> JobList:
-    """The tenant's jobs, newest first, one page at a time (keyset pagination on created_at, id)."""
+              limit: int = 20, cursor: str | None = None, search: str | None = None) -> JobList:
+    """The tenant's jobs, newest first, one page at a time (keyset pagination on created_at, id).
+
+    ``search`` matches a job id prefix or any text of the spec (product, brand, taglines, premise).
+    """
     stmt = select(Job).where(Job.tenant_id == tenant_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if kind is not None:
         stmt = stmt.where(Job.kind == kind)
+    if search:
+        stmt = stmt.where(_search_clause(search))
     if cursor is not None:
         created_at, last_id = decode_cursor(cursor)
         stmt = stmt.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < last_id)))
@@ -129,6 +148,15 @@ def list_jobs(session: Session, *, tenant_id: str, status: str | None = None, ki
         items=[job_view(j, stages.get(j.id, [])) for j in page],
         next_cursor=encode_cursor(page[-1]) if more and page else None,
     )
+
+
+def _search_clause(search: str) -> ColumnElement[bool]:
+    # the spec is stored as JSON text with non-ASCII escaped (json.dumps): look for the needle both ways
+    text = search.strip()
+    spec = cast(Job.spec, String)
+    needles = {json.dumps(text)[1:-1], text}
+    return or_(Job.id.startswith(text, autoescape=True),
+               *(func.lower(spec).contains(n.lower(), autoescape=True) for n in needles))
 
 
 def encode_cursor(job: Job) -> str:

@@ -30,6 +30,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     _add_schema(components, FieldError)
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
+            if "requestBody" in operation:  # a body that is not parseable JSON / multipart at all is a 400
+                operation.setdefault("responses", {}).setdefault(
+                    "400", {"description": "Malformed body: not parseable as its content type"})
             for code, response in operation.get("responses", {}).items():
                 if code[:1] in ("4", "5"):
                     response["content"] = {PROBLEM_JSON: {"schema": problem}}

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .schemas import FieldError, Problem
@@ -125,7 +126,8 @@ async def _atelier_error(_request: Request, exc: Exception) -> JSONResponse:
         errors = [FieldError(field=exc.field, message=exc.detail)] if exc.field else None
     return problem_response(
         status, title=exc.title, detail=exc.detail, type_=problem_type(exc.title), errors=errors,
-        headers=_auth_headers(status),
+        headers={**_auth_headers(status), **(getattr(exc, "headers", None) or {})},  # e.g. 429's Retry-After
+        extra=getattr(exc, "extra", None),
     )
 
 
@@ -148,6 +150,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status_code, detail=detail, errors=errors, headers=headers)
 
 
+async def _data_error(_request: Request, exc: Exception) -> JSONResponse:
+    # the database refused a value the request carried (a NUL in text, a number out of range, a string too
+    # long for its column): the input is wrong, not the server; say why without echoing SQL or parameters
+    assert isinstance(exc, DataError)
+    reason = str(getattr(exc, "orig", None) or "").strip().splitlines()[0:1] or ["the value does not fit its column"]
+    log.warning("refused by the database: %s", reason[0])
+    return problem_response(422, title="Invalid input", type_=problem_type("invalid input"),
+                            detail=f"a value cannot be stored: {reason[0][:200]}")
+
+
 async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return problem_response(500, title="Internal error", type_=problem_type("internal error"),
@@ -158,6 +170,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AtelierError, _atelier_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unhandled)
 
 

@@ -49,6 +49,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> tuple[Image.Image, str]:
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"the image has too many pixels: {exc}", field=FIELD) from exc
     except UnidentifiedImageError as exc:
+        if _looks_like_allowed_format(data):  # the right signature but no valid header: broken, not foreign
+            raise InvalidInput("the image header is truncated or corrupt", field=FIELD) from exc
         raise UnsupportedMedia("the file is not a PNG, JPEG or WebP image", field=FIELD) from exc
     except _DECODE_ERRORS as exc:
         raise InvalidInput(f"the image header is corrupt: {exc}", field=FIELD) from exc
@@ -69,6 +71,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> tuple[Image.Image, str]:
     return image, fmt
 
 
+def _looks_like_allowed_format(data: bytes) -> bool:
+    return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 def normalize(image: Image.Image) -> Image.Image:
     """Upright (EXIF orientation applied), RGB or RGBA (alpha kept)."""
     try:
@@ -76,6 +82,9 @@ def normalize(image: Image.Image) -> Image.Image:
     except Exception as exc:  # noqa: BLE001 - unreadable EXIF is metadata noise; the pixels are still good
         log.warning("ignoring unreadable EXIF orientation: %s", exc)
         upright = image
+    if upright.mode.startswith("I"):
+        # 16-bit grayscale PNG: a plain convert clips every value above 255 to white; scale 0..65535 to 0..255
+        upright = upright.convert("I").point(lambda v: v * (1 / 257) + 0.5).convert("L")
     has_alpha = upright.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in upright.info
     target = "RGBA" if has_alpha else "RGB"
     return upright if upright.mode == target else upright.convert(target)

@@ -12,6 +12,7 @@ from .. import jobs as job_service
 from .. import streams
 from ..deps import CeleryDep, MetricsDep, RuntimeDep, SessionDep, SessionFactoryDep, SettingsDep, TenantDep
 from ..problems import problem_responses
+from ..ratelimit import RATE_LIMITED_DOC, JobLimitsDep
 from ..schemas import ArtifactList, JobKindName, JobList, JobStatusName, JobView
 from ..streams import EventStreamResponse
 
@@ -23,11 +24,21 @@ IdempotencyKey = Annotated[str | None, Header(
     description="Same key and body → the same job (200); same key, other body → 409.",
 )]
 
+# OpenAPI 3.1 reads a text/event-stream ``schema`` as the schema of one event (3.2 calls it itemSchema)
+_SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "Event id; send it back as Last-Event-ID."},
+        "event": {"type": "string", "description": "Event type, e.g. `stage.succeeded`, `job.succeeded`."},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "description": "JSON: `{id, type, job_id, data, created_at}`."},
+    },
+}
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`text/event-stream`: `id: <event id>`, `event: <type>`, "
                        "`data: {id, type, job_id, data, created_at}`; ends after the job's terminal event.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT_SCHEMA}},
     },
 }
 
@@ -35,12 +46,14 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 @router.post(
     "", status_code=202, response_model=JobView, summary="Submit a campaign or story job",
     responses={200: {"model": JobView, "description": "Replay of an Idempotency-Key: the job stored the first time."},
-               **problem_responses(409, 413, 503)},
+               **problem_responses(409, 413, 503), **RATE_LIMITED_DOC},
 )
 def submit_job(body: JobRequest, response: Response, principal: TenantDep, session: SessionDep, celery: CeleryDep,
-               metrics: MetricsDep, idempotency_key: IdempotencyKey = None) -> JobView:
-    result = job_service.submit_job(session, celery, tenant_id=principal.tenant_id, request=body,
-                                    idempotency_key=idempotency_key)
+               metrics: MetricsDep, limits: JobLimitsDep, idempotency_key: IdempotencyKey = None) -> JobView:
+    with limits.admit(session, tenant_id=principal.tenant_id) as admission:  # 429 over a rate limit or quota
+        result = job_service.submit_job(session, celery, tenant_id=principal.tenant_id, request=body,
+                                        idempotency_key=idempotency_key)
+        admission.created = result.created
     if result.created:
         metrics.jobs_submitted.labels(result.job.kind).inc()
     else:
@@ -70,6 +83,12 @@ def get_job(job_id: JobId, principal: TenantDep, session: SessionDep) -> JobView
              summary="Cancel a job")
 def cancel_job(job_id: JobId, principal: TenantDep, session: SessionDep, runtime: RuntimeDep) -> JobView:
     return job_service.cancel(session, runtime, tenant_id=principal.tenant_id, job_id=job_id)
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=JobView, responses=problem_responses(404, 409),
+             summary="Retry a failed job from its failed stage")
+def retry_job(job_id: JobId, principal: TenantDep, session: SessionDep, celery: CeleryDep) -> JobView:
+    return job_service.retry(session, celery, tenant_id=principal.tenant_id, job_id=job_id)
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=problem_responses(404),
