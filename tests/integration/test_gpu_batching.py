@@ -67,7 +67,8 @@ def env(redis_url: str, tiny_models: Path, tmp_path: Path) -> dict[str, str]:
     return dict(os.environ, PYTHONUNBUFFERED="1", ATELIER_HOME=str(tmp_path / "home"), ATELIER_BROKER_URL=redis_url,
                 ATELIER_STORAGE="local", ATELIER_MODELS_FILE=str(tiny_models), ATELIER_GEN_MAX_SIDE="64",
                 ATELIER_GPU_MAX_BATCH="4", ATELIER_VISIBILITY_TIMEOUT_S="6",
-                ATELIER_UNACKED_RESTORE_INTERVAL_S="1", ATELIER_HEARTBEAT_INTERVAL_S="1")
+                ATELIER_UNACKED_RESTORE_INTERVAL_S="1", ATELIER_HEARTBEAT_INTERVAL_S="1",
+                ATELIER_STALL_AFTER_S="4")
 
 
 def _done(messages: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -134,18 +134,22 @@ class _Heartbeat(threading.Thread):
                 log.warning("heartbeat failed for %s", self.stage_id, exc_info=True)
 
 
-def _claim(res: WorkerResources, task: StageTask, owner: str) -> bool:
-    """False when this delivery must not run: the stage already finished, or a live worker holds its lease.
+def _claim(app: Celery, res: WorkerResources, task: StageTask, payload: dict[str, Any], owner: str) -> bool:
+    """False when this delivery must not run now: the stage already finished, or a worker holds its lease.
 
     The reconciler and the broker may both re-send a stage whose worker looked dead; the lease (renewed by
-    heartbeats, expiring after ``stall_after_s``) and the done mark make such duplicates cheap no-ops.
+    heartbeats, expiring after ``stall_after_s``) and the done mark make such duplicates cheap. A copy that
+    finds the lease held is sent again for later rather than dropped: if the holder died, the lease will
+    have expired by then and the copy runs; if the holder finished, the done mark turns it into a no-op.
     """
     try:
         if res.runtime.is_done(task.stage_id, task.regeneration):
             log.info("stage %s[%s] already finished: skipping a duplicate delivery", task.stage, task.item)
             return False
         if not res.runtime.acquire_lease(task.stage_id, owner, res.settings.stall_after_s):
-            log.info("stage %s[%s] is running on another live worker: skipping", task.stage, task.item)
+            delay = max(1.0, res.settings.stall_after_s / 2)
+            log.info("stage %s[%s] is leased by another worker: checking again in %.1fs", task.stage, task.item, delay)
+            app.send_task(stage_task_name(task.stage), args=[payload], countdown=delay)
             return False
     except Exception:  # noqa: BLE001 - without the runtime store we run it: duplicates are idempotent
         log.warning("runtime state unreachable; running %s[%s] without a lease", task.stage, task.item, exc_info=True)
@@ -160,7 +164,7 @@ def run_stage(app: Celery, payload: dict[str, Any], fn: Callable[[StageContext],
     task = StageTask.model_validate(payload)
     res = resources(app)
     owner = f"{res.name}:{uuid.uuid4().hex[:8]}"
-    if not _claim(res, task, owner):
+    if not _claim(app, res, task, payload, owner):
         return None
     started = datetime.now(UTC)
     ctx = StageContext(task, res, app)
