@@ -51,10 +51,10 @@ test-integration: sysdeps venv services
 bench: venv services
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/gpu_bench.py cpu
+	$(BIN)/python bench/watermark_bench.py  # W-Bench-style robustness (key watermark)
 
 chaos: venv services
 	$(BIN)/python bench/chaos.py
-	$(BIN)/python bench/watermark_bench.py  # issue 5: W-Bench-style robustness (key watermark)
 
 # issue 8: schemathesis against a live API process (PostgreSQL, Redis, S3): >= 5,000 generated requests, no 5xx,
 # every response as documented; the failures (if any) also go to out/fuzz/report.txt. `make test` runs 300.
