@@ -1,55 +1,16 @@
-"""Fixtures for planner tests: real StageContexts on a local artifact folder, a recording app stub."""
+"""Fixtures for planner tests: LLM doubles (the stage-context fixtures come from tests/unit/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import StageContext, WorkerResources
-from atelier_shared.tasks import StageTask
-
-
-class AppStub:
-    """Stands in for the Celery app: records send_task calls instead of publishing."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[Any]]] = []
-
-    def send_task(self, name: str, args: list[Any] | None = None, **kwargs: Any) -> None:
-        self.sent.append((name, list(args or [])))
-
-
-@pytest.fixture
-def resources(tmp_path: Path) -> WorkerResources:
-    return WorkerResources(Settings(home=tmp_path))
-
-
-@pytest.fixture
-def app_stub(resources: WorkerResources) -> AppStub:
-    app = AppStub()
-    app.atelier_resources = resources  # type: ignore[attr-defined]  # what stage_runner.resources(app) reads
-    return app
-
-
-@pytest.fixture
-def make_ctx(resources: WorkerResources, app_stub: AppStub) -> Callable[..., StageContext]:
-    def make(*, stage: str, kind: str, spec: dict[str, Any], upstream: dict[str, Any] | None = None,
-             job_id: str = "job-1", tenant_id: str = "t1", item: str = "") -> StageContext:
-        task = StageTask(job_id=job_id, tenant_id=tenant_id, stage_id=f"{job_id}:{stage}:{item}", stage=stage,
-                         item=item, kind=kind, spec=spec, upstream=upstream or {},
-                         key_prefix=f"tenants/{tenant_id}/jobs/{job_id}")
-        return StageContext(task, resources, app_stub)  # type: ignore[arg-type]
-
-    return make
-
 
 # ---------------------------------------------------------------- LLM doubles (issue 3)
-
-import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from llm_double import ChatDouble  # noqa: E402

@@ -1,4 +1,5 @@
-"""Fixtures for renderer tests: real StageContexts on a local artifact folder, a recording app stub."""
+"""Fixtures for stage-function unit tests (planner, renderer): real StageContexts on a local artifact folder,
+a recording app stub."""
 
 from __future__ import annotations
 
