@@ -36,6 +36,7 @@ ROLES = {
     "render": ["worker", "--queues", "render", "--loglevel", "WARNING"],
     "gpu.diffusion": ["worker", "--queues", "gpu.diffusion", "--loglevel", "WARNING"],
     "gpu.watermark": ["worker", "--queues", "gpu.watermark", "--loglevel", "WARNING"],
+    "gpu.identity": ["worker", "--queues", "gpu.identity", "--loglevel", "WARNING"],
 }
 TERMINAL = ("job.succeeded", "job.failed", "job.canceled")
 
