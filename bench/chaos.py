@@ -29,8 +29,8 @@ def main() -> int:
     result = run_chaos(ChaosConfig(jobs=args.jobs, kills=args.kills, seed=args.seed), work, models)
     args.out.write_text(dump(result) + "\n")
     print(dump(result))
-    ok = result["jobs_lost"] == 0 and result["artifacts_missing"] == 0 and result["orphan_keys"] == 0 \
-        and result["sse_events_missed"] == 0
+    ok = all(result[k] == 0 for k in ("jobs_lost", "artifacts_missing", "orphan_keys", "sse_events_missed",
+                                      "duplicate_webhooks", "webhooks_missing", "stages_stuck"))
     return 0 if ok else 1
 
 

@@ -28,7 +28,7 @@ import psycopg
 from minio import Minio
 
 from tests.conftest import BIN, PG_ADMIN, free_port, wait_port
-from tests.procs import Proc, api_key_from, cli
+from tests.procs import Proc, Receiver, api_key_from, cli
 
 ROLES = {
     "orchestrator": ["worker", "--queues", "orchestrator", "--loglevel", "WARNING"],
@@ -183,7 +183,9 @@ class Chaos:
                         ATELIER_VISIBILITY_TIMEOUT_S="12", ATELIER_UNACKED_RESTORE_INTERVAL_S="1",
                         ATELIER_HEARTBEAT_INTERVAL_S="0.5", ATELIER_STALL_AFTER_S="5", ATELIER_QUEUED_STALL_S="25",
                         ATELIER_START_STALL_S="10", ATELIER_RECONCILE_INTERVAL_S="1", ATELIER_RETRY_BACKOFF_S="0.2",
-                        ATELIER_STAGE_MAX_ATTEMPTS="6", ATELIER_SSE_POLL_S="0.1")
+                        ATELIER_STAGE_MAX_ATTEMPTS="6", ATELIER_SSE_POLL_S="0.1",
+                        ATELIER_SSRF_ALLOW="127.0.0.1/32", ATELIER_WEBHOOK_POLL_S="0.2")
+        self.receiver = Receiver()
         t0 = time.monotonic()
         try:
             wait_port(s3_port)
@@ -193,6 +195,10 @@ class Chaos:
             wait_port(self.api_port, timeout=90)
             self.key = api_key_from(cli(["tenants", "create", f"chaos-{self.run_id}"], self.env))
             client = httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
+            # every webhook event type, so the receiver sees a message per stage, artifact and job
+            r = client.post("/v1/webhooks", json={"url": self.receiver.url})
+            if r.status_code != 201:
+                raise RuntimeError(f"webhook endpoint: {r.status_code} {r.text}")
             job_ids = [self.submit(client, i) for i in range(self.cfg.jobs)]
             followers = [Follower(j) for j in job_ids]
             threads = [threading.Thread(target=self.follow, args=(f,), daemon=True) for f in followers]
@@ -203,12 +209,14 @@ class Chaos:
             while time.monotonic() < deadline and not all(f.done for f in followers):
                 time.sleep(0.5)
             self.stop.set()
+            self.drain_webhooks(pg_url)
             return self.verify(client, pg_url, s3_port, followers, time.monotonic() - t0)
         finally:
             self.stop.set()
             for p in self.procs.values():
                 p.stop(timeout=10)
             subprocess.run(["redis-cli", "-p", str(self.redis_port), "shutdown", "nosave"], capture_output=True)
+            self.receiver.server.shutdown()
             s3.terminate()
             s3.wait(timeout=10)
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -221,7 +229,7 @@ class Chaos:
         plan: list[str] = [roles[i % len(roles)] for i in range(self.cfg.kills)]
         extra = [f for f, on in (("redis", self.cfg.redis_restart), ("pg", self.cfg.pg_drop), ("api", self.cfg.api_restart)) if on]
         for f in extra:
-            plan.insert(self.rng.randint(1, len(plan)), f)
+            plan.insert(self.rng.randint(min(1, len(plan)), len(plan)), f)
         for fault in plan:
             if all(f.done for f in followers):
                 self.note(f"jobs finished before fault {fault}")
@@ -238,6 +246,25 @@ class Chaos:
                 self.note(f"restarted the API with {attached} SSE clients attached")
             else:
                 self.kill_role(fault)
+
+    def expected_webhooks(self, pg_url: str) -> set[str]:
+        """``webhook-id`` of every message the dispatcher owes the receiver (one per subscribed event)."""
+        from atelier_orchestrator.webhooks import message_id
+        from atelier_shared.client import WEBHOOK_EVENTS
+
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT id FROM events WHERE type = ANY(%s) AND job_id IS NOT NULL",
+                                (list(WEBHOOK_EVENTS),)).fetchall()
+        return {message_id(r[0]) for r in rows}
+
+    def drain_webhooks(self, pg_url: str, timeout_s: float = 60.0) -> None:
+        """Give the dispatcher time to send what the last events owe (it retries with backoff)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = {h.get("webhook-id") for h, _ in self.receiver.requests}
+            if self.expected_webhooks(pg_url) <= got:
+                return
+            time.sleep(0.5)
 
     def verify(self, client: httpx.Client, pg_url: str, s3_port: int, followers: list[Follower],
                seconds: float) -> dict[str, Any]:
@@ -273,7 +300,8 @@ class Chaos:
             "jobs_total": len(job_ids), "jobs_succeeded": succeeded, "jobs_canceled": canceled,
             "jobs_lost": len(job_ids) - succeeded - canceled, "artifacts_missing": missing,
             "orphan_keys": len(orphans), "orphan_examples": orphans[:5],
-            "duplicate_webhooks": None, "duplicate_webhooks_note": "webhooks are not built yet (issue 6)",
+            "duplicate_webhooks": self.receiver.duplicates(), "webhooks_received": len(self.receiver.requests),
+            "webhooks_missing": len(self.expected_webhooks(pg_url) - {h.get("webhook-id") for h, _ in self.receiver.requests}),
             "kills": self.kills, "stages_redriven": int(redriven), "stages_stuck": int(stuck),
             "sse_events_missed": missed, "sse_reconnects": sum(f.reconnects for f in followers),
             "seconds": round(seconds, 1), "faults": self.log, "job_errors": errors[:5],

@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -74,3 +77,31 @@ def api_key_from(output: str) -> str:
         if "api key" in line:
             return line.rsplit(" ", 1)[-1].strip()
     raise ValueError(f"no api key in {output!r}")
+
+
+class Receiver:
+    """A loopback webhook receiver: keeps every POST's lower-cased headers and body, answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/atelier"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def duplicates(self) -> int:
+        """Messages (``webhook-id``) received more than once: each extra copy counts."""
+        ids = [h.get("webhook-id") for h, _ in self.requests]
+        return len(ids) - len(set(ids))

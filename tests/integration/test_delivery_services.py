@@ -11,11 +11,9 @@ import hashlib
 import json
 import os
 import subprocess
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,30 +24,9 @@ from atelier_orchestrator.demo import CAMPAIGN, product_png
 from atelier_shared.client import AtelierClient, verify_webhook
 
 from tests.conftest import free_port, wait_port
-from tests.procs import BIN, Proc, api_key_from, cli
+from tests.procs import BIN, Proc, Receiver, api_key_from, cli
 
 pytestmark = pytest.mark.integration
-
-
-class Receiver:
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/atelier"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")

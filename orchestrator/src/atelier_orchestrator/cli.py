@@ -120,11 +120,11 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Tasks at once (GPU queues: 1).")] = None,
     name: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    supervise: Annotated[bool, typer.Option(help="Run the Celery worker as a child process and restart it if it "
+                                                 "dies (not on a shutdown signal or a clean exit).")] = True,
 ) -> None:
     """Run a Celery worker for one or more roles (queues) against the configured broker."""
-    from celery.signals import worker_ready
-
-    from .embedded import start_reconciler, start_webhook_dispatcher, worker_app
+    from atelier_shared.celeryapp import ROLE_MODULES
 
     settings = _settings()
     qs = [q.strip() for q in queues.split(",") if q.strip()]
@@ -132,6 +132,27 @@ def worker(
         typer.echo("error: set ATELIER_BROKER_URL (e.g. redis://127.0.0.1:6379/0); without a broker, "
                    "`atelier serve` runs the workers in-process", err=True)
         raise typer.Exit(2)
+    unknown = [q for q in qs if q not in ROLE_MODULES]
+    if unknown or not qs:
+        typer.echo(f"error: unknown queue(s) {unknown}; known: {sorted(ROLE_MODULES)}", err=True)
+        raise typer.Exit(2)
+    if supervise:
+        import sys
+
+        from .supervise import supervise as run_supervised
+
+        logging.basicConfig(level=logging.WARNING)
+        child = [sys.executable, "-m", "atelier_orchestrator.cli", "worker", "--queues", ",".join(qs),
+                 "--loglevel", loglevel, "--no-supervise"]
+        for flag, value in (("--pool", pool), ("--concurrency", concurrency), ("--name", name)):
+            if value is not None:
+                child += [flag, str(value)]
+        raise typer.Exit(run_supervised(child))
+
+    from celery.signals import worker_ready
+
+    from .embedded import start_reconciler, start_webhook_dispatcher, worker_app
+
     try:
         celery_app = worker_app(settings, qs)
     except ValueError as exc:

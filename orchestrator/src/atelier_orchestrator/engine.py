@@ -200,20 +200,20 @@ def stage_started(session: Session, msg: StageStarted) -> None:
     row = session.get(Stage, msg.stage_id)
     if row is None or row.status in TERMINAL:
         return
+    # the job row first (as every event writer does, see atelier_shared.events), then the stage row
+    job = _lock_job(session, msg.job_id)
     res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status.in_(("queued", "running")))
                           .values(status="running", started_at=msg.started_at, worker=msg.worker))
-    if res.rowcount == 1:  # type: ignore[attr-defined]
-        job = session.get(Job, msg.job_id)
-        if job is not None:
-            emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.started",
-                 data={"stage": row.name, "item": row.item, "attempt": msg.attempt, "worker": msg.worker})
+    if res.rowcount == 1 and job is not None:  # type: ignore[attr-defined]
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.started",
+             data={"stage": row.name, "item": row.item, "attempt": msg.attempt, "worker": msg.worker})
 
 
 def stage_progress(session: Session, msg: StageProgress) -> None:
     row = session.get(Stage, msg.stage_id)
     if row is None or row.status in TERMINAL:
         return
-    job = session.get(Job, msg.job_id)
+    job = _lock_job(session, msg.job_id)
     if job is not None:
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.progress",
              data={"stage": row.name, "item": row.item, "step": msg.step, "total": msg.total})

@@ -18,7 +18,15 @@ EVENT_TYPES = (
 
 
 def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, data: dict[str, Any] | None = None) -> Event:
-    """Append one event; flushed so its id is known."""
+    """Append one event; flushed so its id is known.
+
+    The caller must hold the job's row lock (``SELECT ... FOR UPDATE`` on ``jobs``) before its first event
+    of the transaction. Ids come from a sequence when the row is inserted, so two transactions writing
+    events for one job could otherwise commit out of id order, and an SSE client resuming with
+    ``Last-Event-ID`` (or polling ``id > last``) would skip the late-committed, lower id for good. With the
+    lock, a job's events become visible in id order. (A new job's ``job.created`` needs no lock: nobody
+    else can see the job yet.)
+    """
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
     ev = Event(tenant_id=tenant_id, job_id=job_id, type=type, data=data or {})
