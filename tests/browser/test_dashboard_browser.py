@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_api.dashboard import integrations
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import SLOW_MODEL, Server, chromium_missing, wait_for_job
@@ -130,12 +129,12 @@ def test_gallery_and_full_size_image(page: Page, server: Server, shots: Path,
     wait_until(page, "() => Array.from(document.querySelectorAll('.size-group img'))"
                      ".every(i => i.complete && i.naturalWidth > 0)")
     shoot(page, shots, "gallery", full_page=True)
-    if integrations.bundle_available():  # the delivery work's GET /v1/jobs/{id}/bundle, behind the session
-        with page.expect_download() as download:
-            page.click("a:has-text('Download bundle')")
-        with zipfile.ZipFile(download.value.path()) as bundle:
-            names = bundle.namelist()
-        assert "manifest.json" in names and sum(n.endswith(".png") for n in names) == 6
+    # the JSON API's GET /v1/jobs/{id}/bundle, behind the session cookie
+    with page.expect_download() as download:
+        page.click("a:has-text('Download bundle')")
+    with zipfile.ZipFile(download.value.path()) as bundle:
+        names = bundle.namelist()
+    assert "manifest.json" in names and sum(n.endswith(".png") for n in names) == 6
 
     tiles.nth(1).locator("a.thumb").click()
     expect(page).to_have_url(re.compile(r"/dashboard/artifacts/art_[0-9a-f]+$"))

@@ -61,12 +61,7 @@ class MemoryRuntime:
             return True
 
     def renew_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool:
-        with self._lock:
-            held = self._leases.get(stage_id)
-            if held is not None and held[0] != owner and held[1] > time.monotonic():
-                return False
-            self._leases[stage_id] = (owner, time.monotonic() + ttl_s)
-            return True
+        return self.acquire_lease(stage_id, owner, ttl_s)  # in one process, taking and extending are one step
 
     def release_lease(self, stage_id: str, owner: str) -> None:
         with self._lock:

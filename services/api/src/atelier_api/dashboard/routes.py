@@ -27,6 +27,7 @@ from .. import artifacts as artifact_service
 from .. import jobs as job_service
 from .. import streams
 from .. import uploads as upload_service
+from ..bundle import plan_bundle, stream_bundle
 from ..deps import (
     CeleryDep,
     MetricsDep,
@@ -37,10 +38,12 @@ from ..deps import (
     StoreDep,
 )
 from ..problems import FieldErrors
+from ..ratelimit import get_job_limits
+from ..routes.plans import request_preview
 from ..schemas import FieldError
 from ..streams import EventStreamResponse
 from ..views import artifact_view
-from . import charts, integrations, system
+from . import charts, system
 from .forms import COMMON_SIZES, JobForm, build_request, read_form, uploaded_file
 from .gallery import ThumbCache, build_gallery, thumb_width, thumbnail
 from .plans import job_plans, plans_from_outputs
@@ -190,7 +193,8 @@ def submit_job(request: Request, viewer: ViewerDep, session: SessionDep, store: 
     try:
         # the whole spec first (the image as a stand-in id), so a bad form stores no upload
         job_service.parse_spec(build_request(job_form, product_image="pending-upload" if upload else None))
-        with integrations.job_admission(request, session, tenant_id=viewer.tenant_id) as admission:
+        # the JSON API's per-tenant rate limit and GPU quota: a 429 over either; .created once the job exists
+        with get_job_limits(request).admit(session, tenant_id=viewer.tenant_id) as admission:
             image_id = None
             if upload is not None:
                 upload.file.seek(0)
@@ -238,13 +242,10 @@ def preview_plans(request: Request, viewer: ViewerDep, session: SessionDep, cele
     except FieldErrors as exc:
         job_form.add_errors(exc.errors)
         return answer(None, None, 422)
-    preview = integrations.plan_preview()
-    if preview is None:
-        return answer(None, integrations.PREVIEW_MISSING, 501)
     session.close()  # nothing else needs the database while the planner works
     try:
-        reply = preview(celery, kind=body.kind, spec=spec.model_dump(mode="json"), tenant_id=viewer.tenant_id,
-                        timeout_s=getattr(settings, "plan_preview_timeout_s", 120.0))
+        reply = request_preview(celery, kind=body.kind, spec=spec.model_dump(mode="json"),
+                                tenant_id=viewer.tenant_id, timeout_s=settings.plan_preview_timeout_s)
     except AtelierError as exc:
         return answer(None, f"{exc.title}: {exc.detail}", exc.status)
     if not reply.get("ok"):
@@ -263,7 +264,7 @@ def _job_context(session: Any, viewer: Any, job_id: str) -> dict[str, Any]:
                                                                  viewer.tenant_id)) or 0
     return {"job": view, "timeline": build_timeline(view, now=now, progress=progress), "now": now,
             "failed": failing_stages(view.stages), "terminal": view.status in ("succeeded", "failed", "canceled"),
-            "last_event": last_event, "bundle": integrations.bundle_available(), "viewer": viewer}
+            "last_event": last_event, "viewer": viewer}
 
 
 @router.get("/jobs/{job_id}")
@@ -289,33 +290,32 @@ def job_events(
     return EventStreamResponse(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def _job_action(job_id: str, action: Any, done_notice: str) -> Response:
+    """Run a job action (the JSON API's own service call) and go back to the job with a notice."""
+    try:
+        action()
+    except Conflict as exc:
+        return _redirect(f"{PREFIX}/jobs/{job_id}?notice={quote(exc.detail)}")
+    return _redirect(f"{PREFIX}/jobs/{job_id}?notice={done_notice}")
+
+
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: JobId, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep,
                form: CheckedFormDep) -> Response:
-    try:
-        job_service.cancel(session, runtime, tenant_id=viewer.tenant_id, job_id=job_id)
-    except Conflict as exc:
-        return _redirect(f"{PREFIX}/jobs/{job_id}?notice={quote(exc.detail)}")
-    return _redirect(f"{PREFIX}/jobs/{job_id}?notice=canceled")
+    return _job_action(job_id, lambda: job_service.cancel(session, runtime, tenant_id=viewer.tenant_id,
+                                                          job_id=job_id), "canceled")
 
 
 @router.post("/jobs/{job_id}/retry")
 def retry_job(job_id: JobId, viewer: ViewerDep, session: SessionDep, celery: CeleryDep,
               form: CheckedFormDep) -> Response:
-    try:
-        job_service.retry(session, celery, tenant_id=viewer.tenant_id, job_id=job_id)
-    except Conflict as exc:
-        return _redirect(f"{PREFIX}/jobs/{job_id}?notice={quote(exc.detail)}")
-    return _redirect(f"{PREFIX}/jobs/{job_id}?notice=retrying")
+    return _job_action(job_id, lambda: job_service.retry(session, celery, tenant_id=viewer.tenant_id,
+                                                         job_id=job_id), "retrying")
 
 
 @router.get("/jobs/{job_id}/bundle")
 def job_bundle(job_id: JobId, viewer: ViewerDep, session: SessionDep, store: StoreDep) -> Response:
     """The JSON API's bundle (``GET /v1/jobs/{id}/bundle``) behind the session cookie."""
-    functions = integrations.bundle_functions()
-    if functions is None:
-        raise NotFound(integrations.BUNDLE_MISSING)
-    plan_bundle, stream_bundle = functions
     plan = plan_bundle(session, tenant_id=viewer.tenant_id, job_id=job_id)
     return StreamingResponse(stream_bundle(plan, store), media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="{plan.filename}"', "Cache-Control": "private, no-cache"})
@@ -335,7 +335,7 @@ def gallery_page(request: Request, job_id: JobId, viewer: ViewerDep, session: Se
     artifacts = artifact_service.list_job_artifacts(session, tenant_id=viewer.tenant_id, job_id=job_id)
     return render(request, "gallery.html", {"job": view, "gallery": build_gallery(artifacts.items, sizes=view.spec.get("sizes") or ()),
                                             "viewer": viewer,
-                                            "tab": "gallery", "bundle": integrations.bundle_available(),
+                                            "tab": "gallery",
                                             "terminal": view.status in ("succeeded", "failed", "canceled")})
 
 
