@@ -203,7 +203,7 @@ class Drained:
                              output=(output or {}) if status == "succeeded" else {},
                              artifacts=self.ctx.artifacts if status == "succeeded" else [], error=err,
                              worker=self.ctx.res.name, started_at=self.started, finished_at=datetime.now(UTC),
-                             gpu_seconds=self.ctx.gpu_seconds)
+                             gpu_seconds=self.ctx.gpu_seconds, regeneration=task.regeneration)
         self.ctx.app.send_task(T_STAGE_DONE, args=[result.model_dump(mode="json")])
         self.message.ack()
 

@@ -114,7 +114,9 @@ def _generate(ctx: StageContext, *, prompt: str, negative_prompt: str, target: t
 
 
 def _put_image(ctx: StageContext, image: Image.Image, *, kind: str, info: dict[str, Any], prompt: str) -> str:
-    rec = ctx.put(name=ctx.task.item or kind, data=_png(image), ext="png", content_type="image/png", kind=kind,
+    # a gate's regeneration stores its attempt under its own name (1080x1080-v0.r1), next to the first one
+    name = identity_recipe.scene_name(ctx.task.item, ctx.task.regeneration) if ctx.task.item else kind
+    rec = ctx.put(name=name, data=_png(image), ext="png", content_type="image/png", kind=kind,
                   width=image.width, height=image.height, meta={**info, "prompt": prompt})
     return rec.key
 
@@ -182,7 +184,8 @@ def prepare_background(ctx: StageContext) -> GenRequest:
         raise StageError(f"gpu.background: the ad plan has no variant for size {size_name!r} (has: {known})",
                          retryable=False, field="item")
     variant = plan.variants[index]
-    seed = background_seed(plan.seed, variant_index, index)
+    # a gate's regeneration (gate.critic) offsets the seed as a scene's does, so a retry paints a new image
+    seed = identity_recipe.scene_seed(background_seed(plan.seed, variant_index, index), ctx.task.regeneration)
     _, spec, _, _ = _model_and_size(ctx, (variant.target.w, variant.target.h))
     product_id = (ctx.task.spec.get("product") or {}).get("image")
     product_box = next((b for b in variant.layout.boxes if b.role == "product"), None)
@@ -279,12 +282,13 @@ def scene(ctx: StageContext) -> dict[str, Any]:
                          retryable=False)
     layout: LayoutPlan = _parse(LayoutPlan, layouts[position], f"upstream.{S_SCENE_LAYOUT}.layouts[{position}]")
     prompt = ordered[position].scene_prompt
-    # issue 5 (identity): InstantID / IP-Adapter conditioning when configured (recorded in info["identity"]); a
-    # gate's regeneration offsets the seed and stores the attempt under its own name (s2.r1)
+    # issue 5 (identity): InstantID / IP-Adapter conditioning when configured, else reference-only attention on
+    # the sheets (recorded in info["identity"]); a gate's regeneration offsets the seed and stores the attempt
+    # under its own name (s2.r1)
     image, info = identity_recipe.generate_scene(
         ctx, generate=_scene_generator(layout), prompt=prompt, negative_prompt=layout.negative_prompt or plan.negative_prompt,
         target=(layout.width, layout.height), seed=identity_recipe.scene_seed(layout.seed, ctx.task.regeneration),
-        cast=list(dict.fromkeys(c.character_id for c in ordered[position].cast)))
+        cast=list(dict.fromkeys(c.character_id for c in ordered[position].cast)), layout=layout)
     key = identity_recipe.put_scene(ctx, image, info=info, prompt=prompt)
     return {"scene_key": key, **info}
 

@@ -110,3 +110,17 @@ def test_background_without_boxes_uses_the_rpg_plan_when_ad_prompts_is_upstream(
     assert tasks.background.stage_fn(ctx)["recipe"] == "regional"
     plain = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": plan}})
     assert tasks.background.stage_fn(plain)["recipe"] == "text_to_image"
+
+
+def test_a_background_regeneration_paints_a_new_seed_under_its_own_name(res):
+    """gate.critic's regeneration: a new seed, a new artifact next to the first, the first left as it was."""
+    upstream = {"plan.ad_layout": {"plan": _plan_with_product()}}
+    first = _ctx(res, "gpu.background", "1080x1080-v0", upstream)
+    out0 = tasks.background.stage_fn(first)
+    again = _ctx(res, "gpu.background", "1080x1080-v0", upstream, job_id=first.task.job_id)
+    again.task = again.task.model_copy(update={"regeneration": 1})
+    out1 = tasks.background.stage_fn(again)
+    assert out1["seed"] != out0["seed"]
+    assert out0["background_key"].endswith("/gpu.background/1080x1080-v0.png")
+    assert out1["background_key"].endswith("/gpu.background/1080x1080-v0.r1.png")
+    assert _image(first, out0["background_key"]).tobytes() != _image(again, out1["background_key"]).tobytes()

@@ -1,4 +1,4 @@
-"""Identity conditioning of story scenes: InstantID, else the character sheet as an IP-Adapter reference.
+"""Identity conditioning of story scenes: InstantID, else an IP-Adapter reference, else reference-only attention.
 
 Which path a scene takes depends on the weights configured (nothing is downloaded), and the scene's
 output and artifact meta record it (``identity.mode``/``identity.reason``):
@@ -20,8 +20,21 @@ The loop below is the SDXL denoising loop with those two changes, on the registr
 ``reference`` (``ATELIER_IDENTITY_REFERENCE_ADAPTER_DIR``, an IP-Adapter folder with ``image_encoder/``) —
 the character sheet is passed as ``ip_adapter_image`` (the usual IP-Adapter image prompt).
 
-``none`` — neither is configured: the scene is generated from its prompt alone and says so; the identity
-gate then measures, and best-of-N regeneration is the only lever.
+``reference_only`` — no identity weights configured (the default): the weight-free fallback of
+``recipes.reference_attn``. The scene is still made by the layout recipe (``generate``), but every
+self-attention layer of the UNet also attends over the character sheets' tokens (ControlNet's
+``reference_only``), each sheet only inside its character's layout box (matched by the box's
+``ref_artifact``, the sheet key), or everywhere when a box is missing. It carries colours, clothes and hair;
+it does not carry a face the way InstantID does.
+
+``none`` — no cast, no readable character sheet, or a model the fallback cannot hook (not SDXL): the scene
+follows its prompt alone and says why; the identity gate then measures, and best-of-N regeneration is the
+only lever.
+
+Every path holds the registry's ``call_lock`` around its pipeline work: the warm pipeline (its adapters and
+attention processors, which these paths change for one call) is shared with the worker's other threads.
+The record names the path twice: ``identity.mode`` (the names above) and ``identity.method`` /
+``identity_method`` (``instantid`` | ``ip_adapter`` | ``reference_only`` | ``none``) for the gate and the dashboard.
 
 A gate's regeneration (``StageTask.regeneration``) offsets the layout's seed (``scene_seed``) and writes the
 scene under a new name (``s2.r1``), so every attempt stays an artifact.
@@ -34,14 +47,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from atelier_shared.errors import StageError
+from atelier_shared.errors import NotFound, StageError
+from atelier_shared.plans import Box, LayoutPlan
 from atelier_shared.settings import Settings
 from atelier_shared.stage_runner import StageContext
 from atelier_shared.tasks import S_CHARACTER_SHEET
 from PIL import Image, ImageDraw
 
 REGENERATION_SEED_STEP = 7919  # a prime: regenerated seeds never collide with other scenes' layout seeds
-MODES = ("instantid", "reference", "none")
+MODES = ("instantid", "reference", "reference_only", "none")
+METHODS = {"instantid": "instantid", "reference": "ip_adapter", "reference_only": "reference_only", "none": "none"}
+# reference-only attention knobs (ControlNet's "Balanced" mode; every self-attention layer; no AdaIN)
+REFERENCE_STYLE_FIDELITY = 0.5
+REFERENCE_ATTENTION_WEIGHT = 1.0
 
 
 def scene_seed(layout_seed: int, regeneration: int) -> int:
@@ -69,44 +87,69 @@ def identity_mode(settings: Settings) -> tuple[str, str]:
         missing = ", ".join(k for k, v in instantid.items() if v is None)
         return "reference", f"IP-Adapter with the character sheet as reference image (InstantID needs {missing})"
     return "none", ("no identity weights configured: InstantID needs ATELIER_IDENTITY_FACE_MODEL_DIR, "
-                    "ATELIER_IDENTITY_CONTROLNET_DIR and ATELIER_IDENTITY_IP_ADAPTER_PATH; the reference fallback "
-                    "needs ATELIER_IDENTITY_REFERENCE_ADAPTER_DIR; the scene follows its prompt only")
+                    "ATELIER_IDENTITY_CONTROLNET_DIR and ATELIER_IDENTITY_IP_ADAPTER_PATH; the IP-Adapter fallback "
+                    "needs ATELIER_IDENTITY_REFERENCE_ADAPTER_DIR; scenes use the weight-free reference-only "
+                    "attention on the character sheets")
 
 
-def _sheets(ctx: StageContext, cast: list[str]) -> dict[str, Image.Image]:
-    import io
-
+def _sheet_keys(ctx: StageContext, cast: list[str]) -> dict[str, str]:
+    """Character id → sheet key, for the cast members whose ``gpu.character_sheet`` output has one."""
     out = ctx.task.upstream.get(S_CHARACTER_SHEET) or {}
-    sheets = {}
+    keys = {}
     for cid in cast:
         entry = out.get(cid) if isinstance(out, dict) else None
         if isinstance(entry, dict) and entry.get("sheet_key"):
-            img = Image.open(io.BytesIO(ctx.get(entry["sheet_key"])))
-            img.load()
-            sheets[cid] = img.convert("RGB")
-    return sheets
+            keys[cid] = str(entry["sheet_key"])
+    return keys
+
+
+def _read_sheet(ctx: StageContext, key: str) -> Image.Image:
+    import io
+
+    img = Image.open(io.BytesIO(ctx.get(key)))
+    img.load()
+    return img.convert("RGB")
+
+
+def _sheets(ctx: StageContext, cast: list[str]) -> dict[str, Image.Image]:
+    return {cid: _read_sheet(ctx, key) for cid, key in _sheet_keys(ctx, cast).items()}
+
+
+def _finish(info: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with the identity record; ``identity_method`` sits at the top too (artifact meta, gate, dashboard)."""
+    record["method"] = METHODS[record["mode"]]
+    return {**info, "identity": record, "identity_method": record["method"]}
 
 
 def generate_scene(ctx: StageContext, *, generate: Callable[..., tuple[Image.Image, dict[str, Any]]], prompt: str,
-                   negative_prompt: str, target: tuple[int, int], seed: int, cast: list[str]
-                   ) -> tuple[Image.Image, dict[str, Any]]:
-    """Generate one scene on the identity path the settings allow; ``info['identity']`` says which it was."""
+                   negative_prompt: str, target: tuple[int, int], seed: int, cast: list[str],
+                   layout: LayoutPlan | None = None) -> tuple[Image.Image, dict[str, Any]]:
+    """Generate one scene on the identity path the settings allow; ``info['identity']`` says which it was.
+
+    ``generate`` is the scene's prompt-only generator (the layout recipe); ``layout`` (the scene's plan) gives
+    the reference-only fallback each character's box.
+    """
     mode, reason = identity_mode(ctx.settings)
     record: dict[str, Any] = {"mode": mode, "reason": reason, "characters": cast,
                               "regeneration": ctx.task.regeneration}
-    if mode == "none" or not cast:
-        if not cast:
-            record.update(mode="none", reason="no characters in this scene")
+
+    def prompt_only(why: str) -> tuple[Image.Image, dict[str, Any]]:
+        record.update(mode="none", reason=why)
         image, info = generate(ctx, prompt=prompt, negative_prompt=negative_prompt, target=target, seed=seed)
-        return image, {**info, "identity": record}
+        return image, _finish(info, record)
+
+    if not cast:
+        return prompt_only("no characters in this scene")
+    if mode == "none":
+        return _reference_only_scene(ctx, generate=generate, prompt_only=prompt_only, record=record, prompt=prompt,
+                                     negative_prompt=negative_prompt, target=target, seed=seed, cast=cast,
+                                     layout=layout)
     from ..tasks import registry  # the worker's warm pipelines (lazy: tasks imports this module)
     from .text_to_image import generation_size
 
     sheets = _sheets(ctx, cast)
     if not sheets:
-        record.update(mode="none", reason="the cast has no character sheets upstream")
-        image, info = generate(ctx, prompt=prompt, negative_prompt=negative_prompt, target=target, seed=seed)
-        return image, {**info, "identity": record}
+        return prompt_only("the cast has no character sheets upstream")
     reg = registry(ctx.res)
     model_id = ctx.task.spec.get("model") or ctx.settings.default_model
     spec = reg.spec(model_id)
@@ -116,29 +159,94 @@ def generate_scene(ctx: StageContext, *, generate: Callable[..., tuple[Image.Ima
     steps = ctx.settings.gen_steps or spec.steps
     width, height = generation_size(target[0], target[1], min(ctx.settings.gen_max_side,
                                                               spec.max_side or ctx.settings.gen_max_side))
-    pipe = reg.load(model_id)
     first = next(iter(sheets.values()))
-    started = time.perf_counter()
-    try:
-        if mode == "reference":
-            image = run_reference(pipe, Path(ctx.settings.identity_reference_adapter_dir or "."),
-                                  reference=first, prompt=prompt, negative_prompt=negative_prompt, width=width,
-                                  height=height, steps=steps, guidance=spec.guidance, seed=seed, on_step=ctx.progress)
-        else:
-            assets = _instantid_assets(ctx)
-            face = assets.face_of(first)
-            if face is None:
-                raise StageError("InstantID: no face found on the character sheet", retryable=False)
-            embedding, kps = face
-            image = run_instantid(pipe, assets.controlnet, Path(ctx.settings.identity_ip_adapter_path or "."),
-                                  face_embedding=embedding, kps_image=draw_kps((width, height), kps, first.size),
-                                  prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-                                  steps=steps, guidance=spec.guidance, seed=seed, on_step=ctx.progress)
-    finally:
-        ctx.gpu_seconds += time.perf_counter() - started
+    with reg.call_lock:  # adapters are loaded into the shared warm pipeline for this call only
+        pipe = reg.load(model_id)
+        started = time.perf_counter()
+        try:
+            if mode == "reference":
+                image = run_reference(pipe, Path(ctx.settings.identity_reference_adapter_dir or "."),
+                                      reference=first, prompt=prompt, negative_prompt=negative_prompt, width=width,
+                                      height=height, steps=steps, guidance=spec.guidance, seed=seed,
+                                      on_step=ctx.progress)
+            else:
+                assets = _instantid_assets(ctx)
+                face = assets.face_of(first)
+                if face is None:
+                    raise StageError("InstantID: no face found on the character sheet", retryable=False)
+                embedding, kps = face
+                image = run_instantid(pipe, assets.controlnet, Path(ctx.settings.identity_ip_adapter_path or "."),
+                                      face_embedding=embedding, kps_image=draw_kps((width, height), kps, first.size),
+                                      prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+                                      steps=steps, guidance=spec.guidance, seed=seed, on_step=ctx.progress)
+        finally:
+            ctx.gpu_seconds += time.perf_counter() - started
     record["reference_character"] = next(iter(sheets))
-    return image, {"width": width, "height": height, "seed": seed, "model": model_id, "steps": steps,
-                   "identity": record}
+    return image, _finish({"width": width, "height": height, "seed": seed, "model": model_id, "steps": steps},
+                          record)
+
+
+def reference_regions(layout: LayoutPlan | None, sheet_keys: dict[str, str]) -> list[Box] | None:
+    """Each referenced character's layout box, in ``sheet_keys`` order, or None unless every one has a box.
+
+    The layout planner marks a character's box with its sheet key (``Box.ref_artifact``); that is the link.
+    """
+    if layout is None:
+        return None
+    by_sheet = {b.ref_artifact: b for b in layout.boxes if b.role == "character" and b.ref_artifact}
+    boxes = [by_sheet.get(key) for key in sheet_keys.values()]
+    return [b for b in boxes if b is not None] if all(b is not None for b in boxes) else None
+
+
+def _reference_only_scene(ctx: StageContext, *, generate: Callable[..., tuple[Image.Image, dict[str, Any]]],
+                          prompt_only: Callable[[str], tuple[Image.Image, dict[str, Any]]], record: dict[str, Any],
+                          prompt: str, negative_prompt: str, target: tuple[int, int], seed: int, cast: list[str],
+                          layout: LayoutPlan | None) -> tuple[Image.Image, dict[str, Any]]:
+    """The weight-free path: ``generate`` runs with reference-only attention on the cast's sheets installed."""
+    from ..tasks import registry  # the worker's warm pipelines (lazy: tasks imports this module)
+    from .reference_attn import reference_attention
+
+    weights = "no identity weights configured (InstantID needs its face model, IdentityNet and image projection)"
+    keys = _sheet_keys(ctx, cast)
+    sheets: dict[str, Image.Image] = {}
+    missing: list[str] = [cid for cid in cast if cid not in keys]
+    for cid, key in keys.items():
+        try:
+            sheets[cid] = _read_sheet(ctx, key)
+        except NotFound:  # the fallback is best effort: a lost sheet costs its reference, not the scene
+            missing.append(cid)
+    if missing:
+        record["missing_sheets"] = missing
+    if not sheets:
+        return prompt_only(f"{weights}, and no character sheet of the cast could be read "
+                           f"({', '.join(missing)}); the scene follows its prompt only")
+    reg = registry(ctx.res)
+    model_id = ctx.task.spec.get("model") or ctx.settings.default_model
+    spec = reg.spec(model_id)
+    if spec.family != "sdxl":
+        return prompt_only(f"{weights}; the reference-only fallback hooks an SDXL UNet and {model_id} is "
+                           f"{spec.family}; the scene follows its prompt only")
+    keys = {cid: keys[cid] for cid in sheets}
+    regions = reference_regions(layout, keys)
+    with reg.call_lock:  # the processors are swapped on the shared warm pipeline for this call only
+        pipe = reg.load(model_id)
+        cfg = spec.guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
+        with reference_attention(pipe, list(sheets.values()), cfg=cfg, seed=seed, regions=regions,
+                                 style_fidelity=REFERENCE_STYLE_FIDELITY,
+                                 attention_weight=REFERENCE_ATTENTION_WEIGHT) as state:
+            image, info = generate(ctx, prompt=prompt, negative_prompt=negative_prompt, target=target, seed=seed)
+    if state.writes == 0:  # the generator ran on another model or pipeline: say so rather than claim the method
+        record.update(mode="none", reason=f"{weights}; the scene's pipeline call never reached the reference hook")
+        return image, _finish(info, record)
+    where = "each inside its character's layout box" if regions is not None else "everywhere in the scene"
+    record.update(mode="reference_only",
+                  reason=f"{weights}: reference-only attention on the character sheet(s), {where} "
+                         "(approximate consistency: colours, clothes, hair)",
+                  reference_character=next(iter(sheets)), references=list(sheets),
+                  reference_region="boxes" if regions is not None else "global",
+                  style_fidelity=REFERENCE_STYLE_FIDELITY, attention_weight=REFERENCE_ATTENTION_WEIGHT,
+                  reference_steps=state.writes)
+    return image, _finish(info, record)
 
 
 def put_scene(ctx: StageContext, image: Image.Image, *, info: dict[str, Any], prompt: str) -> str:
