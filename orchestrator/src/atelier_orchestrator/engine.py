@@ -142,8 +142,19 @@ def _finish_job(session: Session, job: Job, status: str, error: str | None = Non
          data={"error": error} if error else {"gpu_seconds": round(job.gpu_seconds, 3)})
 
 
-def advance(session: Session, job: Job, outbox: Outbox) -> int:
-    """Queue every stage item whose dependencies are done; finish the job when all are. Returns #queued."""
+def _skip_reason(st: StageDef, job: Job, settings: Settings | None) -> str | None:
+    if st.skip_when is None:
+        return None
+    # callers without settings (tests, tools) get the environment's, as every process builds them
+    return st.skip_when(job.spec, settings if settings is not None else Settings())
+
+
+def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | None = None) -> int:
+    """Queue every stage item whose dependencies are done; finish the job when all are. Returns #queued.
+
+    ``settings`` (the orchestrator's) reach the graphs' ``skip_when``: a stage that cannot do its work here
+    (the critic gate with no VLM configured) is skipped without a queue round-trip.
+    """
     if job.status in TERMINAL:
         return 0
     graph = GRAPHS[job.kind]
@@ -161,7 +172,7 @@ def advance(session: Session, job: Job, outbox: Outbox) -> int:
         upstream = _upstream(graph, st, row.item, by_name)
         if upstream is None:
             continue
-        reason = st.skip_when(job.spec) if st.skip_when is not None else None
+        reason = _skip_reason(st, job, settings)
         if reason is not None:
             res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
                                   .values(status="succeeded", output={"skipped": reason}, queued_at=now,
@@ -184,7 +195,7 @@ def advance(session: Session, job: Job, outbox: Outbox) -> int:
     return queued
 
 
-def start_job(session: Session, job_id: str, outbox: Outbox) -> None:
+def start_job(session: Session, job_id: str, outbox: Outbox, *, settings: Settings | None = None) -> None:
     job = _lock_job(session, job_id)
     if job is None:
         log.warning("start_job: no job %s", job_id)
@@ -193,7 +204,7 @@ def start_job(session: Session, job_id: str, outbox: Outbox) -> None:
         job.status = "running"
         job.started_at = utcnow()
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.started", data={})
-    advance(session, job, outbox)
+    advance(session, job, outbox, settings=settings)
 
 
 def stage_started(session: Session, msg: StageStarted) -> None:
@@ -271,7 +282,7 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
         if gates.is_gate(row.name):  # best-of-N: regenerate the checked item, keep the best, or fail (strict)
             gates.gate_done(session, job, row, previous, settings=settings)
             session.flush()
-        advance(session, job, outbox)
+        advance(session, job, outbox, settings=settings)
         return
     if result.attempt != row.attempts:
         return  # a stale failure of an attempt that was already superseded

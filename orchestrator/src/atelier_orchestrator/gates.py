@@ -1,13 +1,15 @@
 """Quality gates: best-of-N regeneration of items that fail a check, within a per-job budget.
 
 A *gate stage* checks the output of the stage it follows on the same item (``gate.identity[s2]`` checks
-``gpu.scene[s2]``; ``GATE_TARGETS`` says which). Its worker returns::
+``gpu.scene[s2]``, ``gate.critic[1080x1080-v0]`` checks ``gpu.background[1080x1080-v0]``; ``GATE_TARGETS``
+says which, one gate per target). Its worker returns::
 
     {"gates": [{"name": "identity", "score": 0.31, "passed": false, "detail": "..."}, ...],
      "passed": false,            # all gates passed
      "score": 0.31,              # what best-of-N maximises (null: nothing measurable, e.g. no face)
      "regenerate": true,         # a new seed could help
      "artifact_key": "...",      # the artifact that was scored (its meta gets the scores)
+     "report": {...},            # optional: the gate's full report (e.g. the critic's per-region verdicts)
      "warnings": ["..."], "strict": false}
 
 ``gate_done`` (called by ``engine.stage_done`` when a gate stage succeeds) then decides:
@@ -22,8 +24,13 @@ A *gate stage* checks the output of the stage it follows on the same item (``gat
   a ``job.warning`` event says the item did not pass. With ``strict`` in the gate's output the job fails
   instead.
 
-Every attempt's scores are written into the meta of the artifact it scored (``meta.gates``), and the
-kept one is marked ``meta.gate_selected``, so ``GET /v1/jobs/{id}/artifacts`` shows all attempts. The
+A regeneration that scored the same artifact key as an earlier attempt means the target stage ignored
+``StageTask.regeneration`` (same seed, same name: the same image again), so no further attempt is asked
+for that item; the budget is not spent on copies.
+
+Every attempt's scores (and ``report``, when the gate gives one) are written into the meta of the artifact
+it scored (``meta.gates[<gate stage>]``), and the kept one is marked ``meta.gate_selected``, so
+``GET /v1/jobs/{id}/artifacts`` shows all attempts. The
 history lives in the gate row's ``output.attempts`` (also while the row is pending again), so no schema
 change is needed and a restarted orchestrator continues where it was.
 """
@@ -36,15 +43,19 @@ from typing import Any
 from atelier_shared.events import emit
 from atelier_shared.models import Artifact, Job, Stage, utcnow
 from atelier_shared.settings import Settings
-from atelier_shared.tasks import S_GATE_IDENTITY, S_SCENE
+from atelier_shared.tasks import S_BACKGROUND, S_GATE_CRITIC, S_GATE_IDENTITY, S_SCENE
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 log = logging.getLogger(__name__)
 
 # gate stage -> the stage whose item it regenerates (same item space)
-GATE_TARGETS: dict[str, str] = {S_GATE_IDENTITY: S_SCENE}
+GATE_TARGETS: dict[str, str] = {S_GATE_IDENTITY: S_SCENE, S_GATE_CRITIC: S_BACKGROUND}
 _TARGET_GATES: dict[str, str] = {target: gate for gate, target in GATE_TARGETS.items()}
+# regeneration numbers, attempt histories and best-of-N are per (gate, item): a second gate on the same target
+# would need them per target item instead (both gates re-judging every regeneration), so it is refused here
+if len(_TARGET_GATES) != len(GATE_TARGETS):
+    raise RuntimeError(f"one gate per target stage: {GATE_TARGETS}")
 
 
 def is_gate(stage_name: str) -> bool:
@@ -92,7 +103,7 @@ def _score(attempt: dict[str, Any]) -> float:
 
 
 def _annotate(session: Session, job: Job, key: Any, gate_name: str, attempt: dict[str, Any],
-              selected: bool | None = None) -> None:
+              selected: bool | None = None, report: Any = None) -> None:
     if not isinstance(key, str):
         return
     art = session.scalar(select(Artifact).where(Artifact.key == key, Artifact.job_id == job.id))
@@ -102,6 +113,8 @@ def _annotate(session: Session, job: Job, key: Any, gate_name: str, attempt: dic
     if attempt:
         gates = dict(meta.get("gates") or {})
         gates[gate_name] = {k: attempt.get(k) for k in ("regeneration", "score", "passed", "gates", "detail")}
+        if report is not None:  # the gate's full report lives with the artifact, not in the row's history
+            gates[gate_name]["report"] = report
         meta["gates"] = gates
     if selected is not None:
         meta["gate_selected"] = selected
@@ -123,9 +136,12 @@ def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, A
         "target_output": target.output if target is not None else None,
     }
     attempts = [*previous, attempt]
-    _annotate(session, job, attempt["artifact_key"], row.name, attempt)
+    _annotate(session, job, attempt["artifact_key"], row.name, attempt, report=out.get("report"))
     passed = out.get("passed") is True
-    wants = bool(out.get("regenerate")) and not passed and target is not None
+    # the target wrote an artifact already scored: it ignores StageTask.regeneration, another try is a copy
+    repeated = attempt["artifact_key"] is not None and any(
+        a.get("artifact_key") == attempt["artifact_key"] for a in previous)
+    wants = bool(out.get("regenerate")) and not passed and target is not None and not repeated
     used = regenerations_used(session, job.id, exclude=row.id) + n
     can = wants and n + 1 < settings.gate_max_attempts and used < settings.gate_max_regenerations
     decision = "pass" if passed else ("regenerate" if can else "keep")
@@ -148,8 +164,9 @@ def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, A
         best = max(attempts, key=lambda a: (_score(a), -a["regeneration"]))
         if target is not None and best is not attempt and best.get("target_output") is not None:
             target.output = best["target_output"]
-        for a in attempts:
-            _annotate(session, job, a.get("artifact_key"), row.name, {}, selected=a is best)
+        for a in attempts:  # by key: attempts that rewrote one artifact share its mark
+            _annotate(session, job, a.get("artifact_key"), row.name, {},
+                      selected=a is best or a.get("artifact_key") == best.get("artifact_key"))
     else:
         best = attempt
         _annotate(session, job, attempt["artifact_key"], row.name, {}, selected=True)
@@ -161,6 +178,9 @@ def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, A
     warning = (f"{row.name}[{row.item}] did not pass after {len(attempts)} attempt(s); kept regeneration "
                f"{best['regeneration']} (score {best.get('score')}): "
                + "; ".join(str(w) for w in (best.get("warnings") or attempt["warnings"] or [best.get("detail")])))
+    if repeated:
+        warning += (f" ({target_name} rewrote the same artifact when regenerated: it does not apply "
+                    "StageTask.regeneration, so no further attempt was made)")
     row.output["warnings"] = [warning]
     emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.warning",
          data={"stage": row.name, "item": row.item, "warning": warning})

@@ -53,7 +53,7 @@ def orchestrator(app: Celery) -> OrchestratorContext:
 @shared_task(name=T_START_JOB, bind=True, **_RETRY)
 def start_job(self: Any, job_id: str) -> None:
     ctx = orchestrator(self.app)
-    engine.run_in_tx(ctx.factory, ctx.send, lambda s, o: engine.start_job(s, job_id, o))
+    engine.run_in_tx(ctx.factory, ctx.send, lambda s, o: engine.start_job(s, job_id, o, settings=ctx.settings))
 
 
 @shared_task(name=T_STAGE_STARTED, bind=True, **_RETRY)

@@ -48,6 +48,7 @@ S_SCENE_LAYOUT = "plan.scene_layout"
 S_SCENE = "gpu.scene"
 S_STORYBOOK = "render.storybook"
 S_GATE_IDENTITY = "gate.identity"  # issue 5: identity quality gate of story scenes (ID-Aligner reward)
+S_GATE_CRITIC = "gate.critic"  # issue 3: VLM critic of ad backgrounds, region by region (RPG's closed loop)
 
 STAGE_QUEUES: dict[str, str] = {
     S_AD_PROMPTS: Q_PLANNING,
@@ -65,6 +66,7 @@ STAGE_QUEUES: dict[str, str] = {
     S_SCENE: Q_GPU_DIFFUSION,
     S_STORYBOOK: Q_RENDER,
     S_GATE_IDENTITY: Q_GPU_IDENTITY,
+    S_GATE_CRITIC: Q_PLANNING,  # the planner service owns the VLM client
 }
 
 

@@ -98,8 +98,11 @@ def test_campaign_runs_every_stage_in_order(db: Any, settings: Settings) -> None
         assert job.status == "succeeded"
         assert job.finished_at is not None
         rows = s.scalars(select(Stage).where(Stage.job_id == job_id)).all()
-        assert len(rows) == 2 + 4 * 3 + 1
-        assert all(r.status == "succeeded" and r.attempts == 1 for r in rows)
+        assert len(rows) == 2 + 4 * 4 + 1
+        # no VLM configured: gate.critic[size×variant] is skipped without a task (attempts 0), saying so
+        critic = [r for r in rows if r.name == "gate.critic"]
+        assert len(critic) == 4 and all("critic absent" in r.output["skipped"] and r.attempts == 0 for r in critic)
+        assert all(r.status == "succeeded" and r.attempts == 1 for r in rows if r.name != "gate.critic")
         types = [e.type for e in s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id))]
     assert order[0] == "plan.ad_prompts[]" and order[1] == "plan.ad_layout[]" and order[-1] == "deliver[]"
     for item in ("1080x1080-v0", "1200x628-v1"):

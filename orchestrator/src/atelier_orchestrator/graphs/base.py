@@ -6,10 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from atelier_shared.settings import Settings
 from atelier_shared.tasks import STAGE_QUEUES
 
 # items(spec, outputs) -> the fan-out keys, or None while an upstream output it needs is missing
 ItemsFn = Callable[[dict[str, Any], dict[str, dict[str, Any]]], list[str] | None]
+# skip_when(spec, settings) -> a reason to skip the stage for this job, or None to run it. The settings are the
+# orchestrator's: what a stage needs to be worth a queue round-trip (a configured VLM, say) is decided here
+SkipFn = Callable[[dict[str, Any], Settings], str | None]
 
 
 @dataclass(frozen=True)
@@ -19,9 +23,9 @@ class StageDef:
     name: str
     after: tuple[str, ...] = ()
     fan_out: str | None = None
-    # skip_when(spec) -> a reason to skip the stage for this job (it then succeeds at once with
+    # skip_when(spec, settings) -> a reason to skip the stage for this job (it then succeeds at once with
     # {"skipped": reason} and no task is sent), or None to run it
-    skip_when: Callable[[dict[str, Any]], str | None] | None = None
+    skip_when: SkipFn | None = None
 
     @property
     def queue(self) -> str:

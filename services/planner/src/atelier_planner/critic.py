@@ -63,14 +63,22 @@ class CriticReport:
     prompt_version: str | None = None
     reason: str = ""
     verdicts: list[RegionVerdict] = field(default_factory=list)
+    min_confidence: int = 50
 
     @property
     def failed_regions(self) -> list[int]:
-        """Indexes (box or cell order) of the regions to regenerate or re-plan."""
-        return [v.index for v in self.verdicts if v.error is None and not (v.present and v.matches)]
+        """Indexes (box or cell order) of the judged regions that did not pass: to regenerate or re-plan.
+
+        A region the VLM says matches with too little confidence fails too, as in ``passed``.
+        """
+        return [v.index for v in self.verdicts if v.error is None and not v.passed(self.min_confidence)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "failed_regions": self.failed_regions}
+        """JSON-ready (bboxes as lists), as stored in a stage output and an artifact's meta."""
+        out = {**asdict(self), "failed_regions": self.failed_regions}
+        for v in out["verdicts"]:
+            v["bbox"] = list(v["bbox"])
+        return out
 
 
 def critic_schema(limits: Limits) -> dict[str, Any]:
@@ -93,7 +101,7 @@ def critique(image: bytes | Image.Image, plan: LayoutPlan | RegionalPlan, *, vlm
              limits: Limits | None = None) -> CriticReport:
     """Per-region verdicts on ``image`` against ``plan`` (see the module docstring)."""
     if vlm is None:
-        return CriticReport(status="absent", passed=None,
+        return CriticReport(status="absent", passed=None, min_confidence=min_confidence,
                             reason="no VLM is configured (set ATELIER_VLM_MODEL): the image was not judged")
     img = open_image(image).convert("RGB")
     limits = limits or Limits()
@@ -117,9 +125,11 @@ def critique(image: bytes | Image.Image, plan: LayoutPlan | RegionalPlan, *, vlm
     version = load_prompt(PROMPT_ID).version_label
     if errors:
         return CriticReport(status="error", passed=None, model=model, prompt_version=version, verdicts=verdicts,
+                            min_confidence=min_confidence,
                             reason=f"the VLM could not judge {len(errors)} of {len(verdicts)} regions")
     passed = all(v.passed(min_confidence) for v in verdicts)
     return CriticReport(status="ok", passed=passed, model=model, prompt_version=version, verdicts=verdicts,
+                        min_confidence=min_confidence,
                         reason="every region matches" if passed else "some regions do not match their captions")
 
 

@@ -183,3 +183,8 @@ def preview(self: Any, request: dict[str, Any]) -> None:
 
     backend = worker_backend(res)
     answer_preview(self.app, backend, request, product_image=image if getattr(backend, "vlm", None) else None)
+
+
+# gate.critic (issue 3): the VLM critic as a quality gate, in its own module; imported here so the planning
+# role registers it with the other planner stages
+from . import critic_gate  # noqa: E402,F401

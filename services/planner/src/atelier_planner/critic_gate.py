@@ -1,0 +1,195 @@
+"""The ``gate.critic`` stage (queue ``planning``): does each region of an ad background show its caption?
+
+It follows ``gpu.background[<size>-v<k>]`` and judges that background — the image generated from the size's
+``LayoutPlan`` (``plan.ad_layout``), before the renderer draws text, logo and CTA over it — with the VLM critic
+(:func:`atelier_planner.critic.critique`). What is checked follows the recipe the background was drawn with:
+
+* ``layout`` / ``inpaint`` (and unknown recipes): the variant's ``LayoutPlan`` boxes — background, product and
+  background objects (text, logo, CTA and underlay boxes are the renderer's, checked there by OCR);
+* ``regional``: the cells of the RPG ``RegionalPlan`` of ``plan.ad_prompts`` the background was drawn from;
+* ``text_to_image``: only the full-canvas background box (the model was given no boxes to respect).
+
+It returns the gate contract of ``atelier_orchestrator.gates``:
+
+* ``score`` — the fraction of checked regions that pass (present, matching, confidence at least
+  ``MIN_CONFIDENCE``). A fraction, not a mean confidence: it is what a person reads ("3 of 4 regions match"),
+  it compares attempts of one item (same plan, same regions) for best-of-N, and a VLM's self-reported
+  confidence is poorly calibrated, so it only sets the pass threshold;
+* ``regenerate`` — when a judged region fails (a new seed can draw it right);
+* ``warnings`` — the failed regions with the VLM's reasons; ``report`` — the critic's full per-region report,
+  which the orchestrator writes into the background artifact's ``meta.gates["gate.critic"]``.
+
+The critic never passes what it did not judge: no VLM on this worker (``status: absent``), a VLM that failed
+(``status: error``) or a plan with no region to check give ``passed: false`` with no regeneration, and the
+orchestrator keeps the image with a ``job.warning``. (With no VLM configured for the orchestrator, the stage is
+skipped before it is queued: ``atelier_orchestrator.graphs.campaign``.) A JSON report of every attempt is
+stored next to it (``gate.critic/1080x1080-v0.r1.json`` for regeneration 1).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from atelier_shared.errors import NotFound, StageError
+from atelier_shared.plans import AdPlan, LayoutPlan, RegionalPlan
+from atelier_shared.stage_runner import StageContext, WorkerResources, stage_task
+from atelier_shared.tasks import S_AD_LAYOUT, S_AD_PROMPTS, S_BACKGROUND, S_GATE_CRITIC
+from PIL import Image
+from pydantic import ValidationError
+
+from .critic import CRITIC_ROLES, CriticReport, critic_from_settings, critique
+from .llm.engines import Engine
+from .llm.errors import EngineUnavailable
+
+GATE_NAME = "critic"
+MIN_CONFIDENCE = 50  # the VLM's confidence (0..100) a matching region needs to pass
+VLM_KEY = "atelier_planner.critic.vlm"
+_CAPTION_CHARS = 80
+
+
+# ---------------------------------------------------------------- the gate output (pure)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _CAPTION_CHARS else text[:_CAPTION_CHARS - 1] + "…"
+
+
+def gate_output(report: CriticReport, *, artifact_key: str | None, extra: dict[str, Any] | None = None,
+                not_judged: str | None = None) -> dict[str, Any]:
+    """The gate contract (``atelier_orchestrator.gates``) for one critic report on one image.
+
+    ``not_judged``: why there was nothing to judge (overrides the report), e.g. no image was generated.
+    """
+    judged = [v for v in report.verdicts if v.error is None]
+    failed = [v for v in judged if not v.passed(report.min_confidence)]
+    score: float | None = None
+    passed = regenerate = False
+    if not_judged is not None:
+        detail = f"critic: {not_judged}; nothing was judged"
+        warnings = [detail]
+    elif report.status == "absent":
+        detail = f"critic absent: {report.reason}"
+        warnings = [detail]
+    elif report.status == "error":
+        detail = f"critic error: {report.reason}; the image was not judged"
+        warnings = [f"critic could not judge region {v.index} ({v.role} '{_short(v.caption)}'): {v.error}"
+                    for v in report.verdicts if v.error] or [detail]
+    elif not judged:  # critique() calls an empty check a match; a gate must not
+        detail = "critic: the plan has no region the critic checks; the image was not judged"
+        warnings = [detail]
+    else:
+        score = round((len(judged) - len(failed)) / len(judged), 4)
+        passed, regenerate = not failed, bool(failed)
+        detail = f"{len(judged) - len(failed)} of {len(judged)} regions match their captions"
+        if failed:
+            detail += f"; failed: {', '.join(str(v.index) for v in failed)}"
+        warnings = [f"region {v.index} ({v.role} '{_short(v.caption)}') does not match: "
+                    f"{v.reason or 'no reason given'} (present={v.present}, matches={v.matches}, "
+                    f"confidence={v.confidence})" for v in failed]
+    item = {"name": GATE_NAME, "score": score, "passed": passed, "detail": detail}
+    return {"gates": [item], "passed": passed, "score": score, "regenerate": regenerate, "detail": detail,
+            "artifact_key": artifact_key, "strict": False, "warnings": warnings, "critic_status": "not_judged" if not_judged is not None else report.status,
+            "report": report.to_dict(), **(extra or {})}
+
+
+# ---------------------------------------------------------------- what the background was drawn from
+
+
+def background_plan(recipe: str | None, layout: LayoutPlan, regional: dict[str, Any] | None
+                    ) -> tuple[LayoutPlan | RegionalPlan, tuple[str, ...], str]:
+    """(plan, roles, what) the critic checks for a background drawn with ``recipe`` (see the module docstring)."""
+    if recipe == "regional" and regional:
+        return RegionalPlan.model_validate(regional), ("region",), "regional"
+    if recipe == "text_to_image":
+        return layout, ("background",), "layout:background"
+    return layout, CRITIC_ROLES, "layout"
+
+
+def variant_layout(plan: AdPlan, item: str) -> LayoutPlan:
+    """The ``LayoutPlan`` of item ``<size>-v<k>`` (one layout per size; the variants differ by seed)."""
+    size, sep, variant = item.rpartition("-v")
+    if not sep or not size or not variant.isdigit():
+        raise StageError(f"{S_GATE_CRITIC}: item {item!r} is not '<size>-v<variant>', e.g. '1080x1080-v0'",
+                         retryable=False, field="item")
+    for v in plan.variants:
+        if v.target.name == size:
+            return v.layout
+    raise StageError(f"{S_GATE_CRITIC}: the ad plan has no variant for size {size!r}", retryable=False, field="item")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def worker_vlm(res: WorkerResources) -> Engine | EngineUnavailable | None:
+    """This process's critic VLM (built once from its settings), the reason it cannot be built, or None (absent).
+
+    A test may put its own engine under ``VLM_KEY``.
+    """
+    with res.lock:
+        if VLM_KEY not in res.extras:
+            try:
+                res.extras[VLM_KEY] = critic_from_settings(res.settings)
+            except EngineUnavailable as exc:  # kept, not retried per task: settings do not change
+                res.extras[VLM_KEY] = exc
+        return res.extras[VLM_KEY]  # type: ignore[no-any-return]
+
+
+def _item_output(ctx: StageContext, stage: str) -> dict[str, Any] | None:
+    up = ctx.task.upstream.get(stage)
+    if isinstance(up, dict) and isinstance(up.get(ctx.task.item), dict):
+        up = up[ctx.task.item]
+    return up if isinstance(up, dict) else None
+
+
+def _image(ctx: StageContext, key: str) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(ctx.get(key)))
+        img.load()
+    except NotFound as exc:
+        raise StageError(f"{S_GATE_CRITIC}: background {key} not found", retryable=False) from exc
+    except OSError as exc:
+        raise StageError(f"{S_GATE_CRITIC}: background {key} is not a readable image: {exc}", retryable=False) from exc
+    return img.convert("RGB")
+
+
+def _store(ctx: StageContext, out: dict[str, Any]) -> dict[str, Any]:
+    name = ctx.task.item if not ctx.task.regeneration else f"{ctx.task.item}.r{ctx.task.regeneration}"
+    ctx.put(name=name, data=json.dumps(out, sort_keys=True, indent=2).encode(), ext="json",
+            content_type="application/json", kind="gate_report",
+            meta={"gate": GATE_NAME, "score": out["score"], "passed": out["passed"],
+                  "regeneration": ctx.task.regeneration, "background_key": out["artifact_key"]})
+    return out
+
+
+@stage_task(S_GATE_CRITIC)
+def critic_gate(ctx: StageContext) -> dict[str, Any]:
+    """Judge one ad background region by region; ask for a regeneration when a region does not match."""
+    bg = _item_output(ctx, S_BACKGROUND)
+    extra: dict[str, Any] = {"regeneration": ctx.task.regeneration}
+    if bg is not None and bg.get("skipped"):  # nothing was generated (the graph skips the gate then, too)
+        return gate_output(CriticReport(status="ok", passed=None), artifact_key=None, extra=extra,
+                           not_judged=f"{S_BACKGROUND} was skipped ({bg['skipped']})")
+    if bg is None or not bg.get("background_key"):
+        raise StageError(f"{S_GATE_CRITIC}: upstream {S_BACKGROUND} has no background_key", retryable=False,
+                         field="upstream")
+    key = str(bg["background_key"])
+    try:
+        ad_plan = AdPlan.model_validate((ctx.task.upstream.get(S_AD_LAYOUT) or {}).get("plan"))
+        prompts = ctx.task.upstream.get(S_AD_PROMPTS)
+        regional = prompts.get("regional") if isinstance(prompts, dict) else None
+        plan, roles, checked = background_plan(bg.get("recipe"), variant_layout(ad_plan, ctx.task.item),
+                                               regional if isinstance(regional, dict) else None)
+    except ValidationError as exc:
+        raise StageError(f"{S_GATE_CRITIC}: upstream plan is invalid: {exc}", retryable=False) from exc
+    extra.update({"recipe": bg.get("recipe"), "checked": checked, "plan_id": plan.plan_id})
+    vlm = worker_vlm(ctx.res)
+    if isinstance(vlm, EngineUnavailable):
+        report = CriticReport(status="error", passed=None, min_confidence=MIN_CONFIDENCE,
+                              reason=f"the VLM is unavailable: {vlm}")
+    else:
+        ctx.check_canceled()
+        report = critique(_image(ctx, key), plan, vlm=vlm, roles=roles, min_confidence=MIN_CONFIDENCE,
+                          max_side=ctx.settings.vlm_max_image_side)
+    return _store(ctx, gate_output(report, artifact_key=key, extra=extra))
