@@ -309,16 +309,20 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
     _finish_job(session, job, "failed", error=f"stage {row.name}{'[' + row.item + ']' if row.item else ''} failed: {message}")
 
 
-def redrive(session: Session, row: Stage, outbox: Outbox, *, reason: str, not_since: datetime,
+def redrive(session: Session, stage_id: str, outbox: Outbox, *, reason: str, not_since: datetime,
             now: datetime | None = None) -> bool:
     """Send a stalled stage again (same attempt number: its work is idempotent).
 
+    The row is read only once its job is locked, so a result recorded since the caller looked is seen.
     ``not_since``: skip the row if it was (re)queued after this time — another reconciler got there first.
     """
-    job = _lock_job(session, row.job_id)
+    job_id = session.scalar(select(Stage.job_id).where(Stage.id == stage_id))
+    job = _lock_job(session, job_id) if job_id is not None else None
     if job is None or job.status in TERMINAL:
         return False
-    session.refresh(row)
+    row = session.get(Stage, stage_id, populate_existing=True)
+    if row is None:
+        return False
     queued_at = _aware(row.queued_at)
     if row.status not in ("queued", "running") or (queued_at is not None and queued_at > not_since):
         return False

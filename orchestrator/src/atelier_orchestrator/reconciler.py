@@ -62,8 +62,11 @@ def reconcile_once(factory: sessionmaker[Session], runtime: RuntimeState, send: 
             continue
         cutoff = now - timedelta(seconds=limit)
         reason = f"no heartbeat for {now.timestamp() - last:.1f}s while {row.status}"
-        def _redrive(s: Session, o: engine.Outbox, r: Stage = row, why: str = reason, cut: datetime = cutoff) -> bool:
-            return engine.redrive(s, s.merge(r), o, reason=why, not_since=cut, now=now)
+        # by id: the row read above is a snapshot, and the stage may have finished since (merging the snapshot
+        # into the new session would write its stale status back over the result)
+        def _redrive(s: Session, o: engine.Outbox, sid: str = row.id, why: str = reason,
+                     cut: datetime = cutoff) -> bool:
+            return engine.redrive(s, sid, o, reason=why, not_since=cut, now=now)
 
         if engine.run_in_tx(factory, send, _redrive):
             report.stages_redriven += 1

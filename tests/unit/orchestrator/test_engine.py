@@ -209,6 +209,30 @@ def test_reconciler_redrives_a_silent_running_stage(db: Any, settings: Settings)
     assert [x.stage for x in d.take()] == ["plan.ad_layout"]
 
 
+def test_a_stage_that_finishes_after_the_reconcilers_scan_stays_finished(db: Any, settings: Settings) -> None:
+    """The scan reads rows, then decides one by one: a result recorded in between must win (it once lost: the
+    scan's stale snapshot was merged into the re-drive's session and flushed over the succeeded row)."""
+    _, job_id = _job(db)
+    d = Driver(db, settings)
+    d.start(job_id)
+    (t,) = d.take()
+    engine.run_in_tx(db, d.send, lambda s, o: engine.stage_started(s, engine.StageStarted(
+        job_id=t.job_id, stage_id=t.stage_id, attempt=t.attempt, worker="w", started_at=datetime.now(UTC))))
+
+    class FinishesDuringThePass(MemoryRuntime):
+        def last_heartbeat(self, stage_id: str) -> float | None:
+            if stage_id == t.stage_id:
+                d.finish(t)  # the worker's result lands after the scan read the row as running
+            return super().last_heartbeat(stage_id)
+
+    later = datetime.now(UTC) + timedelta(seconds=settings.stall_after_s + 1)
+    assert reconcile_once(db, FinishesDuringThePass(), d.send, settings=settings, now=later).stages_redriven == 0
+    with session_scope(db) as s:
+        row = s.get(Stage, t.stage_id)
+        assert row is not None and row.status == "succeeded" and row.finished_at is not None
+        assert row.output == {"done": t.stage, "item": t.item}
+
+
 def test_graphs_are_well_formed() -> None:
     for kind, graph in GRAPHS.items():
         names = [s.name for s in graph.stages]
