@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "chaos.json")
     args = ap.parse_args()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl+C, so the harness stops its processes and drops its database
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from atelier_gpu.tiny import init_tiny
 
     work = ROOT / "bench" / ".work" / "chaos"
