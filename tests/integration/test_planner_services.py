@@ -8,7 +8,6 @@ planner, renderer and GPU worker processes; the planner process talks to a chat-
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,8 @@ import pytest
 from atelier_orchestrator.demo import CAMPAIGN, STORY, product_png
 
 from tests.conftest import wait_port
-from tests.integration.test_services import Stack, submit
-from tests.procs import api_key_from, cli
+from tests.integration.test_services import submit
+from tests.procs import Stack, api_key_from, cli, stack_env
 from tests.unit.planner.llm_double import ChatDouble, images_of, schema_name
 
 pytestmark = pytest.mark.integration
@@ -42,29 +41,22 @@ def double() -> Iterator[ChatDouble]:
 def stack(pg_url: str, redis_url: str, s3_endpoint: dict[str, str], tiny_models: Path, double: ChatDouble,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("planner-stack")
-    env = dict(os.environ)
-    env.update(s3_endpoint)
-    env.update({
-        "ATELIER_HOME": str(tmp / "home"), "ATELIER_DATABASE_URL": pg_url, "ATELIER_BROKER_URL": redis_url,
-        "ATELIER_MODELS_FILE": str(tiny_models), "ATELIER_GEN_MAX_SIDE": "64", "ATELIER_GEN_STEPS": "2",
-        "ATELIER_HEARTBEAT_INTERVAL_S": "0.5", "ATELIER_RECONCILE_INTERVAL_S": "1", "ATELIER_RETRY_BACKOFF_S": "0.2",
-        "ATELIER_SSE_POLL_S": "0.1", "ATELIER_PLAN_PREVIEW_TIMEOUT_S": "60", "PYTHONUNBUFFERED": "1",
-    })
+    env = stack_env(tmp, pg_url=pg_url, redis_url=redis_url, s3=s3_endpoint, models_file=tiny_models,
+                    ATELIER_GEN_STEPS="2", ATELIER_PLAN_PREVIEW_TIMEOUT_S="60")
     planner_env = dict(env, ATELIER_PLANNER_BACKEND="openai", ATELIER_LLM_BASE_URL=double.base_url,
                        ATELIER_LLM_MODEL="double-llm", ATELIER_VLM_MODEL="double-vlm", ATELIER_LLM_TIMEOUT_S="20",
                        ATELIER_PLANNER_FALLBACK="true")
     s = Stack(env, tmp)
-    s.start("api", ["serve", "--port", str(s.port)])
-    s.start("orchestrator", ["worker", "--queues", "orchestrator", "--loglevel", "WARNING"])
-    s.start("planner", ["worker", "--queues", "planning", "--loglevel", "WARNING"], planner_env)
-    s.start("render", ["worker", "--queues", "render", "--loglevel", "WARNING"])
-    s.start("gpu", ["worker", "--queues", "gpu.diffusion,gpu.identity,gpu.watermark", "--loglevel", "WARNING"])
+    s.start_api()
+    s.start_worker("orchestrator", "orchestrator")
+    s.start_worker("planner", "planning", planner_env)
+    s.start_worker("render", "render")
+    s.start_worker("gpu", "gpu.diffusion,gpu.identity,gpu.watermark")
     try:
         wait_port(s.port, timeout=60)
         yield s
     finally:
-        for p in s.procs.values():
-            p.stop()
+        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port, wait_port
-from tests.procs import Proc, api_key_from, cli, wait_until
+from tests.conftest import wait_port
+from tests.procs import Stack, api_key_from, cli, stack_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,49 +30,22 @@ CAMPAIGN = {
 }
 
 
-class Stack:
-    def __init__(self, env: dict[str, str], tmp: Path) -> None:
-        self.env, self.tmp = env, tmp
-        self.port = free_port()
-        self.procs: dict[str, Proc] = {}
-
-    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
-        p = Proc(name, args, env or self.env, self.tmp).start()
-        self.procs[name] = p
-        return p
-
-    def client(self, key: str) -> httpx.Client:
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {key}"},
-                            timeout=30)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {n} ---\n{p.tail()}" for n, p in self.procs.items())
-
-
 @pytest.fixture(scope="module")
 def stack(pg_url: str, redis_url: str, s3_endpoint: dict[str, str], tiny_models: Path,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
-    env = dict(os.environ)
-    env.update(s3_endpoint)
-    env.update({
-        "ATELIER_HOME": str(tmp / "home"), "ATELIER_DATABASE_URL": pg_url, "ATELIER_BROKER_URL": redis_url,
-        "ATELIER_MODELS_FILE": str(tiny_models), "ATELIER_GEN_MAX_SIDE": "64",
-        "ATELIER_VISIBILITY_TIMEOUT_S": "6", "ATELIER_UNACKED_RESTORE_INTERVAL_S": "1",
-        "ATELIER_HEARTBEAT_INTERVAL_S": "0.5", "ATELIER_STALL_AFTER_S": "4", "ATELIER_RECONCILE_INTERVAL_S": "1",
-        "ATELIER_RETRY_BACKOFF_S": "0.2", "ATELIER_SSE_POLL_S": "0.1", "PYTHONUNBUFFERED": "1",
-    })
+    env = stack_env(tmp, pg_url=pg_url, redis_url=redis_url, s3=s3_endpoint, models_file=tiny_models,
+                    ATELIER_VISIBILITY_TIMEOUT_S="6", ATELIER_UNACKED_RESTORE_INTERVAL_S="1", ATELIER_STALL_AFTER_S="4")
     s = Stack(env, tmp)
-    s.start("api", ["serve", "--port", str(s.port)])
-    s.start("orchestrator", ["worker", "--queues", "orchestrator", "--loglevel", "WARNING"])
-    s.start("planner-render", ["worker", "--queues", "planning,render", "--loglevel", "WARNING"])
-    s.start("gpu", ["worker", "--queues", "gpu.diffusion,gpu.identity,gpu.watermark", "--loglevel", "WARNING"])
+    s.start_api()
+    s.start_worker("orchestrator", "orchestrator")
+    s.start_worker("planner-render", "planning,render")
+    s.start_worker("gpu", "gpu.diffusion,gpu.identity,gpu.watermark")
     try:
         wait_port(s.port, timeout=60)
         yield s
     finally:
-        for p in s.procs.values():
-            p.stop()
+        s.stop()
 
 
 @pytest.fixture(scope="module")
