@@ -39,6 +39,9 @@ def _ts(dt: datetime | None) -> float:
     return dt.timestamp()
 
 
+REDRIVE_BACKOFF_MAX_DOUBLINGS = 4
+
+
 def reconcile_once(factory: sessionmaker[Session], runtime: RuntimeState, send: engine.Send, *, settings: Settings,
                    now: datetime | None = None) -> ReconcileReport:
     """One pass over unfinished work; returns what it re-drove."""
@@ -58,6 +61,9 @@ def reconcile_once(factory: sessionmaker[Session], runtime: RuntimeState, send: 
         limit = settings.stall_after_s if row.status == "running" else settings.queued_stall_s
         if beat and row.status == "queued":
             limit = settings.stall_after_s  # a worker took it, then went silent
+        # each re-drive of the same row waits twice as long (up to 16x): a copy already sent is most often just
+        # waiting behind a busy worker's queue, and sending more copies only adds no-op deliveries
+        limit *= 2 ** min(row.redriven, REDRIVE_BACKOFF_MAX_DOUBLINGS)
         if now.timestamp() - last <= limit:
             continue
         cutoff = now - timedelta(seconds=limit)

@@ -202,8 +202,13 @@ def test_reconciler_redrives_a_silent_running_stage(db: Any, settings: Settings)
     assert rep.stages_redriven == 1
     (again,) = d.take()
     assert again.stage_id == t.stage_id
-    # a second pass right after does not send it again
+    # a second pass right after does not send it again, nor one a stall later: a second re-drive waits twice as long
     assert reconcile_once(db, runtime, d.send, settings=settings, now=later).stages_redriven == 0
+    after_one_stall = later + timedelta(seconds=settings.stall_after_s + 1)
+    assert reconcile_once(db, runtime, d.send, settings=settings, now=after_one_stall).stages_redriven == 0
+    after_two_stalls = later + timedelta(seconds=2 * settings.stall_after_s + 1)
+    assert reconcile_once(db, runtime, d.send, settings=settings, now=after_two_stalls).stages_redriven == 1
+    d.take()
     d.finish(again)
     d.finish(t)  # the original worker's late result is ignored
     assert [x.stage for x in d.take()] == ["plan.ad_layout"]
