@@ -5,7 +5,10 @@ vocabulary generated in memory, and the result is written with ``save_pretrained
 then loads these folders with ``from_pretrained(..., local_files_only=True)`` exactly like real
 weights. Weights are seeded, so the same call writes the same tensors.
 
-    python -m atelier_gpu.tiny var/models [--bench]
+    python -m atelier_gpu.tiny var/models [--bench] [--identity]
+
+``init_tiny_instantid`` writes InstantID-shaped weights (face model, IdentityNet, ``ip-adapter.bin``) for the
+tiny SDXL, so the InstantID path of the identity recipe runs without the real ones.
 """
 
 from __future__ import annotations
@@ -258,14 +261,18 @@ def _randomize_zero_modules(model: Any, names: tuple[str, ...], seed: int, std: 
     return model
 
 
-def build_sdxl_controlnet(pipe: Any | None = None) -> Any:
-    """A ControlNet for ``sdxl-tiny``: the tiny UNet's encoder (``ControlNetModel.from_unet``), random zero-convs."""
+def _controlnet_from_unet(unet: Any, *, seed: int) -> Any:
+    """A ControlNet copying ``unet``'s encoder (``ControlNetModel.from_unet``), its zero-convs made random."""
     from diffusers import ControlNetModel
 
-    unet = (pipe or build_sdxl_tiny()).unet
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
     return _randomize_zero_modules(cn, ("controlnet_down_blocks", "controlnet_mid_block",
-                                        "controlnet_cond_embedding.conv_out"), seed=1)
+                                        "controlnet_cond_embedding.conv_out"), seed=seed)
+
+
+def build_sdxl_controlnet(pipe: Any | None = None) -> Any:
+    """A ControlNet for ``sdxl-tiny``: the tiny UNet's encoder (``ControlNetModel.from_unet``), random zero-convs."""
+    return _controlnet_from_unet((pipe or build_sdxl_tiny()).unet, seed=1)
 
 
 def build_flux_controlnet() -> Any:
@@ -472,13 +479,123 @@ def init_tiny(dest: Path, *, bench: bool = False, force: bool = False) -> Path:
     return models_file
 
 
+# --- tiny InstantID weights ------------------------------------------------------------------------
+
+# InstantID's shapes where they are part of the format (Wang et al., 2024; its ``ip-adapter.bin``):
+INSTANTID_FACE_DIM = 512  # antelopev2's embedding width = the Resampler's input width
+INSTANTID_QUERIES = 16  # face tokens
+RESAMPLER_DEPTH = 4  # diffusers' IP-Adapter Plus conversion maps exactly these 4 blocks
+RESAMPLER_DIM_HEAD = 64  # diffusers reads the head count as ``to_q`` rows // 64
+RESAMPLER_FF_MULT = 4
+# the tiny Resampler's width (InstantID's is 1280 = 20 heads); one head of 64
+TINY_RESAMPLER_DIM = 64
+IDENTITY_SETTINGS = ("ATELIER_IDENTITY_FACE_MODEL_DIR", "ATELIER_IDENTITY_CONTROLNET_DIR",
+                     "ATELIER_IDENTITY_IP_ADAPTER_PATH")
+
+
+def instantid_ip_adapter_state_dict(unet: Any, *, face_dim: int = INSTANTID_FACE_DIM,
+                                    dim: int = TINY_RESAMPLER_DIM, num_queries: int = INSTANTID_QUERIES,
+                                    seed: int = 4) -> dict[str, dict[str, Any]]:
+    """Random InstantID image-projection weights for ``unet``, in the key layout of InstantID's ``ip-adapter.bin``.
+
+    ``image_proj`` is InstantID's Resampler (IP-Adapter Plus): ``latents`` (1, queries, dim), ``proj_in``
+    (face_dim → dim), ``proj_out`` (dim → the UNet's cross-attention width), ``norm_out``, and per block
+    ``layers.i.0`` (PerceiverAttention: ``norm1``, ``norm2``, ``to_q``, ``to_kv``, ``to_out``, no biases) and
+    ``layers.i.1`` (FeedForward: ``0`` LayerNorm, ``1`` and ``3`` bias-free Linears). ``ip_adapter`` has
+    ``{i}.to_k_ip.weight`` / ``{i}.to_v_ip.weight`` for every cross-attention processor, ``i`` its index in
+    ``unet.attn_processors`` (1, 3, 5...: the original IP-Adapter's ``ModuleList`` of processors); like
+    IP-Adapter's training init they start as copies of that layer's ``to_k`` / ``to_v``.
+    """
+    import torch
+
+    if dim % RESAMPLER_DIM_HEAD:
+        raise ValueError(f"the Resampler width must be a multiple of {RESAMPLER_DIM_HEAD}, got {dim}")
+    gen = torch.Generator().manual_seed(seed)
+    cross = int(unet.config.cross_attention_dim)
+    inner = dim  # heads * dim_head, heads = dim // 64
+    hidden = dim * RESAMPLER_FF_MULT
+
+    def linear(out_features: int, in_features: int) -> Any:
+        return torch.randn(out_features, in_features, generator=gen) / in_features**0.5
+
+    proj: dict[str, Any] = {
+        "latents": torch.randn(1, num_queries, dim, generator=gen) / dim**0.5,
+        "proj_in.weight": linear(dim, face_dim), "proj_in.bias": torch.zeros(dim),
+        "proj_out.weight": linear(cross, dim), "proj_out.bias": torch.zeros(cross),
+        "norm_out.weight": torch.ones(cross), "norm_out.bias": torch.zeros(cross),
+    }
+    for i in range(RESAMPLER_DEPTH):
+        attn, ff = f"layers.{i}.0.", f"layers.{i}.1."
+        proj.update({
+            f"{attn}norm1.weight": torch.ones(dim), f"{attn}norm1.bias": torch.zeros(dim),
+            f"{attn}norm2.weight": torch.ones(dim), f"{attn}norm2.bias": torch.zeros(dim),
+            f"{attn}to_q.weight": linear(inner, dim), f"{attn}to_kv.weight": linear(2 * inner, dim),
+            f"{attn}to_out.weight": linear(dim, inner),
+            f"{ff}0.weight": torch.ones(dim), f"{ff}0.bias": torch.zeros(dim),
+            f"{ff}1.weight": linear(hidden, dim), f"{ff}3.weight": linear(dim, hidden),
+        })
+    ip: dict[str, Any] = {}
+    for index, name in enumerate(unet.attn_processors):
+        if name.endswith("attn1.processor"):
+            continue
+        layer = unet.get_submodule(name.removesuffix(".processor"))
+        ip[f"{index}.to_k_ip.weight"] = layer.to_k.weight.detach().clone().contiguous()
+        ip[f"{index}.to_v_ip.weight"] = layer.to_v.weight.detach().clone().contiguous()
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def init_tiny_instantid(dest: Path, sdxl_folder: Path, *, force: bool = False) -> dict[str, Path]:
+    """Write tiny random InstantID weights for the SDXL pipeline in ``sdxl_folder``; return the three settings.
+
+    Under ``dest``: ``face_model/recognition.pt`` (a TorchScript colour-layout 'recogniser' with a 512-d
+    output, ``identity.tiny``; real users put antelopev2's ``glintr100.onnx`` there), ``identitynet/`` (a
+    ControlNet copied from the SDXL UNet's encoder, random zero-convs, ``save_pretrained``) and
+    ``ip-adapter.bin`` (``instantid_ip_adapter_state_dict``, ``torch.save``). The result maps
+    ``ATELIER_IDENTITY_FACE_MODEL_DIR``, ``_CONTROLNET_DIR`` and ``_IP_ADAPTER_PATH`` to those paths.
+    Files written by the same version of this module are reused unless ``force``.
+    """
+    from functools import cache
+
+    import torch
+
+    from .identity.tiny import write_tiny_embedder
+
+    dest, sdxl_folder = Path(dest), Path(sdxl_folder)
+    if not (sdxl_folder / "unet").is_dir():
+        raise FileNotFoundError(f"{sdxl_folder} is not an SDXL pipeline folder (no unet/); run init_tiny first")
+
+    @cache
+    def unet() -> Any:
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_pretrained(sdxl_folder / "unet", local_files_only=True)
+
+    face_dir, controlnet_dir, ip_path = dest / "face_model", dest / "identitynet", dest / "ip-adapter.bin"
+    recogniser = face_dir / "recognition.pt"
+    if not _fresh(recogniser, force):
+        write_tiny_embedder(recogniser, dim=INSTANTID_FACE_DIM, seed=6)
+        _mark(recogniser)
+    _write_pipeline(controlnet_dir, lambda: _controlnet_from_unet(unet(), seed=5), force=force)
+    if not _fresh(ip_path, force):
+        tmp = ip_path.with_name(ip_path.name + ".tmp")
+        torch.save(instantid_ip_adapter_state_dict(unet()), tmp)
+        tmp.replace(ip_path)
+        _mark(ip_path)
+    return dict(zip(IDENTITY_SETTINGS, (face_dir, controlnet_dir, ip_path), strict=True))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write tiny random-init diffusers pipelines and models.yaml")
     parser.add_argument("dest", type=Path)
     parser.add_argument("--bench", action="store_true", help="also write the bench-sized sdxl-bench")
     parser.add_argument("--force", action="store_true", help="rebuild folders that already exist")
+    parser.add_argument("--identity", action="store_true",
+                        help="also write tiny InstantID weights under DEST/identity and print their settings")
     args = parser.parse_args(argv)
     print(init_tiny(args.dest, bench=args.bench, force=args.force))
+    if args.identity:
+        for name, path in init_tiny_instantid(args.dest / "identity", args.dest / "sdxl-tiny", force=args.force).items():
+            print(f"{name}={path.resolve()}")
 
 
 if __name__ == "__main__":

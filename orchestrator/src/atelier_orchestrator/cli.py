@@ -67,11 +67,19 @@ def tenants_create(name: str) -> None:
 def models_init_tiny(
     dest: Annotated[Path, typer.Argument(help="Folder to write the tiny model folders and models.yaml into.")],
     bench: Annotated[bool, typer.Option(help="Also write the bench-sized random SDXL.")] = False,
+    identity: Annotated[bool, typer.Option(help="Also write tiny random InstantID weights (face model, IdentityNet, "
+                                                "ip-adapter.bin) for sdxl-tiny under DEST/identity and print the "
+                                                "ATELIER_IDENTITY_* settings that use them.")] = False,
 ) -> None:
     """Write tiny random-init SDXL and FLUX pipelines (save_pretrained) and a models.yaml."""
     tiny = importlib.import_module("atelier_gpu.tiny")
     path = tiny.init_tiny(dest, bench=bench)
     typer.echo(f"wrote {path}")
+    if identity:
+        settings = tiny.init_tiny_instantid(dest / "identity", dest / "sdxl-tiny")
+        typer.echo("tiny InstantID weights (random: they exercise the path, they do not keep a face); use them with:")
+        for name, value in settings.items():
+            typer.echo(f"{name}={Path(value).resolve()}")
 
 
 def _embedded_lifespan(settings: Settings) -> Any:

@@ -1,13 +1,23 @@
-"""Test helpers: drawn faces the Haar cascade finds, and a tiny TorchScript face embedder built here."""
+"""Test helpers: drawn faces the Haar cascade finds, the tiny TorchScript face embedder (atelier_gpu.identity.tiny),
+and gpu.scene stage contexts with character sheets upstream."""
 
 from __future__ import annotations
 
+import io
+import uuid
 from pathlib import Path
+from typing import Any
 
+from atelier_shared.stage_runner import StageContext, WorkerResources
+from atelier_shared.storage import job_prefix
+from atelier_shared.tasks import StageTask
 from PIL import Image, ImageDraw, ImageFilter
 
 ASHA = {"skin": (224, 180, 150), "hair": (40, 25, 15)}
 RAMU = {"skin": (120, 200, 235), "hair": (30, 30, 90)}
+TENANT = "tenant-id"
+PLANNER = {"backend": "rules", "model": "rules", "prompt_version": "1"}
+LEFT, RIGHT = [0.05, 0.3, 0.45, 1.0], [0.55, 0.3, 0.95, 1.0]
 
 
 def face(size: int = 256, *, skin: tuple[int, int, int] = ASHA["skin"], hair: tuple[int, int, int] = ASHA["hair"],
@@ -37,12 +47,48 @@ def face(size: int = 256, *, skin: tuple[int, int, int] = ASHA["skin"], hair: tu
 
 def write_embedder(path: Path) -> Path:
     """A TorchScript 'face embedder': the 2x2 average colour layout of the crop's centre (12-d)."""
-    import torch
+    from atelier_gpu.identity.tiny import write_tiny_embedder
 
-    class ColourLayout(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            centre = x[:, :, 24:88, 24:88]
-            return torch.nn.functional.adaptive_avg_pool2d(centre, 2).flatten(1)
+    return write_tiny_embedder(path)
 
-    torch.jit.save(torch.jit.script(ColourLayout()), str(path))
-    return path
+
+class AppStub:
+    def send_task(self, *_: Any, **__: Any) -> None:
+        pass
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def story(cast: list[tuple[str, list[float]]]) -> dict[str, Any]:
+    return {
+        "plan_id": "story-1", "seed": 7, "width": 1280, "height": 960, "negative_prompt": "", "planner": PLANNER,
+        "title": "T", "story": "S", "culture_notes": [], "language": "en",
+        "characters": [{"id": cid, "name": cid, "description": "d", "sheet_prompt": "s", "seed": 0} for cid, _ in cast],
+        "scenes": [{"index": 0, "narration": "n", "backdrop": "a market", "scene_prompt": "two friends at a market",
+                    "cast": [{"character_id": cid, "pose": "standing", "expression": "happy",
+                              "box": {"bbox": box, "role": "character"}} for cid, box in cast]}],
+    }
+
+
+def scene_ctx(res: WorkerResources, sheets: dict[str, Image.Image | None], boxes: dict[str, list[float]],
+              *, spec: dict[str, Any] | None = None) -> tuple[StageContext, dict[str, str]]:
+    """A gpu.scene[s0] context whose upstream has the sheets (None: a key that is not in storage)."""
+    job = uuid.uuid4().hex[:10]
+    prefix = job_prefix(TENANT, job)
+    keys = {cid: (res.store.put(f"{prefix}/gpu.character_sheet/{cid}.png", png(im), "image/png").key
+                  if im is not None else f"{prefix}/gpu.character_sheet/{cid}-lost.png") for cid, im in sheets.items()}
+    layout = {"plan_id": "l0", "seed": 100, "width": 1280, "height": 960, "planner": PLANNER,
+              "global_caption": "two friends at a market",
+              "boxes": [{"bbox": [0, 0, 1, 1], "caption": "a market", "role": "background", "z": 0}]
+              + [{"bbox": box, "caption": f"{cid}, standing", "role": "character", "z": 10, "ref_artifact": keys[cid]}
+                 for cid, box in boxes.items()]}
+    upstream = {"plan.scenes": {"plan": story([(c, boxes.get(c, LEFT)) for c in sheets])},
+                "plan.scene_layout": {"layouts": [layout]},
+                "gpu.character_sheet": {cid: {"sheet_key": k} for cid, k in keys.items()}}
+    task = StageTask(job_id=job, tenant_id=TENANT, stage_id=f"{job}:s0", stage="gpu.scene", item="s0", kind="story",
+                     spec=spec or {}, upstream=upstream, key_prefix=prefix)
+    return StageContext(task, res, AppStub()), keys

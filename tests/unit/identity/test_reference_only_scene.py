@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,8 @@ from atelier_shared.errors import JobCanceled
 from atelier_shared.plans import LayoutPlan
 from atelier_shared.settings import Settings
 from atelier_shared.stage_runner import StageContext, WorkerResources
-from atelier_shared.storage import job_prefix
-from atelier_shared.tasks import StageTask
-from kit import ASHA, RAMU, face
+from kit import ASHA, LEFT, RAMU, RIGHT, face, scene_ctx
 from PIL import Image
-
-TENANT = "tenant-id"
-PLANNER = {"backend": "rules", "model": "rules", "prompt_version": "1"}
-LEFT, RIGHT = [0.05, 0.3, 0.45, 1.0], [0.55, 0.3, 0.95, 1.0]
-
-
-class AppStub:
-    def send_task(self, *_: Any, **__: Any) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -46,43 +34,6 @@ def res(tmp_path: Path, tiny_models: Path, registry: ModelRegistry) -> WorkerRes
     return resources
 
 
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _story(cast: list[tuple[str, list[float]]]) -> dict[str, Any]:
-    return {
-        "plan_id": "story-1", "seed": 7, "width": 1280, "height": 960, "negative_prompt": "", "planner": PLANNER,
-        "title": "T", "story": "S", "culture_notes": [], "language": "en",
-        "characters": [{"id": cid, "name": cid, "description": "d", "sheet_prompt": "s", "seed": 0} for cid, _ in cast],
-        "scenes": [{"index": 0, "narration": "n", "backdrop": "a market", "scene_prompt": "two friends at a market",
-                    "cast": [{"character_id": cid, "pose": "standing", "expression": "happy",
-                              "box": {"bbox": box, "role": "character"}} for cid, box in cast]}],
-    }
-
-
-def _scene_ctx(res: WorkerResources, sheets: dict[str, Image.Image | None], boxes: dict[str, list[float]],
-               *, spec: dict[str, Any] | None = None) -> tuple[StageContext, dict[str, str]]:
-    """A gpu.scene[s0] context whose upstream has the sheets (None: a key that is not in storage)."""
-    job = uuid.uuid4().hex[:10]
-    prefix = job_prefix(TENANT, job)
-    keys = {cid: (res.store.put(f"{prefix}/gpu.character_sheet/{cid}.png", _png(im), "image/png").key
-                  if im is not None else f"{prefix}/gpu.character_sheet/{cid}-lost.png") for cid, im in sheets.items()}
-    layout = {"plan_id": "l0", "seed": 100, "width": 1280, "height": 960, "planner": PLANNER,
-              "global_caption": "two friends at a market",
-              "boxes": [{"bbox": [0, 0, 1, 1], "caption": "a market", "role": "background", "z": 0}]
-              + [{"bbox": box, "caption": f"{cid}, standing", "role": "character", "z": 10, "ref_artifact": keys[cid]}
-                 for cid, box in boxes.items()]}
-    upstream = {"plan.scenes": {"plan": _story([(c, boxes.get(c, LEFT)) for c in sheets])},
-                "plan.scene_layout": {"layouts": [layout]},
-                "gpu.character_sheet": {cid: {"sheet_key": k} for cid, k in keys.items()}}
-    task = StageTask(job_id=job, tenant_id=TENANT, stage_id=f"{job}:s0", stage="gpu.scene", item="s0", kind="story",
-                     spec=spec or {}, upstream=upstream, key_prefix=prefix)
-    return StageContext(task, res, AppStub()), keys
-
-
 def _attn1_key_lengths(registry: ModelRegistry) -> tuple[list[int], Any]:
     unet = registry.load("sdxl-tiny").unet
     name = next(n for n in unet.attn_processors if n.endswith("attn1.processor")).removesuffix(".processor")
@@ -92,7 +43,7 @@ def _attn1_key_lengths(registry: ModelRegistry) -> tuple[list[int], Any]:
 
 def test_two_characters_each_read_their_own_sheet_in_their_box(res, registry):
     sheets = {"c0": face(128, **ASHA, bg=(250, 250, 250)), "c1": face(128, **RAMU, bg=(250, 250, 250))}
-    ctx, keys = _scene_ctx(res, sheets, {"c0": LEFT, "c1": RIGHT})
+    ctx, keys = scene_ctx(res, sheets, {"c0": LEFT, "c1": RIGHT})
     seen, handle = _attn1_key_lengths(registry)
     try:
         out = tasks.scene.stage_fn(ctx)
@@ -114,7 +65,7 @@ def test_two_characters_each_read_their_own_sheet_in_their_box(res, registry):
 
 
 def test_the_call_lock_is_held_and_processors_are_installed_only_for_the_call(res, registry):
-    ctx, _ = _scene_ctx(res, {"c0": face(128, **ASHA, bg=(250, 250, 250))}, {})
+    ctx, _ = scene_ctx(res, {"c0": face(128, **ASHA, bg=(250, 250, 250))}, {})
     pipe = registry.load("sdxl-tiny")
     before = dict(pipe.unet.attn_processors)
     seen: dict[str, Any] = {}
@@ -148,7 +99,7 @@ def test_the_call_lock_is_held_and_processors_are_installed_only_for_the_call(re
 
 
 def test_a_canceled_scene_stops_and_leaves_the_pipeline_as_it_was(res, registry):
-    ctx, _ = _scene_ctx(res, {"c0": face(128, **ASHA, bg=(250, 250, 250))}, {"c0": LEFT})
+    ctx, _ = scene_ctx(res, {"c0": face(128, **ASHA, bg=(250, 250, 250))}, {"c0": LEFT})
     pipe = registry.load("sdxl-tiny")
     before = dict(pipe.unet.attn_processors)
     res.runtime.cancel(ctx.task.job_id)
@@ -159,17 +110,17 @@ def test_a_canceled_scene_stops_and_leaves_the_pipeline_as_it_was(res, registry)
 
 
 def test_lost_sheets_and_other_families_fall_back_to_the_prompt(res):
-    ctx, _ = _scene_ctx(res, {"c0": None, "c1": face(128, **RAMU, bg=(250, 250, 250))}, {"c0": LEFT, "c1": RIGHT})
+    ctx, _ = scene_ctx(res, {"c0": None, "c1": face(128, **RAMU, bg=(250, 250, 250))}, {"c0": LEFT, "c1": RIGHT})
     out = tasks.scene.stage_fn(ctx)
     assert out["identity"]["references"] == ["c1"] and out["identity"]["missing_sheets"] == ["c0"]
     assert out["identity"]["reference_region"] == "boxes"
 
-    lost, _ = _scene_ctx(res, {"c0": None}, {"c0": LEFT})
+    lost, _ = scene_ctx(res, {"c0": None}, {"c0": LEFT})
     out = tasks.scene.stage_fn(lost)
     assert out["identity"]["mode"] == "none" and out["identity_method"] == "none"
     assert "c0" in out["identity"]["reason"] and out["identity"]["missing_sheets"] == ["c0"]
 
-    flux, _ = _scene_ctx(res, {"c0": face(128, **ASHA)}, {"c0": LEFT}, spec={"model": "flux-tiny"})
+    flux, _ = scene_ctx(res, {"c0": face(128, **ASHA)}, {"c0": LEFT}, spec={"model": "flux-tiny"})
     calls: list[int] = []
 
     def generate(c: StageContext, **kw: Any) -> tuple[Image.Image, dict[str, Any]]:

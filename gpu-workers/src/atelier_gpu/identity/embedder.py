@@ -61,7 +61,9 @@ class Embedder:
         else:
             raise EmbedderMissing(f"face embedder {self.path}: expected .onnx (OpenCV dnn) or .pt (TorchScript)")
 
-    def embed(self, crops: list[Image.Image]) -> np.ndarray:
+    def embed(self, crops: list[Image.Image], *, normalise: bool = True) -> np.ndarray:
+        """One row per crop: unit vectors, or the model's raw output with ``normalise=False`` (what InstantID's
+        Resampler takes: insightface's ``face.embedding``, not ``normed_embedding``)."""
         if not crops:
             return np.zeros((0, 0))
         blob = _blob(crops, self.side)
@@ -70,11 +72,14 @@ class Embedder:
             for i in range(len(blob)):  # many exported recognisers have a fixed batch of 1
                 self._net.setInput(blob[i: i + 1])
                 out.append(np.asarray(self._net.forward()).reshape(-1))
-            return _normalise(np.stack(out))
-        import torch
+            raw = np.stack(out)
+        else:
+            import torch
 
-        with torch.inference_mode():
-            return _normalise(self._module(torch.from_numpy(blob)).cpu().numpy())
+            with torch.inference_mode():
+                raw = self._module(torch.from_numpy(blob)).cpu().numpy()
+        raw = raw.reshape(len(raw), -1).astype(np.float64)
+        return _normalise(raw) if normalise else raw
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

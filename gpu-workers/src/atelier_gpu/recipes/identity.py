@@ -7,15 +7,20 @@ output and artifact meta record it (``identity.mode``/``identity.reason``):
 InstantID arrangement (Wang et al., 2024):
 
 1. the face analysis model embeds the character sheet's face (an ArcFace ONNX in the face model folder,
-   run by ``identity.embedder``; 512-d for antelopev2) and places five keypoints (a YuNet
+   antelopev2's ``glintr100.onnx``, or a TorchScript ``.pt``; run by ``identity.embedder``; its raw 512-d
+   output, as InstantID feeds insightface's ``face.embedding``) and places five keypoints (a YuNet
    ``face_detection_yunet*.onnx`` in the folder when present, else canonical points in the Haar box);
 2. the image-projection weights (``ip-adapter.bin``: a Resampler with 16 queries + ``to_k_ip``/``to_v_ip``
-   per cross-attention layer) are loaded with diffusers' ``load_ip_adapter``; the Resampler turns the
-   embedding into 16 face tokens that the UNet's decoupled cross-attention reads next to the text;
+   per cross-attention layer) are loaded with diffusers' ``load_ip_adapter`` (which reads the Resampler as
+   an IP-Adapter Plus projection); the Resampler turns the embedding into 16 face tokens that the UNet's
+   decoupled cross-attention reads next to the text;
 3. IdentityNet (a ControlNet) sees the keypoint image as its condition and the face tokens, not the
    text, as its ``encoder_hidden_states``; its residuals are added to the UNet's.
 
-The loop below is the SDXL denoising loop with those two changes, on the registry's warm pipeline.
+The loop below is the SDXL denoising loop with those two changes, on the registry's warm pipeline; the
+adapter is unloaded after the call and the UNet gets its own attention processors back.
+``atelier_gpu.tiny.init_tiny_instantid`` (``atelier models init-tiny --identity``) writes random weights in
+these formats for the tiny SDXL, so the path runs without the real ones.
 
 ``reference`` (``ATELIER_IDENTITY_REFERENCE_ADAPTER_DIR``, an IP-Adapter folder with ``image_encoder/``) —
 the character sheet is passed as ``ip_adapter_image`` (the usual IP-Adapter image prompt).
@@ -43,7 +48,8 @@ scene under a new name (``s2.r1``), so every attempt stays an artifact.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +299,32 @@ def run_reference(pipe: Any, folder: Path, *, reference: Image.Image, prompt: st
 
 # --- InstantID ------------------------------------------------------------------------------------
 
+RECOGNISER_SUFFIXES = (".onnx", ".pt", ".ts", ".jit", ".torchscript")  # what identity.embedder.Embedder loads
+# insightface's packs (antelopev2, buffalo_l) ship their detector, landmark and attribute models beside the
+# recogniser: none of these is a recogniser
+_NOT_RECOGNISERS = ("yunet", "det", "scrfd", "genderage", "1k3d68", "2d106", "landmark")
+_RECOGNISER_HINTS = ("glintr100", "w600k", "arcface", "recognition", "sface", "r100", "r50", "r34", "r18")
+
+
+def face_model_files(folder: Path) -> tuple[Path, Path | None]:
+    """(the face recogniser, a YuNet detector or None) in a face model folder.
+
+    The recogniser is an ArcFace-style ONNX (antelopev2's ``glintr100.onnx``, buffalo_l's ``w600k_r50.onnx``) or
+    a TorchScript module (``identity.tiny``'s ``recognition.pt``); a model named like a known recogniser wins
+    over any other file, and the pack's detection/landmark/attribute models are never taken for one.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RECOGNISER_SUFFIXES) \
+        if folder.is_dir() else []
+    yunet = [p for p in files if p.suffix.lower() == ".onnx" and "yunet" in p.name.lower()]
+    candidates = [p for p in files if not any(part in p.name.lower() for part in _NOT_RECOGNISERS)]
+    named = [p for p in candidates if any(hint in p.name.lower() for hint in _RECOGNISER_HINTS)]
+    if not candidates:
+        raise StageError(f"ATELIER_IDENTITY_FACE_MODEL_DIR={folder} has no face recognition model (antelopev2's "
+                         "glintr100.onnx, or a TorchScript .pt)", retryable=False,
+                         field="ATELIER_IDENTITY_FACE_MODEL_DIR")
+    return (named or candidates)[0], (yunet[0] if yunet else None)
+
+
 class InstantIDAssets:
     """IdentityNet + the face analysis model, loaded once per worker."""
 
@@ -302,20 +334,17 @@ class InstantIDAssets:
         from ..identity.embedder import Embedder
         from ..identity.faces import FaceDetector
 
-        folder = Path(settings.identity_face_model_dir or ".")
-        onnx = sorted(folder.glob("*.onnx"))
-        yunet = [p for p in onnx if "yunet" in p.name.lower()]
-        recognisers = [p for p in onnx if p not in yunet and "det" not in p.name.lower()]
-        if not recognisers:
-            raise StageError(f"{folder} has no face recognition ONNX (e.g. antelopev2's glintr100.onnx)",
-                             retryable=False)
-        self.embedder = Embedder(recognisers[0])
-        self.yunet = yunet[0] if yunet else None
+        recogniser, self.yunet = face_model_files(Path(settings.identity_face_model_dir or "."))
+        self.embedder = Embedder(recogniser)
         self.detector = FaceDetector(settings.identity_cascade_path)
         self.controlnet = ControlNetModel.from_pretrained(str(settings.identity_controlnet_dir), local_files_only=True)
 
     def face_of(self, image: Image.Image) -> tuple[Any, list[tuple[float, float]]] | None:
-        """(embedding, five keypoints) of the largest face, or None (YuNet's landmarks when it is in the folder)."""
+        """(embedding, five keypoints) of the largest face, or None (YuNet's landmarks when it is in the folder).
+
+        The embedding is the recogniser's raw output, not L2-normalised: InstantID's Resampler was trained on
+        insightface's ``face.embedding``.
+        """
         from ..identity.faces import Face, crop_face
 
         if self.yunet is not None:
@@ -329,11 +358,11 @@ class InstantIDAssets:
                 f = max(found, key=lambda r: r[2] * r[3])
                 face = Face(int(f[0]), int(f[1]), int(f[2]), int(f[3]), 1)
                 kps = [(float(f[4 + 2 * i]), float(f[5 + 2 * i])) for i in range(5)]
-                return self.embedder.embed([crop_face(image, face)])[0], kps
+                return self.embedder.embed([crop_face(image, face)], normalise=False)[0], kps
         faces = self.detector.detect(image)
         if not faces:
             return None
-        return self.embedder.embed([crop_face(image, faces[0])])[0], faces[0].keypoints()
+        return self.embedder.embed([crop_face(image, faces[0])], normalise=False)[0], faces[0].keypoints()
 
 
 def _instantid_assets(ctx: StageContext) -> InstantIDAssets:
@@ -361,6 +390,43 @@ def draw_kps(size: tuple[int, int], kps: list[tuple[float, float]], source_size:
     return img
 
 
+@contextmanager
+def _face_adapter(pipe: Any, ip_adapter_path: Path) -> Iterator[Any]:
+    """InstantID's image projection loaded into ``pipe`` for one call; yields its Resampler.
+
+    ``load_ip_adapter`` installs the Resampler as ``unet.encoder_hid_proj`` and an IP-Adapter attention processor
+    on every cross-attention layer. On the way out ``unload_ip_adapter`` removes them, and the UNet gets back its
+    very own processor objects (diffusers' unload puts fresh default instances in their place), its previous
+    ``encoder_hid_proj`` and the pipeline's ``image_encoder``/``feature_extractor`` (which unload clears): the
+    warm pipeline is left as it was found, also when loading fails halfway.
+    """
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    unet = pipe.unet
+    processors = dict(unet.attn_processors)
+    hid_proj, hid_type = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+    components = {name: getattr(pipe, name) for name in ("image_encoder", "feature_extractor")
+                  if getattr(pipe, name, None) is not None}
+    try:
+        pipe.load_ip_adapter(str(ip_adapter_path.parent), subfolder="", weight_name=ip_adapter_path.name,
+                             image_encoder_folder=None, local_files_only=True)
+        resampler = unet.encoder_hid_proj.image_projection_layers[0]
+        if not isinstance(resampler, IPAdapterPlusImageProjection):
+            raise StageError(f"ATELIER_IDENTITY_IP_ADAPTER_PATH={ip_adapter_path} is not InstantID's image projection "
+                             f"(a Resampler with `latents`); diffusers read it as {type(resampler).__name__}",
+                             retryable=False, field="ATELIER_IDENTITY_IP_ADAPTER_PATH")
+        yield resampler
+    finally:
+        if unet.encoder_hid_proj is not hid_proj or any(
+                unet.attn_processors.get(n) is not p for n, p in processors.items()):
+            pipe.unload_ip_adapter()
+            unet.set_attn_processor(processors)
+            unet.encoder_hid_proj = hid_proj
+            unet.config.encoder_hid_dim_type = hid_type
+        if components:
+            pipe.register_modules(**components)
+
+
 def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_embedding: Any, kps_image: Image.Image,
                   prompt: str, negative_prompt: str, width: int, height: int, steps: int, guidance: float, seed: int,
                   controlnet_scale: float = 0.8, ip_scale: float = 0.8,
@@ -369,52 +435,74 @@ def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_emb
 
     Args:
         pipe: a loaded ``StableDiffusionXLPipeline`` (the registry's warm one; the adapter is unloaded after).
-        controlnet: IdentityNet (``ControlNetModel``).
+        controlnet: IdentityNet (``ControlNetModel``) for ``pipe``'s UNet.
         ip_adapter_path: InstantID's image-projection weights (``ip-adapter.bin``).
-        face_embedding: the sheet face's embedding (1-D, the Resampler's input width).
+        face_embedding: the sheet face's embedding (1-D, the Resampler's input width: 512 for antelopev2).
         kps_image: ``draw_kps`` of the face keypoints at ``width`` x ``height``.
+        on_step: called as ``on_step(step, total)`` after every step; what it raises (a cancel) stops the loop.
+
+    The face tokens (the Resampler on the embedding; on zeros for the unconditional half of CFG, as InstantID
+    does) reach the UNet through ``added_cond_kwargs["image_embeds"]`` and the installed IP attention, and are
+    IdentityNet's ``encoder_hidden_states``; IdentityNet sees the keypoint image and its residuals, scaled by
+    ``controlnet_scale``, are added to the UNet's.
     """
     import numpy as np
     import torch
 
-    pipe.load_ip_adapter(str(ip_adapter_path.parent), subfolder="", weight_name=ip_adapter_path.name,
-                         image_encoder_folder=None, local_files_only=True)
-    try:
+    unet, scheduler, vae = pipe.unet, pipe.scheduler, pipe.vae
+    if controlnet.config.cross_attention_dim != unet.config.cross_attention_dim:
+        raise StageError(f"ATELIER_IDENTITY_CONTROLNET_DIR: IdentityNet's cross-attention width "
+                         f"{controlnet.config.cross_attention_dim} does not match the UNet's "
+                         f"{unet.config.cross_attention_dim} (an IdentityNet for another base model?)",
+                         retryable=False, field="ATELIER_IDENTITY_CONTROLNET_DIR")
+    embedding = np.asarray(face_embedding, dtype=np.float32).reshape(-1)
+    with _face_adapter(pipe, ip_adapter_path) as resampler:
+        if resampler.proj_in.in_features != embedding.size:
+            raise StageError(f"the face embedding has {embedding.size} values; the image projection in "
+                             f"{ip_adapter_path} takes {resampler.proj_in.in_features} (antelopev2's recogniser "
+                             "gives 512)", retryable=False, field="ATELIER_IDENTITY_FACE_MODEL_DIR")
         pipe.set_ip_adapter_scale(ip_scale)
-        unet, scheduler, vae = pipe.unet, pipe.scheduler, pipe.vae
         device, dtype = unet.device, unet.dtype
-        controlnet.to(device=device, dtype=dtype)
-        cfg = guidance > 1.0
-        prompt_embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-            prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-            negative_prompt=negative_prompt or None)
-        face = torch.as_tensor(np.asarray(face_embedding, dtype=np.float32), device=device, dtype=dtype).reshape(1, 1, 1, -1)
-        # the Resampler that load_ip_adapter installed turns the embedding into the face tokens
-        face_tokens = unet.encoder_hid_proj([face])[0].reshape(1, -1, unet.config.cross_attention_dim)
-        add_time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
-        cond = torch.from_numpy(np.asarray(kps_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        cond = cond.to(device=device, dtype=dtype)
-        if cfg:
-            prompt_embeds = torch.cat([neg_embeds, prompt_embeds])
-            pooled = torch.cat([neg_pooled, pooled])
-            face = torch.cat([torch.zeros_like(face), face])
-            face_tokens = torch.cat([unet.encoder_hid_proj([face[:1]])[0].reshape(1, -1, face_tokens.shape[-1]),
-                                     face_tokens])
-            add_time_ids = torch.cat([add_time_ids, add_time_ids])
-            cond = torch.cat([cond, cond])
-        generator = torch.Generator("cpu").manual_seed(seed)
-        latents = torch.randn((1, unet.config.in_channels, height // pipe.vae_scale_factor,
-                               width // pipe.vae_scale_factor), generator=generator, dtype=torch.float32)
-        latents = latents.to(device=device, dtype=dtype)
-        scheduler.set_timesteps(steps, device=device)
-        latents = latents * scheduler.init_noise_sigma
-        added = {"text_embeds": pooled, "time_ids": add_time_ids}
+        if controlnet.device != device or controlnet.dtype != dtype:
+            controlnet.to(device=device, dtype=dtype)
+        # LCM-style UNets take the guidance as an embedding and run without a negative branch (as the SDXL pipeline)
+        cfg = guidance > 1.0 and unet.config.time_cond_proj_dim is None
         with torch.inference_mode():
+            prompt_embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
+                prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+                negative_prompt=negative_prompt or None)
+            # [batch, images, sequence, width]: one image of one token per prompt
+            face = torch.from_numpy(embedding).to(device=device, dtype=dtype).reshape(1, 1, 1, -1)
+            add_time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
+            cond = torch.from_numpy(np.asarray(kps_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+            cond = cond[None].to(device=device, dtype=dtype)
+            if cfg:
+                prompt_embeds = torch.cat([neg_embeds, prompt_embeds])
+                pooled = torch.cat([neg_pooled, pooled])
+                face = torch.cat([torch.zeros_like(face), face])
+                add_time_ids = torch.cat([add_time_ids, add_time_ids])
+                cond = torch.cat([cond, cond])
+            # the installed Resampler turns the embedding into the face tokens IdentityNet reads
+            face_tokens = unet.encoder_hid_proj([face])[0].flatten(1, 2)
+            timestep_cond = None
+            if unet.config.time_cond_proj_dim is not None:
+                timestep_cond = pipe.get_guidance_scale_embedding(
+                    torch.tensor([guidance - 1.0]), embedding_dim=unet.config.time_cond_proj_dim
+                ).to(device=device, dtype=dtype)
+            generator = torch.Generator("cpu").manual_seed(seed)
+            latents = torch.randn((1, unet.config.in_channels, height // pipe.vae_scale_factor,
+                                   width // pipe.vae_scale_factor), generator=generator, dtype=torch.float32)
+            scheduler.set_timesteps(steps, device=device)
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(0)
+            latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+            added = {"text_embeds": pooled, "time_ids": add_time_ids}
+            total = len(scheduler.timesteps)
             for i, t in enumerate(scheduler.timesteps):
                 model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
                 down, mid = controlnet(model_in, t, encoder_hidden_states=face_tokens, controlnet_cond=cond,
                                        conditioning_scale=controlnet_scale, added_cond_kwargs=added, return_dict=False)
-                noise = unet(model_in, t, encoder_hidden_states=prompt_embeds,
+                noise = unet(model_in, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
                              added_cond_kwargs={**added, "image_embeds": [face]},
                              down_block_additional_residuals=down, mid_block_additional_residual=mid,
                              return_dict=False)[0]
@@ -423,8 +511,28 @@ def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_emb
                     noise = uncond + guidance * (text - uncond)
                 latents = scheduler.step(noise, t, latents, return_dict=False)[0]
                 if on_step is not None:
-                    on_step(i + 1, len(scheduler.timesteps))
-            image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+                    on_step(i + 1, total)
+            image = _decode(vae, latents)
         return pipe.image_processor.postprocess(image, output_type="pil")[0].convert("RGB")
+
+
+def _decode(vae: Any, latents: Any) -> Any:
+    """The SDXL pipeline's decode: an fp16 VAE that asks for it runs in fp32; latents mean/std when configured."""
+    import torch
+
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype if upcast else vae.dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        return vae.decode(latents, return_dict=False)[0]
     finally:
-        pipe.unload_ip_adapter()
+        if upcast:
+            vae.to(dtype=torch.float16)
