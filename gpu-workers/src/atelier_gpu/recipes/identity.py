@@ -279,9 +279,7 @@ def run_reference(pipe: Any, folder: Path, *, reference: Image.Image, prompt: st
     if not weights or not (folder / "image_encoder").is_dir():
         raise StageError(f"{folder} needs IP-Adapter weights (*.safetensors/*.bin) and an image_encoder/ folder",
                          retryable=False)
-    pipe.load_ip_adapter(str(folder), subfolder="", weight_name=weights[0], image_encoder_folder="image_encoder",
-                         local_files_only=True)
-    try:
+    with _ip_adapter(pipe, folder, weights[0], "image_encoder"):
         pipe.set_ip_adapter_scale(scale)
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -293,8 +291,6 @@ def run_reference(pipe: Any, folder: Path, *, reference: Image.Image, prompt: st
                    height=height, num_inference_steps=steps, guidance_scale=float(guidance),
                    generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step_end)
         return out.images[0].convert("RGB")
-    finally:
-        pipe.unload_ip_adapter()
 
 
 # --- InstantID ------------------------------------------------------------------------------------
@@ -391,31 +387,24 @@ def draw_kps(size: tuple[int, int], kps: list[tuple[float, float]], source_size:
 
 
 @contextmanager
-def _face_adapter(pipe: Any, ip_adapter_path: Path) -> Iterator[Any]:
-    """InstantID's image projection loaded into ``pipe`` for one call; yields its Resampler.
+def _ip_adapter(pipe: Any, folder: Path, weight_name: str, image_encoder_folder: str | None) -> Iterator[None]:
+    """IP-Adapter weights loaded into ``pipe`` for one call (InstantID's face projection or a plain image prompt).
 
-    ``load_ip_adapter`` installs the Resampler as ``unet.encoder_hid_proj`` and an IP-Adapter attention processor
-    on every cross-attention layer. On the way out ``unload_ip_adapter`` removes them, and the UNet gets back its
-    very own processor objects (diffusers' unload puts fresh default instances in their place), its previous
-    ``encoder_hid_proj`` and the pipeline's ``image_encoder``/``feature_extractor`` (which unload clears): the
-    warm pipeline is left as it was found, also when loading fails halfway.
+    ``load_ip_adapter`` installs an image projection as ``unet.encoder_hid_proj`` and an IP-Adapter attention
+    processor on every cross-attention layer. On the way out ``unload_ip_adapter`` removes them, and the UNet gets
+    back its very own processor objects (diffusers' unload puts fresh default instances in their place), its
+    previous ``encoder_hid_proj`` and the pipeline's ``image_encoder``/``feature_extractor`` (which unload clears):
+    the warm pipeline is left as it was found, also when loading fails halfway.
     """
-    from diffusers.models.embeddings import IPAdapterPlusImageProjection
-
     unet = pipe.unet
     processors = dict(unet.attn_processors)
     hid_proj, hid_type = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
     components = {name: getattr(pipe, name) for name in ("image_encoder", "feature_extractor")
                   if getattr(pipe, name, None) is not None}
     try:
-        pipe.load_ip_adapter(str(ip_adapter_path.parent), subfolder="", weight_name=ip_adapter_path.name,
-                             image_encoder_folder=None, local_files_only=True)
-        resampler = unet.encoder_hid_proj.image_projection_layers[0]
-        if not isinstance(resampler, IPAdapterPlusImageProjection):
-            raise StageError(f"ATELIER_IDENTITY_IP_ADAPTER_PATH={ip_adapter_path} is not InstantID's image projection "
-                             f"(a Resampler with `latents`); diffusers read it as {type(resampler).__name__}",
-                             retryable=False, field="ATELIER_IDENTITY_IP_ADAPTER_PATH")
-        yield resampler
+        pipe.load_ip_adapter(str(folder), subfolder="", weight_name=weight_name,
+                             image_encoder_folder=image_encoder_folder, local_files_only=True)
+        yield
     finally:
         if unet.encoder_hid_proj is not hid_proj or any(
                 unet.attn_processors.get(n) is not p for n, p in processors.items()):
@@ -425,6 +414,20 @@ def _face_adapter(pipe: Any, ip_adapter_path: Path) -> Iterator[Any]:
             unet.config.encoder_hid_dim_type = hid_type
         if components:
             pipe.register_modules(**components)
+
+
+@contextmanager
+def _face_adapter(pipe: Any, ip_adapter_path: Path) -> Iterator[Any]:
+    """InstantID's image projection loaded into ``pipe`` for one call (see ``_ip_adapter``); yields its Resampler."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    with _ip_adapter(pipe, ip_adapter_path.parent, ip_adapter_path.name, None):
+        resampler = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+        if not isinstance(resampler, IPAdapterPlusImageProjection):
+            raise StageError(f"ATELIER_IDENTITY_IP_ADAPTER_PATH={ip_adapter_path} is not InstantID's image projection "
+                             f"(a Resampler with `latents`); diffusers read it as {type(resampler).__name__}",
+                             retryable=False, field="ATELIER_IDENTITY_IP_ADAPTER_PATH")
+        yield resampler
 
 
 def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_embedding: Any, kps_image: Image.Image,
