@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_migrations import upgrade
 from atelier_orchestrator import engine, gates
 from atelier_orchestrator.graphs import GRAPHS
 from atelier_shared.auth import create_tenant
-from atelier_shared.db import make_engine, session_factory, session_scope
+from atelier_shared.db import session_scope
 from atelier_shared.jobs import create_job
 from atelier_shared.models import Artifact, Event, Job, Stage
 from atelier_shared.settings import Settings
@@ -23,13 +21,6 @@ from sqlalchemy import select
 CAMPAIGN = {"brand": {"name": "B"}, "product": {"name": "P", "description": "d"}, "taglines": ["t"],
             "sizes": ["1080x1080"], "variants": 2}
 GateFn = Callable[[StageTask], dict[str, Any]]
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Any:
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    upgrade(url)
-    return session_factory(make_engine(url))
 
 
 def settings(**kw: Any) -> Settings:

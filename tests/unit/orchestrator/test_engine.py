@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_migrations import upgrade
 from atelier_orchestrator import engine
 from atelier_orchestrator.graphs import GRAPHS
 from atelier_orchestrator.reconciler import reconcile_once
 from atelier_shared.auth import create_tenant
-from atelier_shared.db import make_engine, session_factory, session_scope
+from atelier_shared.db import session_scope
 from atelier_shared.jobs import cancel_job, create_job
 from atelier_shared.models import Artifact, Event, Job, Stage
 from atelier_shared.runtime import MemoryRuntime
@@ -23,13 +21,6 @@ from sqlalchemy import func, select
 
 CAMPAIGN = {"brand": {"name": "B"}, "product": {"name": "P", "description": "d"}, "taglines": ["t"],
             "sizes": ["1080x1080", "1200x628"], "variants": 2}
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Any:
-    url = f"sqlite:///{tmp_path / 'o.db'}"
-    upgrade(url)
-    return session_factory(make_engine(url))
 
 
 @pytest.fixture

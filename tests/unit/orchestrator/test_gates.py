@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
-from atelier_migrations import upgrade
 from atelier_orchestrator import engine, gates
 from atelier_shared.auth import create_tenant
-from atelier_shared.db import make_engine, session_factory, session_scope
+from atelier_shared.db import session_scope
 from atelier_shared.jobs import create_job
 from atelier_shared.models import Artifact, Event, Job, Stage
 from atelier_shared.settings import Settings
@@ -20,13 +17,6 @@ from atelier_shared.tasks import ArtifactRecord, StageResult, StageTask
 from sqlalchemy import select
 
 GateFn = Callable[[StageTask], dict[str, Any]]
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Any:
-    url = f"sqlite:///{tmp_path / 'g.db'}"
-    upgrade(url)
-    return session_factory(make_engine(url))
 
 
 def settings(**kw: Any) -> Settings:
