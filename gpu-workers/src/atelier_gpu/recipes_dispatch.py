@@ -6,7 +6,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from atelier_shared.errors import StageError
+from atelier_shared.errors import NotFound, StageError
 from atelier_shared.plans import LayoutPlan
 from PIL import Image
 
@@ -20,6 +20,8 @@ def read_image(ctx: Any, key: str, what: str) -> Image.Image:
         image = Image.open(io.BytesIO(ctx.get(key)))
         image.load()
         return image
+    except NotFound as exc:  # an upload that is gone stays gone: retrying cannot help
+        raise StageError(f"{ctx.task.stage}: {what} {key} is not in storage", retryable=False) from exc
     except (OSError, KeyError, FileNotFoundError) as exc:
         raise StageError(f"{ctx.task.stage}: {what} {key} is not a readable image: {exc}", retryable=False) from exc
 

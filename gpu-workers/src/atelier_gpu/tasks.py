@@ -7,6 +7,11 @@ call one recipe, write one PNG artifact under the stage's deterministic key, ret
   ``tenants/{tenant}/uploads/{id}.png``, box from the AdPlan variant's layout), else the layout recipe
   on the variant's layout (background objects and, without an image, the product drawn in its box),
   else the RPG regional plan of ``plan.ad_prompts`` when that stage is an upstream, else text-to-image. Batched with compatible queued backgrounds (``atelier_gpu.serving``).
+  When the spec has ``control`` (issue 4), the ``control`` recipe runs instead, with the model's ControlNets
+  of those kinds (models.yaml) on the uploaded control images; a product image is then pasted back
+  unchanged into its box (``product_mode: "pasted"``) rather than inpainted around, because the control
+  recipe takes no mask. The output and artifact meta record ``control`` (each condition, its ControlNet
+  and effective scale).
 * ``gpu.character_sheet`` — text-to-image, batched with other sheets of the same model and size.
 * ``gpu.scene`` — the layout recipe with the scene's ``LayoutPlan`` (``plan.scene_layout``), through
   the identity hook of issue 5.
@@ -25,6 +30,7 @@ from typing import Any
 
 from atelier_shared.errors import StageError
 from atelier_shared.plans import AdPlan, Character, LayoutPlan, StoryPlan
+from atelier_shared.specs import BackgroundControl
 from atelier_shared.stage_runner import StageContext, WorkerResources, stage_task
 from atelier_shared.tasks import (
     S_AD_LAYOUT,
@@ -41,8 +47,10 @@ from atelier_shared.tasks import (
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from . import serving
+from . import recipes_dispatch, serving
+from .recipes import control as control_recipe
 from .recipes import identity as identity_recipe  # issue 5
+from .recipes import inpaint as inpaint_recipe
 from .recipes import layout as layout_recipe
 from .recipes import text_to_image
 from .serving import GenRequest
@@ -174,8 +182,70 @@ def _regional_plan(ctx: StageContext) -> dict[str, Any] | None:
     return regional if isinstance(regional, dict) and regional.get("regions") else None
 
 
+def _control_params(ctx: StageContext, model_id: str, spec: Any, raw: Any
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The control recipe's params for the spec's ``control`` list, and what the output records of it.
+
+    Each condition takes the model's ControlNet of its kind (the first by name when there are several).
+    The recipe averages by ``weight`` alone and scales the average by one ``conditioning_scale``, so a
+    per-control ``scale`` goes in as weight ``w_i * s_i`` with ``conditioning_scale = sum(w*s) / sum(w)``:
+    the recipe's ``cs * w_i s_i / sum(w*s)`` is then exactly ``s_i * w_i / sum(w)`` (recorded as
+    ``effective_scale``), and equal scales ``s`` are plain Ctrl-Adapter averaging with total strength ``s``.
+    """
+    if spec.family not in control_recipe.FAMILIES:
+        families = " or ".join(control_recipe.FAMILIES)
+        raise StageError(f"gpu.background: spec.control needs a model with ControlNets (family {families}); "
+                         f"model {model_id} is {spec.family}", retryable=False, field="spec.control")
+    if not isinstance(raw, list):
+        raise StageError("gpu.background: spec.control must be a list", retryable=False, field="spec.control")
+    controls: list[BackgroundControl] = [
+        _parse(BackgroundControl, c, f"spec.control.{i}") for i, c in enumerate(raw)]
+    entries, record = [], []
+    total = sum(c.weight for c in controls)
+    for i, c in enumerate(controls):
+        names = sorted(n for n, cn in spec.controlnets.items() if cn.kind == c.kind)
+        if not names:
+            have = ", ".join(f"{n} ({cn.kind})" for n, cn in sorted(spec.controlnets.items())) or "none"
+            raise StageError(f"gpu.background: model {model_id} has no {c.kind} ControlNet in models.yaml "
+                             f"(spec.control.{i}.kind; its ControlNets: {have})", retryable=False,
+                             field=f"spec.control.{i}.kind")
+        key = upload_key(ctx.task.tenant_id, c.image)
+        if not ctx.store.exists(key):  # before any GPU time: the API checked it, but an upload can be deleted
+            raise StageError(f"gpu.background: control image {c.image!r} (spec.control.{i}.image) is not in "
+                             f"storage ({key})", retryable=False, field=f"spec.control.{i}.image")
+        # canny edges are taken from any picture; a depth or pose upload is the map itself
+        entries.append({"name": names[0], "kind": c.kind, "image_key": key,
+                        "use_as_is": c.kind != "canny", "weight": c.weight * c.scale, "start": c.start, "end": c.end})
+        record.append({"kind": c.kind, "image": c.image, "controlnet": names[0], "weight": c.weight,
+                       "scale": c.scale, "start": c.start, "end": c.end,
+                       "effective_scale": round(c.scale * c.weight / total, 6)})
+    params = {"controls": entries, "conditioning_scale": sum(c.weight * c.scale for c in controls) / total}
+    return params, record
+
+
+def _with_control_output(req: GenRequest, record: list[dict[str, Any]], product: tuple[str, list[float]] | None
+                         ) -> GenRequest:
+    """Wrap ``req.finish``: paste the product back (when there is one) and record the controls."""
+    store = req.finish
+    assert store is not None
+
+    def finish(c: StageContext, image: Image.Image, extra: dict[str, Any]) -> dict[str, Any]:
+        extra = {**extra, "control": record}
+        if product is not None:
+            key, box = product
+            photo = recipes_dispatch.read_image(c, key, "product image")
+            placement = inpaint_recipe.place_product(inpaint_recipe.product_cutout(photo), box, image.width,
+                                                     image.height)
+            image = inpaint_recipe.paste_back(image, placement)
+            extra.update(product_rect=list(placement.rect), product_mode="pasted")
+        return store(c, image, extra)
+
+    req.finish = finish
+    return req
+
+
 def prepare_background(ctx: StageContext) -> GenRequest:
-    """The request for one ad background: inpaint around the product, else layout, else text-to-image."""
+    """One ad background's request: control, else inpaint around the product, else layout, else text-to-image."""
     plan: AdPlan = _parse(AdPlan, _upstream(ctx, S_AD_LAYOUT, "plan"), f"upstream.{S_AD_LAYOUT}.plan")
     size_name, variant_index = parse_background_item(ctx.task.item)
     index = next((i for i, v in enumerate(plan.variants) if v.target.name == size_name), None)
@@ -186,10 +256,21 @@ def prepare_background(ctx: StageContext) -> GenRequest:
     variant = plan.variants[index]
     # a gate's regeneration (gate.critic) offsets the seed as a scene's does, so a retry paints a new image
     seed = identity_recipe.scene_seed(background_seed(plan.seed, variant_index, index), ctx.task.regeneration)
-    _, spec, _, _ = _model_and_size(ctx, (variant.target.w, variant.target.h))
+    model_id, spec, _, _ = _model_and_size(ctx, (variant.target.w, variant.target.h))
     product_id = (ctx.task.spec.get("product") or {}).get("image")
     product_box = next((b for b in variant.layout.boxes if b.role == "product"), None)
     layout_json = variant.layout.model_dump(mode="json")
+    target = (variant.target.w, variant.target.h)
+    if ctx.task.spec.get("control"):
+        # issue 4: the controls steer the whole background; the control recipe has no mask, so a product
+        # image is pasted back unchanged into its box afterwards instead of being inpainted around
+        params, record = _control_params(ctx, model_id, spec, ctx.task.spec["control"])
+        req = _request(ctx, recipe="control", target=target, seed=seed, prompt=plan.prompts.background,
+                       negative_prompt=plan.negative_prompt, params=params, kind="background",
+                       output_key="background_key")
+        product = (upload_key(ctx.task.tenant_id, product_id), list(product_box.bbox)) \
+            if product_id and product_box is not None else None
+        return _with_control_output(req, record, product)
     if spec.family in REGIONAL_FAMILIES and product_id and product_box is not None:
         recipe, params = "inpaint", {"product_key": upload_key(ctx.task.tenant_id, product_id),
                                      "product_box": list(product_box.bbox), "plan": layout_json}
@@ -200,9 +281,8 @@ def prepare_background(ctx: StageContext) -> GenRequest:
         recipe, params = "regional", {"plan": _regional_plan(ctx)}
     else:
         recipe, params = "text_to_image", {}
-    return _request(ctx, recipe=recipe, target=(variant.target.w, variant.target.h), seed=seed,
-                    prompt=plan.prompts.background, negative_prompt=plan.negative_prompt, params=params,
-                    kind="background", output_key="background_key")
+    return _request(ctx, recipe=recipe, target=target, seed=seed, prompt=plan.prompts.background,
+                    negative_prompt=plan.negative_prompt, params=params, kind="background", output_key="background_key")
 
 
 def prepare_character_sheet(ctx: StageContext) -> GenRequest:

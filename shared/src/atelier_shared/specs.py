@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 SIZE_RE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
 MIN_SIDE, MAX_SIDE = 64, 4096
@@ -47,6 +47,43 @@ class Product(_Spec):
     image: Identifier | None = Field(default=None, description="Artifact id returned by POST /v1/uploads.")
 
 
+# issue 4: ControlNet kinds a campaign may steer its background with (the GPU registry's kinds)
+ControlKind = Literal["canny", "depth", "pose"]
+CONTROL_KINDS: tuple[str, ...] = get_args(ControlKind)
+MAX_CONTROLS = 3
+
+
+class BackgroundControl(_Spec):
+    """One ControlNet condition on the generated background (``gpu.background``'s ``control`` recipe).
+
+    The weights of all controls are normalised to sum 1 (Ctrl-Adapter averaging), so each ControlNet
+    acts with ``scale * weight / sum(weights)``; ``start``/``end`` bound the fraction of the denoising
+    steps during which it acts.
+    """
+
+    kind: ControlKind = Field(
+        description="canny: edges are taken from the image (any picture or sketch); depth / pose: the image "
+                    "is the map itself (a depth map, an OpenPose skeleton). The job's model needs a ControlNet "
+                    "of this kind in its models.yaml entry.")
+    image: Identifier = Field(description="Artifact id returned by POST /v1/uploads; resized to each background.")
+    weight: float = Field(default=1.0, gt=0, le=100, strict=True,
+                          description="Relative share in the average of the controls (normalised to sum 1).")
+    scale: float = Field(default=0.8, gt=0, le=2, strict=True,
+                         description="Conditioning scale: how strongly this control steers the image.")
+    start: float = Field(default=0.0, ge=0, lt=1, strict=True,
+                         description="Fraction of the denoising at which the control starts acting.")
+    end: float = Field(default=1.0, gt=0, le=1, strict=True,
+                       description="Fraction of the denoising at which it stops; must be above `start`.")
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, end: float, info: ValidationInfo) -> float:
+        start = info.data.get("start")
+        if start is not None and end <= start:
+            raise ValueError(f"end ({end}) must be greater than start ({start})")
+        return end
+
+
 class CampaignSpec(_Spec):
     """A campaign: one product, its taglines, a brand and the ad sizes to produce."""
 
@@ -64,6 +101,12 @@ class CampaignSpec(_Spec):
     backdrop: Literal["generated", "studio"] = Field(
         default="generated", description="generated: the GPU background; studio: a brand-palette studio sweep drawn "
                                          "by the renderer (no GPU needed).")
+    # issue 4: ControlNets steering the generated background (after `backdrop`: its validator reads it)
+    control: list[BackgroundControl] = Field(
+        default_factory=list, max_length=MAX_CONTROLS,
+        description="Up to 3 ControlNet conditions (canny, depth, pose from uploaded images) on the generated "
+                    "background, averaged with weights normalised to sum 1. With a product image, the background "
+                    "follows the controls and the product is pasted back unchanged in its box.")
 
     @field_validator("sizes")
     @classmethod
@@ -73,6 +116,14 @@ class CampaignSpec(_Spec):
         if len(set(sizes)) != len(sizes):
             raise ValueError("sizes must not repeat")
         return sizes
+
+    @field_validator("control")
+    @classmethod
+    def _control_needs_a_generated_backdrop(cls, control: list[BackgroundControl],
+                                            info: ValidationInfo) -> list[BackgroundControl]:
+        if control and info.data.get("backdrop") == "studio":
+            raise ValueError("control steers the generated background; backdrop 'studio' has none (use 'generated')")
+        return control
 
 
 class StorySpec(_Spec):

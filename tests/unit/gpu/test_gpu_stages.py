@@ -124,3 +124,14 @@ def test_a_background_regeneration_paints_a_new_seed_under_its_own_name(res):
     assert out0["background_key"].endswith("/gpu.background/1080x1080-v0.png")
     assert out1["background_key"].endswith("/gpu.background/1080x1080-v0.r1.png")
     assert _image(first, out0["background_key"]).tobytes() != _image(again, out1["background_key"]).tobytes()
+
+
+def test_a_product_image_missing_from_storage_fails_once_without_retry(res):
+    ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_with_product()}},
+               spec={"product": {"name": "x", "description": "y", "image": "upl_gone0000"}})
+    try:
+        tasks.background.stage_fn(ctx)
+    except tasks.StageError as exc:
+        assert not exc.retryable and "not in storage" in str(exc)
+    else:
+        raise AssertionError("a missing product image must fail the stage")

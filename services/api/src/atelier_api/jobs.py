@@ -45,10 +45,11 @@ def parse_spec(request: JobRequest) -> CampaignSpec | StorySpec:
 
 
 def check_upload_refs(session: Session, *, tenant_id: str, spec: CampaignSpec | StorySpec) -> None:
-    """Every artifact id a campaign names must be one of this tenant's uploads."""
+    """Every artifact id a campaign names must be one of this tenant's uploads (control images included)."""
     if not isinstance(spec, CampaignSpec):
         return
     refs = {"spec.product.image": spec.product.image, "spec.brand.logo": spec.brand.logo}
+    refs.update({f"spec.control.{i}.image": c.image for i, c in enumerate(spec.control)})  # issue 4
     wanted = {v for v in refs.values() if v is not None}
     if not wanted:
         return

@@ -81,7 +81,8 @@ class ArtifactList(BaseModel):
 
 
 class UploadView(BaseModel):
-    id: str = Field(description="Artifact id; use it as `spec.product.image` or `spec.brand.logo`.")
+    id: str = Field(description="Artifact id; use it as `spec.product.image`, `spec.brand.logo` or "
+                                "`spec.control[].image`.")
     kind: Literal["upload"] = "upload"
     content_type: Literal["image/png"] = "image/png"
     width: int
