@@ -58,14 +58,17 @@ def load_spec(path: Path, kind: str | None) -> tuple[str, dict[str, Any]]:
 
 
 def upload_local_files(client: AtelierClient, spec: dict[str, Any], base: Path) -> list[str]:
-    """Replace ``product.image`` / ``brand.logo`` values that name local files with their upload ids."""
+    """Replace ``product.image``, ``brand.logo`` and ``control[].image`` values that name local files with
+    their upload ids."""
     done = []
-    for section, field in (("product", "image"), ("brand", "logo")):
-        value = (spec.get(section) or {}).get(field)
+    holders = [(spec.get(section), field) for section, field in (("product", "image"), ("brand", "logo"))]
+    holders += [(item, "image") for item in spec.get("control") or []]
+    for holder, field in holders:
+        value = holder.get(field) if isinstance(holder, dict) else None
         if isinstance(value, str) and ("/" in value or "." in value):
             path = (base / value).expanduser()
             if path.is_file():
-                spec[section][field] = client.upload(path).id
+                holder[field] = client.upload(path).id
                 done.append(str(path))
     return done
 
