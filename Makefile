@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - set up and run one campaign and one story on the embedded default"
 	@echo "make test   - set up and run the test suite (needs the machine's PostgreSQL and Redis)"
-	@echo "make bench  - services-mode benchmarks -> bench/results.json"
+	@echo "make bench  - services-mode benchmarks -> bench/results.json, bench/REPORT.md (charts in bench/report/)"
 	@echo "make lint   - ruff"
 	@echo "make fuzz   - schemathesis: 5,000 generated requests against a live API (no 5xx, responses as documented)"
 
@@ -48,10 +48,15 @@ test-unit: sysdeps venv
 test-integration: sysdeps venv services
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
-bench: venv services
+# issue 8: each script merges its figures into bench/results.json; report.py renders bench/REPORT.md and
+# bench/report/*.png from it. api_bench.py drives wrk (Debian package, installed by sysdeps).
+bench: sysdeps venv services
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/gpu_bench.py cpu
+	$(BIN)/python bench/scaleout.py      # 2 gpu.diffusion worker processes vs 1, 1 torch thread each
+	$(BIN)/python bench/api_bench.py     # POST /v1/jobs with wrk at 16 connections, next to a bare FastAPI route
 	$(BIN)/python bench/watermark_bench.py  # W-Bench-style robustness (key watermark)
+	$(BIN)/python bench/report.py
 
 chaos: venv services
 	$(BIN)/python bench/chaos.py

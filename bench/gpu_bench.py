@@ -158,27 +158,11 @@ def batch_speedup(models_file: Path, model: str = "sdxl-bench", size: int = 256,
 
 # ---------------------------------------------------------------- worker busy fraction (services, CPU)
 
-def worker_busy_fraction(models_file: Path, requests: int = 20, model: str = "sdxl-bench") -> dict[str, Any]:
-    """Drain ``requests`` background tasks through a real diffusion worker process on Redis."""
-    import redis
-    from atelier_shared.celeryapp import make_celery
-    from atelier_shared.settings import Settings
+def background_payload(job: str, variant: int, model: str = "sdxl-bench") -> dict[str, Any]:
+    """A ``gpu.background`` stage task for a 1080x1080 ad (generated at ATELIER_GEN_MAX_SIDE), as the orchestrator sends it."""
     from atelier_shared.storage import job_prefix
-    from atelier_shared.tasks import Q_ORCHESTRATOR, T_STAGE_DONE, StageTask, stage_task_name
-    from kombu import Connection
+    from atelier_shared.tasks import StageTask
 
-    from tests.procs import Proc, wait_until
-
-    redis_url = "redis://127.0.0.1:6379/13"
-    redis.Redis.from_url(redis_url).flushdb()
-    home = WORK / "busy-home"
-    logs = WORK / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", ATELIER_HOME=str(home), ATELIER_BROKER_URL=redis_url,
-               ATELIER_STORAGE="local", ATELIER_MODELS_FILE=str(models_file), ATELIER_GEN_MAX_SIDE="256",
-               ATELIER_GPU_MAX_BATCH="4", ATELIER_DEFAULT_MODEL=model)
-    settings = Settings(broker_url=redis_url, home=home)
-    app = make_celery(settings)
     planner = {"backend": "rules", "model": "rules", "prompt_version": "1"}
     layout = {"plan_id": "l", "seed": 1, "width": 1080, "height": 1080, "planner": planner,
               "global_caption": "a studio backdrop", "boxes": [{"bbox": [0.1, 0.5, 0.4, 0.95], "caption": "a vase",
@@ -187,44 +171,92 @@ def worker_busy_fraction(models_file: Path, requests: int = 20, model: str = "sd
             "taglines": [{"text": "Hi", "level": "headline"}],
             "prompts": {"foreground": "a bottle", "background": "a studio backdrop"},
             "variants": [{"target": {"w": 1080, "h": 1080, "name": "1080x1080"}, "layout": layout}]}
+    return StageTask(job_id=job, tenant_id="bench", stage_id=f"{job}:{variant}", stage="gpu.background",
+                     item=f"1080x1080-v{variant}", kind="campaign", spec={"model": model},
+                     upstream={"plan.ad_layout": {"plan": plan}}, key_prefix=job_prefix("bench", job)
+                     ).model_dump(mode="json")
 
-    def payload(job: str, variant: int) -> dict[str, Any]:
-        return StageTask(job_id=job, tenant_id="bench", stage_id=f"{job}:{variant}", stage="gpu.background",
-                         item=f"1080x1080-v{variant}", kind="campaign", spec={"model": model},
-                         upstream={"plan.ad_layout": {"plan": plan}}, key_prefix=job_prefix("bench", job)
-                         ).model_dump(mode="json")
 
-    def results(n: int, timeout: float) -> list[dict[str, Any]]:
-        got: list[dict[str, Any]] = []
-        with Connection(redis_url) as conn:
-            channel = conn.default_channel
-            deadline = time.monotonic() + timeout
-            while len(got) < n and time.monotonic() < deadline:
-                msg = channel.basic_get(Q_ORCHESTRATOR, no_ack=True)
-                if msg is None:
-                    time.sleep(0.05)
-                    continue
-                if msg.headers.get("task") == T_STAGE_DONE:
-                    got.append(msg.decode()[0][0])
-        if len(got) < n:
-            raise TimeoutError(f"only {len(got)} of {n} stage results came back")
-        return got
+def stage_results(redis_url: str, n: int, timeout: float) -> list[dict[str, Any]]:
+    """The next ``n`` stage results the workers send to the orchestrator queue (nobody else consumes it)."""
+    from atelier_shared.tasks import Q_ORCHESTRATOR, T_STAGE_DONE
+    from kombu import Connection
 
-    worker = Proc("gpu-busy", ["worker", "--queues", "gpu.diffusion", "--loglevel", "WARNING"], env, logs).start()
+    got: list[dict[str, Any]] = []
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            msg = channel.basic_get(Q_ORCHESTRATOR, no_ack=True)
+            if msg is None:
+                time.sleep(0.05)
+                continue
+            if msg.headers.get("task") == T_STAGE_DONE:
+                got.append(msg.decode()[0][0])
+    if len(got) < n:
+        raise TimeoutError(f"only {len(got)} of {n} stage results came back")
+    return got
+
+
+def drain_backgrounds(models_file: Path, requests: int, *, workers: int = 1, model: str = "sdxl-bench",
+                      redis_db: int = 13, name: str = "busy", worker_env: dict[str, str] | None = None,
+                      rounds: int = 1, on_round: Callable[[list[int]], Any] | None = None
+                      ) -> list[list[dict[str, Any]]]:
+    """``workers`` real diffusion worker processes on Redis drain ``requests`` queued background tasks.
+
+    Every worker is warmed up first (model loaded, connections open: 4 tasks per worker until each has
+    served one); then ``rounds`` times ``requests`` tasks are queued and drained. Returns each round's
+    stage results. ``on_round(pids)`` is entered as a context manager around each round (CPU accounting).
+    """
+    import redis
+    from atelier_shared.celeryapp import make_celery
+    from atelier_shared.settings import Settings
+    from atelier_shared.tasks import stage_task_name
+
+    from tests.procs import Proc, wait_until
+
+    redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+    redis.Redis.from_url(redis_url).flushdb()
+    home = WORK / f"{name}-home"
+    logs = WORK / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ATELIER_HOME=str(home), ATELIER_BROKER_URL=redis_url,
+               ATELIER_STORAGE="local", ATELIER_MODELS_FILE=str(models_file), ATELIER_GEN_MAX_SIDE="256",
+               ATELIER_GPU_MAX_BATCH="4", ATELIER_DEFAULT_MODEL=model, **(worker_env or {}))
+    app = make_celery(Settings(broker_url=redis_url, home=home))
+    procs = [Proc(f"gpu-{name}-{i + 1}", ["worker", "--queues", "gpu.diffusion", "--loglevel", "WARNING"], env, logs)
+             .start() for i in range(workers)]
     try:
-        app.send_task(stage_task_name("gpu.background"), args=[payload("warm", 0)])
-        results(1, 600)  # model loaded, connections open
-        jobs = [f"job{i // 4}" for i in range(requests)]
-        for i, job in enumerate(jobs):
-            app.send_task(stage_task_name("gpu.background"), args=[payload(job, i % 4)])
-        done = results(requests, 1800)
+        warmed: set[str] = set()
+        for attempt in range(4):
+            for v in range(4 * workers):
+                app.send_task(stage_task_name("gpu.background"), args=[background_payload(f"warm{attempt}", v, model)])
+            warmed |= {r["worker"] for r in stage_results(redis_url, 4 * workers, 600)}
+            if len(warmed) >= workers:
+                break
+        out = []
+        for k in range(rounds):
+            with on_round([w.pid for w in procs]) if on_round else contextlib.nullcontext():
+                for i in range(requests):
+                    app.send_task(stage_task_name("gpu.background"),
+                                  args=[background_payload(f"r{k}job{i // 4}", i % 4, model)])
+                out.append(stage_results(redis_url, requests, 1800))
     finally:
-        worker.stop()
-        with contextlib.suppress(Exception):
-            wait_until(lambda: worker.p is not None and worker.p.poll() is not None, 30, what="worker exit")
-    bad = [r for r in done if r["status"] != "succeeded"]
+        for w in procs:
+            w.stop()
+        for w in procs:
+            with contextlib.suppress(Exception):
+                wait_until(lambda w=w: w.p is not None and w.p.poll() is not None, 30, what="worker exit")
+        redis.Redis.from_url(redis_url).flushdb()
+    bad = [r for done in out for r in done if r["status"] != "succeeded"]
     if bad:
         raise RuntimeError(f"{len(bad)} background(s) failed: {bad[0].get('error')}")
+    return out
+
+
+def worker_busy_fraction(models_file: Path, requests: int = 20, model: str = "sdxl-bench") -> dict[str, Any]:
+    """Drain ``requests`` background tasks through a real diffusion worker process on Redis."""
+    done = drain_backgrounds(models_file, requests, model=model)[0]
     starts = [datetime.fromisoformat(r["started_at"]).timestamp() for r in done]
     ends = [datetime.fromisoformat(r["finished_at"]).timestamp() for r in done]
     wall = max(ends) - min(starts)

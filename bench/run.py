@@ -6,65 +6,41 @@ Writes bench/results.json:
   broker latency of one hand-off, without the time spent queueing behind busy workers.
 - overhead_ratio: a 12-image campaign's end-to-end wall time (POST → job.succeeded event) divided by the
   time its diffusion calls alone took in the same run, with a bench-sized random SDXL (~1 s per image here).
+  ``overhead_detail.breakdown`` splits the wall time: before the first image (planning and hand-offs),
+  the diffusion span (busy in pipeline calls, and the diffusion worker's time outside them), after the
+  last image (render, watermark and delivery of the last batch) and the client's share (HTTP, SSE);
+  ``stage_seconds`` gives each stage's mean run time and ``cpu`` the CPU seconds of every process.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psycopg
-import redis
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from stack import CAMPAIGN, CpuMeter, Services, bench_models, machine, merge_results, percentile, run_job, ts  # noqa: E402
 
-from tests.conftest import PG_ADMIN, free_port, wait_port  # noqa: E402
-from tests.procs import Proc, api_key_from, cli  # noqa: E402
-
-WORK = ROOT / "bench" / ".work"
-RESULTS = ROOT / "bench" / "results.json"
-BIN = Path(sys.executable).parent
-
-CAMPAIGN = {
-    "brand": {"name": "Lumen", "palette": ["#3B2416", "#F5E6D3", "#C8102E"]},
-    "product": {"name": "Cold Brew Bottle", "description": "A glass bottle of slow-steeped cold brew coffee."},
-    "taglines": ["Slow steeped. Boldly smooth.", "Twelve hours in every sip"],
-    "cta": "Shop now",
-    "sizes": ["1080x1080", "1200x628", "1080x1920"],
-    "variants": 4,
-    "model": "sdxl-bench",
-    "seed": 1,
-}
+STAGE_COLUMNS = "name, item, worker, started_at, finished_at, gpu_seconds"
 
 
-def percentile(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-def _ts(v: Any) -> float:
-    if isinstance(v, datetime):
-        return (v if v.tzinfo else v.replace(tzinfo=UTC)).timestamp()
-    return datetime.fromisoformat(str(v)).timestamp()
+def ran(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stage items a worker ran (the orchestrator marks a skipped stage done itself: no worker)."""
+    return [r for r in rows if r["worker"] and r["started_at"] is not None and r["finished_at"] is not None]
 
 
 def handoffs(rows: list[dict[str, Any]], graph: Any) -> list[float]:
     """Hand-off latency (ms) for every stage item that had a dependency."""
     by_name: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_name.setdefault(r["name"], []).append(r)
+    for r in rows:  # a stage skipped without a worker still ends (finished_at) when its dependents may start
+        if r["finished_at"] is not None:
+            by_name.setdefault(r["name"], []).append(r)
+    rows = ran(rows)
     out = []
     for r in rows:
         st = graph.stage(r["name"])
@@ -73,18 +49,40 @@ def handoffs(rows: list[dict[str, Any]], graph: Any) -> list[float]:
         ends = []
         for dep_name in st.after:
             dep = graph.stage(dep_name)
-            deps = by_name[dep_name]
+            deps = by_name.get(dep_name, [])
             if graph.per_item(st, dep):
                 deps = [d for d in deps if d["item"] == r["item"]]
-            ends += [_ts(d["finished_at"]) for d in deps]
+            ends += [ts(d["finished_at"]) for d in deps]
+        if not ends:
+            continue
         ready = max(ends)
-        start = _ts(r["started_at"])
-        same_worker = [_ts(o["finished_at"]) for o in rows if o is not r and o["worker"] == r["worker"]
-                       and _ts(o["finished_at"]) <= start]
+        start = ts(r["started_at"])
+        same_worker = [ts(o["finished_at"]) for o in rows if o is not r and o["worker"] == r["worker"]
+                       and ts(o["finished_at"]) <= start]
         if same_worker:
             ready = max(ready, max(same_worker))
         out.append((start - ready) * 1000.0)
     return out
+
+
+def breakdown(rows: list[dict[str, Any]], job: dict[str, Any], client_wall: float) -> dict[str, Any]:
+    """Where a campaign's wall time went, from the stage rows' timestamps (seconds)."""
+    bg = [r for r in rows if r["name"] == "gpu.background"]
+    first, last = min(ts(r["started_at"]) for r in bg), max(ts(r["finished_at"]) for r in bg)
+    created, finished = ts(job["created_at"]), ts(job["finished_at"])
+    diffusion = sum(r["gpu_seconds"] for r in bg)
+    span = last - first
+    return {"before_first_image_s": round(first - created, 3), "diffusion_span_s": round(span, 3),
+            "in_pipeline_s": round(diffusion, 3), "diffusion_worker_outside_pipeline_s": round(span - diffusion, 3),
+            "after_last_image_s": round(finished - last, 3), "client_s": round(client_wall - (finished - created), 3)}
+
+
+def stage_seconds(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, list[float]] = {}
+    for r in ran(rows):
+        out.setdefault(r["name"], []).append(ts(r["finished_at"]) - ts(r["started_at"]))
+    return {name: {"n": len(v), "mean_s": round(statistics.mean(v), 3), "sum_s": round(sum(v), 3)}
+            for name, v in out.items()}
 
 
 def diffusion_alone(models_file: Path, sizes: list[str], runs: int = 3) -> float:
@@ -107,96 +105,45 @@ def diffusion_alone(models_file: Path, sizes: list[str], runs: int = 3) -> float
 
 
 def main() -> int:
-    from atelier_gpu.tiny import init_tiny
-    from atelier_migrations import upgrade
     from atelier_orchestrator.graphs import GRAPHS
 
-    WORK.mkdir(parents=True, exist_ok=True)
-    models = WORK / "models"
-    if not (models / "models.yaml").exists() or "sdxl-bench" not in (models / "models.yaml").read_text():
-        init_tiny(models, bench=True)
-    alone = diffusion_alone(models / "models.yaml", CAMPAIGN["sizes"])  # type: ignore[arg-type]
-    dbname = f"atelier_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    pg_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}"
-    upgrade(pg_url)
-    redis_url = "redis://127.0.0.1:6379/12"
-    redis.Redis.from_url(redis_url).flushdb()
-    s3_port = free_port()
-    s3 = subprocess.Popen([str(BIN / "nanio"), "serve", "--data-dir", str(WORK / "s3"), "--host", "127.0.0.1",
-                           "--port", str(s3_port), "--log-level", "warning", "--no-access-log"],
-                          env=dict(os.environ, NANIO_ACCESS_KEY="bench", NANIO_SECRET_KEY="bench-secret-key"))
-    api_port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", ATELIER_HOME=str(WORK / "home"), ATELIER_DATABASE_URL=pg_url,
-               ATELIER_BROKER_URL=redis_url, ATELIER_STORAGE="s3", ATELIER_S3_ENDPOINT=f"127.0.0.1:{s3_port}",
-               ATELIER_S3_ACCESS_KEY="bench", ATELIER_S3_SECRET_KEY="bench-secret-key", ATELIER_S3_BUCKET="bench",
-               ATELIER_MODELS_FILE=str(models / "models.yaml"), ATELIER_GEN_MAX_SIDE="256", ATELIER_SSE_POLL_S="0.05")
-    logs = WORK / "logs"
-    logs.mkdir(exist_ok=True)
-    procs = [
-        Proc("api", ["serve", "--port", str(api_port)], env, logs),
-        Proc("orchestrator", ["worker", "--queues", "orchestrator", "--loglevel", "WARNING"], env, logs),
-        Proc("planner-render", ["worker", "--queues", "planning,render", "--loglevel", "WARNING"], env, logs),
-        Proc("gpu-diffusion", ["worker", "--queues", "gpu.diffusion", "--loglevel", "WARNING"], env, logs),
-        Proc("gpu-watermark", ["worker", "--queues", "gpu.watermark", "--loglevel", "WARNING"], env, logs),
-    ]
-    try:
-        wait_port(s3_port)
-        for p in procs:
-            p.start()
-        wait_port(api_port, timeout=90)
-        key = api_key_from(cli(["tenants", "create", f"bench-{uuid.uuid4().hex[:6]}"], env))
-        client = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {key}"},
-                              timeout=600)
-
-        def run_job(spec: dict[str, Any]) -> tuple[str, float]:
-            t0 = time.perf_counter()
-            r = client.post("/v1/jobs", json={"kind": "campaign", "spec": spec})
-            r.raise_for_status()
-            job_id = r.json()["id"]
-            with client.stream("GET", f"/v1/jobs/{job_id}/events") as resp:
-                for line in resp.iter_lines():
-                    if line.startswith("event: job."):
-                        if line.split(": ", 1)[1] in ("job.succeeded", "job.failed", "job.canceled"):
-                            break
-            return job_id, time.perf_counter() - t0
-
-        run_job(dict(CAMPAIGN, sizes=["1080x1080"], variants=1, seed=99))  # warm: model load, connections
-        job_id, wall = run_job(CAMPAIGN)
+    models_file = bench_models()
+    at_start = machine()
+    alone = diffusion_alone(models_file, CAMPAIGN["sizes"])
+    with Services("overhead", redis_db=12, models_file=models_file) as s:
+        procs = [s.start_api(),
+                 s.worker("orchestrator", "orchestrator"),
+                 s.worker("planner-render", "planning,render"),
+                 s.worker("gpu-diffusion", "gpu.diffusion"),
+                 s.worker("gpu-watermark", "gpu.watermark")]
+        client = s.client(s.tenant())
+        run_job(client, dict(CAMPAIGN, sizes=["1080x1080"], variants=1, seed=99))  # warm: model load, connections
+        meter = CpuMeter({p.name: p.pid for p in procs}).start()
+        job_id, wall = run_job(client, CAMPAIGN)
+        cpu = meter.stop()
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] != "succeeded":
             raise RuntimeError(f"bench job {job['status']}: {job.get('error')}")
-        with psycopg.connect(pg_url) as conn:
-            cur = conn.execute("SELECT name, item, worker, started_at, finished_at, gpu_seconds FROM stages WHERE job_id = %s",
-                               (job_id,))
-            rows = [dict(zip(("name", "item", "worker", "started_at", "finished_at", "gpu_seconds"), row, strict=True))
-                    for row in cur.fetchall()]
-        diffusion = sum(r["gpu_seconds"] for r in rows if r["name"] == "gpu.background")
-        hand = handoffs(rows, GRAPHS["campaign"])
-        images = sum(1 for r in rows if r["name"] == "gpu.background")
-        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        results.update({
-            "stage_handoff_ms": {"p50": round(percentile(hand, 0.5), 2), "p95": round(percentile(hand, 0.95), 2),
-                                 "n": len(hand)},
-            "overhead_ratio": round(wall / diffusion, 3),
-            "overhead_detail": {"images": images, "wall_s": round(wall, 3), "diffusion_s": round(diffusion, 3),
-                                "s_per_image": round(diffusion / images, 3), "model": "sdxl-bench",
-                                "s_per_image_alone": round(alone, 3),
-                                "gen_max_side": 256, "mean_handoff_ms": round(statistics.mean(hand), 2)},
-            "machine": {"cpus": os.cpu_count(), "device": "cpu"},
-            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        })
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps({k: results[k] for k in ("stage_handoff_ms", "overhead_ratio", "overhead_detail")}, indent=2))
-        return 0
-    finally:
-        for p in procs:
-            p.stop()
-        s3.terminate()
-        s3.wait(timeout=10)
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        rows = s.query(f"SELECT {STAGE_COLUMNS} FROM stages WHERE job_id = %s", (job_id,))
+        job_row = s.query("SELECT created_at, finished_at FROM jobs WHERE id = %s", (job_id,))[0]
+    diffusion = sum(r["gpu_seconds"] for r in rows if r["name"] == "gpu.background")
+    hand = handoffs(rows, GRAPHS["campaign"])
+    images = sum(1 for r in rows if r["name"] == "gpu.background")
+    results = merge_results({
+        "stage_handoff_ms": {"p50": round(percentile(hand, 0.5), 2), "p95": round(percentile(hand, 0.95), 2),
+                             "n": len(hand)},
+        "overhead_ratio": round(wall / diffusion, 3),
+        "overhead_detail": {"images": images, "wall_s": round(wall, 3), "diffusion_s": round(diffusion, 3),
+                            "s_per_image": round(diffusion / images, 3), "model": "sdxl-bench",
+                            "s_per_image_alone": round(alone, 3),
+                            "gen_max_side": 256, "mean_handoff_ms": round(statistics.mean(hand), 2),
+                            "breakdown": breakdown(rows, job_row, wall), "stage_seconds": stage_seconds(rows),
+                            "cpu": cpu},
+        "machine": at_start,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    })
+    print(json.dumps({k: results[k] for k in ("stage_handoff_ms", "overhead_ratio", "overhead_detail")}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
