@@ -11,15 +11,13 @@ embedder configured, no face found.
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
-from atelier_shared.errors import NotFound, StageError
+from atelier_shared.errors import StageError
 from atelier_shared.plans import StoryPlan
 from atelier_shared.stage_runner import StageContext, WorkerResources, stage_task
 from atelier_shared.tasks import S_CHARACTER_SHEET, S_GATE_IDENTITY, S_SCENE, S_SCENES
-from PIL import Image
 
 from .identity.embedder import Embedder, EmbedderMissing
 from .identity.faces import FaceDetector, FaceModelMissing
@@ -48,17 +46,6 @@ def _load_embedder(path: Any) -> Embedder:
     if path is None:
         raise EmbedderMissing("no face embedder configured (ATELIER_IDENTITY_EMBEDDER_PATH)")
     return Embedder(path)
-
-
-def _image(ctx: StageContext, key: str, what: str) -> Image.Image:
-    try:
-        img = Image.open(io.BytesIO(ctx.get(key)))
-        img.load()
-    except NotFound as exc:
-        raise StageError(f"gate.identity: {what} {key} not found", retryable=False) from exc
-    except OSError as exc:
-        raise StageError(f"gate.identity: {what} {key} is not a readable image: {exc}", retryable=False) from exc
-    return img.convert("RGB")
 
 
 def _scene_output(ctx: StageContext) -> dict[str, Any]:
@@ -100,13 +87,13 @@ def identity_gate(ctx: StageContext) -> dict[str, Any]:
         out = gate_output(score=None, passed=False, regenerate=False, detail=reason,
                           artifact_key=scene_out["scene_key"], strict=strict, warnings=[reason], extra=extra)
     else:
-        image = _image(ctx, scene_out["scene_key"], "scene")
+        image = ctx.get_image(scene_out["scene_key"], "scene").convert("RGB")
         sheets = {}
         for cid in cast:
             sheet = sheets_out.get(cid) if isinstance(sheets_out, dict) else None
             if not isinstance(sheet, dict) or not sheet.get("sheet_key"):
                 raise StageError(f"gate.identity: no character sheet for {cid} upstream", retryable=False)
-            sheets[cid] = _image(ctx, sheet["sheet_key"], f"character sheet of {cid}")
+            sheets[cid] = ctx.get_image(sheet["sheet_key"], f"character sheet of {cid}").convert("RGB")
         ctx.progress(1, 2)
         result = identity_score(image, sheets, detector=detector, embedder=embedder,
                                 threshold=settings.identity_threshold)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Any
 
-from atelier_shared.errors import NotFound, StageError
+from atelier_shared.errors import StageError
 from atelier_shared.plans import LayoutPlan
 from PIL import Image
 
@@ -15,15 +14,8 @@ from .recipes import control, inpaint, layout, regional, text_to_image
 
 
 def read_image(ctx: Any, key: str, what: str) -> Image.Image:
-    """An image from storage, or a non-retryable error naming it."""
-    try:
-        image = Image.open(io.BytesIO(ctx.get(key)))
-        image.load()
-        return image
-    except NotFound as exc:  # an upload that is gone stays gone: retrying cannot help
-        raise StageError(f"{ctx.task.stage}: {what} {key} is not in storage", retryable=False) from exc
-    except (OSError, KeyError, FileNotFoundError) as exc:
-        raise StageError(f"{ctx.task.stage}: {what} {key} is not a readable image: {exc}", retryable=False) from exc
+    """An image from storage, or a non-retryable error naming it (``StageContext.get_image``)."""
+    return ctx.get_image(key, what)
 
 
 def _controls(registry: Any, spec: Any, first: Any, width: int, height: int) -> list[control.Control]:

@@ -8,6 +8,7 @@ read inputs from the payload and storage, write artifacts to storage, and send t
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -19,8 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, Task, shared_task
+from PIL import Image
 
-from .errors import JobCanceled, StageError
+from .errors import JobCanceled, NotFound, StageError
 from .runtime import RuntimeState, make_runtime
 from .settings import Settings
 from .storage import ArtifactStore, make_store, stage_key
@@ -100,6 +102,19 @@ class StageContext:
 
     def get(self, key: str) -> bytes:
         return self.store.get(key)
+
+    def get_image(self, key: str, what: str) -> Image.Image:
+        """An image from storage (fully decoded), or a non-retryable StageError naming ``what`` and the key:
+        an object that is gone or unreadable stays so, and retrying the stage cannot help."""
+        try:
+            image = Image.open(io.BytesIO(self.get(key)))
+            image.load()
+        except NotFound as exc:
+            raise StageError(f"{self.task.stage}: {what} {key} is not in storage", retryable=False) from exc
+        except (OSError, ValueError) as exc:
+            raise StageError(f"{self.task.stage}: {what} {key} is not a readable image: {exc}",
+                             retryable=False) from exc
+        return image
 
     def check_canceled(self) -> None:
         if self.res.runtime.is_canceled(self.task.job_id):

@@ -229,7 +229,7 @@ def test_bad_upstream_fails_the_stage(make_ctx: MakeCtx, ad: tuple[dict[str, Any
     with pytest.raises(StageError, match="no background_key"):
         critic_gate.critic_gate.stage_fn(ctx)
     ctx.task.upstream["gpu.background"] = {"background_key": "tenants/t1/jobs/job-1/gpu.background/nope.png"}
-    with pytest.raises(StageError, match="not found"):
+    with pytest.raises(StageError, match="not in storage"):
         critic_gate.critic_gate.stage_fn(ctx)
     ctx.task.upstream["gpu.background"] = {"skipped": "studio backdrop: drawn by the renderer"}
     out = critic_gate.critic_gate.stage_fn(ctx)

@@ -28,15 +28,13 @@ stored next to it (``gate.critic/1080x1080-v0.r1.json`` for regeneration 1).
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
-from atelier_shared.errors import NotFound, StageError
+from atelier_shared.errors import StageError
 from atelier_shared.plans import AdPlan, LayoutPlan, RegionalPlan
 from atelier_shared.stage_runner import StageContext, WorkerResources, stage_task
 from atelier_shared.tasks import S_AD_LAYOUT, S_AD_PROMPTS, S_BACKGROUND, S_GATE_CRITIC
-from PIL import Image
 from pydantic import ValidationError
 
 from .critic import CRITIC_ROLES, CriticReport, critic_from_settings, critique
@@ -143,17 +141,6 @@ def _item_output(ctx: StageContext, stage: str) -> dict[str, Any] | None:
     return up if isinstance(up, dict) else None
 
 
-def _image(ctx: StageContext, key: str) -> Image.Image:
-    try:
-        img = Image.open(io.BytesIO(ctx.get(key)))
-        img.load()
-    except NotFound as exc:
-        raise StageError(f"{S_GATE_CRITIC}: background {key} not found", retryable=False) from exc
-    except OSError as exc:
-        raise StageError(f"{S_GATE_CRITIC}: background {key} is not a readable image: {exc}", retryable=False) from exc
-    return img.convert("RGB")
-
-
 def _store(ctx: StageContext, out: dict[str, Any]) -> dict[str, Any]:
     name = ctx.task.item if not ctx.task.regeneration else f"{ctx.task.item}.r{ctx.task.regeneration}"
     ctx.put(name=name, data=json.dumps(out, sort_keys=True, indent=2).encode(), ext="json",
@@ -190,6 +177,6 @@ def critic_gate(ctx: StageContext) -> dict[str, Any]:
                               reason=f"the VLM is unavailable: {vlm}")
     else:
         ctx.check_canceled()
-        report = critique(_image(ctx, key), plan, vlm=vlm, roles=roles, min_confidence=MIN_CONFIDENCE,
+        report = critique(ctx.get_image(key, "background").convert("RGB"), plan, vlm=vlm, roles=roles, min_confidence=MIN_CONFIDENCE,
                           max_side=ctx.settings.vlm_max_image_side)
     return _store(ctx, gate_output(report, artifact_key=key, extra=extra))
