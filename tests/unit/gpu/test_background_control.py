@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import io
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from atelier_gpu.registry import ControlNetSpec
 from atelier_shared.errors import StageError
 from PIL import Image, ImageDraw
 
+from .test_gpu_stages import _plan_with_product, _upload
 from .test_gpu_tasks import AD_PLAN, TENANT, _ctx, _image
 from .test_gpu_tasks import res as res  # noqa: F401 - the fixture, re-exported for this module
 
@@ -27,22 +27,6 @@ def _plan_without_boxes() -> dict:
     for v in plan["variants"]:
         v["layout"]["boxes"] = []
     return plan
-
-
-def _plan_with_product() -> dict:
-    plan = copy.deepcopy(AD_PLAN)
-    for v in plan["variants"]:
-        v["layout"]["boxes"].append({"bbox": [0.3, 0.35, 0.7, 0.95], "caption": "a red bottle", "role": "product",
-                                     "z": 2})
-    return plan
-
-
-def _upload(res, image: Image.Image) -> str:
-    upload_id = f"upl_{uuid.uuid4().hex[:8]}"
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    res.store.put(tasks.upload_key(TENANT, upload_id), buf.getvalue(), "image/png")
-    return upload_id
 
 
 def _sketch(size: tuple[int, int] = (200, 150)) -> Image.Image:
