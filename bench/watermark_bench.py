@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -35,26 +35,7 @@ sys.path.insert(0, str(ROOT / "shared" / "src"))
 from atelier_shared import watermark as wm  # noqa: E402
 
 PAYLOAD = wm.payload_for("bench-tenant", "bench-job")
-
-
-def procedural(size: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = np.zeros((size, size, 3))
-    for c in range(3):
-        for _ in range(6):
-            fx, fy, ph = rng.uniform(0.5, 6), rng.uniform(0.5, 6), rng.uniform(0, 6.28)
-            img[..., c] += rng.uniform(10, 40) * np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
-        img[..., c] += rng.uniform(60, 190)
-    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    d = ImageDraw.Draw(im)
-    for _ in range(12):
-        x0, y0 = (int(v) for v in rng.integers(0, size, 2))
-        s = int(rng.integers(10, size // 3))
-        col = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (d.ellipse if rng.random() < 0.5 else d.rectangle)((x0, y0, x0 + s, y0 + s), fill=col)
-    arr = np.asarray(im.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float64) + rng.normal(0, 4, (size, size, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+procedural = wm.procedural
 
 
 def jpeg(q: int) -> Callable[[Image.Image], Image.Image]:

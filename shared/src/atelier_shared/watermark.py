@@ -45,7 +45,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 METHOD = "dwtDctSvd+rs"
 PAYLOAD_BYTES = 6
@@ -394,3 +394,25 @@ def _rs_decode(bits: np.ndarray, seen: np.ndarray) -> tuple[bytes | None, int]:
 def read_bits(image: Image.Image, *, scale: float = SCALE) -> np.ndarray:
     """The raw 96 hard bits of ``image`` as it is (no resizing, no gain search): for cross-checks."""
     return _Geometry("as-is", _rgb(image)).read(1.0, scale).bits
+
+
+def procedural(size: int, seed: int) -> Image.Image:
+    """A natural-ish test image (smooth colour waves, flat shapes, a little blur and sensor noise): what the
+    robustness suite (bench/watermark_bench.py) and the tests mark, since no image data set can be downloaded here."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.zeros((size, size, 3))
+    for c in range(3):
+        for _ in range(6):
+            fx, fy, ph = rng.uniform(0.5, 6), rng.uniform(0.5, 6), rng.uniform(0, 6.28)
+            img[..., c] += rng.uniform(10, 40) * np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
+        img[..., c] += rng.uniform(60, 190)
+    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    for _ in range(12):
+        x0, y0 = (int(v) for v in rng.integers(0, size, 2))
+        s = int(rng.integers(10, size // 3))
+        col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)((x0, y0, x0 + s, y0 + s), fill=col)
+    arr = np.asarray(im.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float64) + rng.normal(0, 4, (size, size, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))

@@ -9,30 +9,10 @@ import numpy as np
 import pytest
 from atelier_gpu import watermark as gwm
 from atelier_shared import watermark as wm
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image, ImageEnhance
 
 PAYLOAD = wm.payload_for("tenant-a", "job-123")
-
-
-def procedural(size: int, seed: int) -> Image.Image:
-    """A natural-ish test image: smooth colour waves, flat shapes, a little blur and sensor noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    img = np.zeros((size, size, 3))
-    for c in range(3):
-        for _ in range(6):
-            fx, fy, ph = rng.uniform(0.5, 6), rng.uniform(0.5, 6), rng.uniform(0, 6.28)
-            img[..., c] += rng.uniform(10, 40) * np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
-        img[..., c] += rng.uniform(60, 190)
-    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    d = ImageDraw.Draw(im)
-    for _ in range(12):
-        x0, y0 = (int(v) for v in rng.integers(0, size, 2))
-        s = int(rng.integers(10, size // 3))
-        col = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (d.ellipse if rng.random() < 0.5 else d.rectangle)((x0, y0, x0 + s, y0 + s), fill=col)
-    arr = np.asarray(im.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float64) + rng.normal(0, 4, (size, size, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+procedural = wm.procedural
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:
