@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from atelier_orchestrator import engine, gates
+from atelier_orchestrator import gates
 from atelier_orchestrator.graphs import GRAPHS
 from atelier_shared.auth import create_tenant
 from atelier_shared.db import session_scope
@@ -15,21 +14,20 @@ from atelier_shared.jobs import create_job
 from atelier_shared.models import Artifact, Event, Job, Stage
 from atelier_shared.settings import Settings
 from atelier_shared.specs import CampaignSpec
-from atelier_shared.tasks import Q_PLANNING, STAGE_QUEUES, ArtifactRecord, StageResult, StageTask
+from atelier_shared.tasks import Q_PLANNING, STAGE_QUEUES, ArtifactRecord, StageTask
 from sqlalchemy import select
+
+from .gate_driver import GateDriver, GateFn, attempt_name, gate_settings
 
 CAMPAIGN = {"brand": {"name": "B"}, "product": {"name": "P", "description": "d"}, "taglines": ["t"],
             "sizes": ["1080x1080"], "variants": 2}
-GateFn = Callable[[StageTask], dict[str, Any]]
 
 
-def settings(**kw: Any) -> Settings:
-    return Settings(**{"stage_max_attempts": 2, "retry_backoff_s": 0.0, "gate_max_attempts": 3,
-                       "gate_max_regenerations": 4, **kw})
+settings = gate_settings
 
 
 def bg_name(t: StageTask, honours_regeneration: bool = True) -> str:
-    return t.item if not (t.regeneration and honours_regeneration) else f"{t.item}.r{t.regeneration}"
+    return attempt_name(t) if honours_regeneration else t.item
 
 
 def critic(t: StageTask, score: float | None, *, honours_regeneration: bool = True,
@@ -43,47 +41,23 @@ def critic(t: StageTask, score: float | None, *, honours_regeneration: bool = Tr
             "critic_status": status, "report": {"status": status, "failed_regions": [] if passed else [3]}}
 
 
-class Driver:
+class Driver(GateDriver):
+    default_item = "1080x1080-v0"
+
     def __init__(self, db: Any, settings: Settings | None, gate: GateFn, *, honours_regeneration: bool = True) -> None:
-        self.db, self.settings, self.gate = db, settings, gate
+        super().__init__(db, settings, gate)
         self.honours = honours_regeneration
-        self.sent: list[tuple[str, list[Any], float | None]] = []
-        self.ran: list[StageTask] = []
 
-    def send(self, name: str, args: list[Any], countdown: float | None) -> None:
-        self.sent.append((name, args, countdown))
-
-    def finish(self, t: StageTask) -> None:
-        now = datetime.now(UTC)
-        output: dict[str, Any] = {"done": t.stage}
-        arts = []
+    def produce(self, t: StageTask) -> tuple[dict[str, Any], list[ArtifactRecord]]:
         if t.stage == "gpu.background":
             name = bg_name(t, self.honours)
             key = f"{t.key_prefix}/gpu.background/{name}.png"
             output = {"background_key": key, "seed": 100 + (t.regeneration if self.honours else 0), "recipe": "layout"}
-            arts = [ArtifactRecord(key=key, kind="background", name=name, content_type="image/png", size_bytes=1,
-                                   sha256="0" * 64, meta={"seed": output["seed"]})]
+            return output, [ArtifactRecord(key=key, kind="background", name=name, content_type="image/png",
+                                           size_bytes=1, sha256="0" * 64, meta={"seed": output["seed"]})]
         if t.stage == "gate.critic":
-            output = self.gate(t)
-        res = StageResult(job_id=t.job_id, stage_id=t.stage_id, attempt=t.attempt, status="succeeded", output=output,
-                          artifacts=arts, worker="w", started_at=now, finished_at=now + timedelta(milliseconds=5),
-                          regeneration=t.regeneration)
-        s = self.settings or Settings()
-        engine.run_in_tx(self.db, self.send, lambda session, o: engine.stage_done(session, res, o, settings=s))
-
-    def run(self, job_id: str) -> None:
-        engine.run_in_tx(self.db, self.send, lambda s, o: engine.start_job(s, job_id, o, settings=self.settings))
-        while True:
-            tasks = [StageTask.model_validate(a[0]) for n, a, _ in self.sent if n.startswith("atelier.stage.")]
-            self.sent.clear()
-            if not tasks:
-                return
-            for t in tasks:
-                self.ran.append(t)
-                self.finish(t)
-
-    def runs(self, stage: str, item: str = "1080x1080-v0") -> list[StageTask]:
-        return [t for t in self.ran if t.stage == stage and t.item == item]
+            return self.gate(t), []
+        return super().produce(t)
 
 
 def campaign(db: Any, **spec: Any) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from atelier_orchestrator import engine, gates
@@ -11,69 +9,39 @@ from atelier_shared.auth import create_tenant
 from atelier_shared.db import session_scope
 from atelier_shared.jobs import create_job
 from atelier_shared.models import Artifact, Event, Job, Stage
-from atelier_shared.settings import Settings
 from atelier_shared.specs import StorySpec
-from atelier_shared.tasks import ArtifactRecord, StageResult, StageTask
+from atelier_shared.tasks import ArtifactRecord, StageTask
 from sqlalchemy import select
 
-GateFn = Callable[[StageTask], dict[str, Any]]
+from .gate_driver import GateDriver, attempt_name, gate_settings
 
-
-def settings(**kw: Any) -> Settings:
-    return Settings(**{"stage_max_attempts": 2, "retry_backoff_s": 0.0, "gate_max_attempts": 3,
-                       "gate_max_regenerations": 4, **kw})
+settings = gate_settings
 
 
 def gate_result(score: float | None, *, passed: bool | None = None, regenerate: bool = True, strict: bool = False,
                 t: StageTask) -> dict[str, Any]:
     passed = (score is not None and score >= 0.5) if passed is None else passed
-    key = f"{t.key_prefix}/gpu.scene/{t.item if not t.regeneration else f'{t.item}.r{t.regeneration}'}.png"
+    key = f"{t.key_prefix}/gpu.scene/{attempt_name(t)}.png"
     return {"gates": [{"name": "identity", "score": score, "passed": passed, "detail": "d"}], "passed": passed,
             "score": score, "regenerate": regenerate and not passed, "artifact_key": key, "strict": strict,
             "warnings": [] if score is not None else ["no face found"], "detail": "no face found" if score is None else "d"}
 
 
-class Driver:
-    def __init__(self, db: Any, settings: Settings, gate: GateFn) -> None:
-        self.db, self.settings, self.gate = db, settings, gate
-        self.sent: list[tuple[str, list[Any], float | None]] = []
-        self.ran: list[StageTask] = []
+class Driver(GateDriver):
+    default_item = "s0"
 
-    def send(self, name: str, args: list[Any], countdown: float | None) -> None:
-        self.sent.append((name, args, countdown))
-
-    def finish(self, t: StageTask) -> None:
-        now = datetime.now(UTC)
-        output: dict[str, Any] = {"done": t.stage}
-        arts = []
+    def produce(self, t: StageTask) -> tuple[dict[str, Any], list[ArtifactRecord]]:
         if t.stage == "plan.characters":
-            output["characters"] = [{"id": "c0"}]
+            return {"done": t.stage, "characters": [{"id": "c0"}]}, []
         if t.stage == "gpu.scene":
-            name = t.item if not t.regeneration else f"{t.item}.r{t.regeneration}"
+            name = attempt_name(t)
             key = f"{t.key_prefix}/gpu.scene/{name}.png"
-            output = {"scene_key": key, "seed": 100 + t.regeneration}
-            arts = [ArtifactRecord(key=key, kind="scene", name=name, content_type="image/png", size_bytes=1,
-                                   sha256="0" * 64, meta={"seed": 100 + t.regeneration})]
+            return {"scene_key": key, "seed": 100 + t.regeneration}, [ArtifactRecord(
+                key=key, kind="scene", name=name, content_type="image/png", size_bytes=1, sha256="0" * 64,
+                meta={"seed": 100 + t.regeneration})]
         if t.stage == "gate.identity":
-            output = self.gate(t)
-        res = StageResult(job_id=t.job_id, stage_id=t.stage_id, attempt=t.attempt, status="succeeded", output=output,
-                          artifacts=arts, worker="w", started_at=now, finished_at=now + timedelta(milliseconds=5),
-                          regeneration=t.regeneration)
-        engine.run_in_tx(self.db, self.send, lambda s, o: engine.stage_done(s, res, o, settings=self.settings))
-
-    def run(self, job_id: str) -> None:
-        engine.run_in_tx(self.db, self.send, lambda s, o: engine.start_job(s, job_id, o))
-        while True:
-            tasks = [StageTask.model_validate(a[0]) for n, a, _ in self.sent if n.startswith("atelier.stage.")]
-            self.sent.clear()
-            if not tasks:
-                return
-            for t in tasks:
-                self.ran.append(t)
-                self.finish(t)
-
-    def runs(self, stage: str, item: str = "s0") -> list[StageTask]:
-        return [t for t in self.ran if t.stage == stage and t.item == item]
+            return self.gate(t), []
+        return super().produce(t)
 
 
 def story(db: Any, pages: int = 2) -> str:
