@@ -131,8 +131,18 @@ def worker(
     supervise: Annotated[bool, typer.Option(help="Run the Celery worker as a child process and restart it if it "
                                                  "dies (not on a shutdown signal or a clean exit).")] = True,
 ) -> None:
-    """Run a Celery worker for one or more roles (queues) against the configured broker."""
+    """Run a Celery worker for one or more roles (queues) against the configured broker.
+
+    ``kill -USR2 <pid>`` (or to the process group) writes every thread's stack to the log (faulthandler:
+    works even while a thread is stuck in C code); Celery's own SIGUSR1 dump needs the main thread free.
+    """
+    import faulthandler
+    import signal
+    import sys
+
     from atelier_shared.celeryapp import ROLE_MODULES
+
+    faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
 
     settings = _settings()
     qs = [q.strip() for q in queues.split(",") if q.strip()]
@@ -145,8 +155,6 @@ def worker(
         typer.echo(f"error: unknown queue(s) {unknown}; known: {sorted(ROLE_MODULES)}", err=True)
         raise typer.Exit(2)
     if supervise:
-        import sys
-
         from .supervise import supervise as run_supervised
 
         logging.basicConfig(level=logging.WARNING)
@@ -157,7 +165,7 @@ def worker(
                 child += [flag, str(value)]
         raise typer.Exit(run_supervised(child))
 
-    from celery.signals import worker_ready
+    from celery.signals import worker_ready, worker_shutdown
 
     from .embedded import start_reconciler, start_webhook_dispatcher, worker_app
 
@@ -175,7 +183,12 @@ def worker(
     argv = ["worker", "-Q", ",".join(qs), "-P", pool, "-c", str(concurrency), "-l", loglevel,
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             "-n", name or f"{'+'.join(qs)}@{os.uname().nodename}-{os.getpid()}"]
+    # Exit with the worker's own code: Celery's worker_main/start drop it (click's non-standalone mode returns it
+    # instead of raising), so an "Unrecoverable error" exited 0 and the supervisor took it for a clean shutdown.
+    codes: list[int] = []
+    worker_shutdown.connect(lambda sender=None, **_: codes.append(getattr(sender, "exitcode", None) or 0), weak=False)
     celery_app.worker_main(argv)
+    raise typer.Exit(codes[-1] if codes else 0)
 
 
 @app.command()

@@ -68,3 +68,26 @@ def test_a_killed_child_is_restarted_and_sigterm_stops_both(tmp_path: Path) -> N
     finally:
         if sup.poll() is None:
             sup.kill()
+
+
+
+# the real `atelier worker --no-supervise` (a real Celery worker), with its consumer made to fail at start
+FAILING_WORKER = """
+import sys
+from celery.worker.consumer.consumer import Consumer
+def start(self):
+    raise RuntimeError("injected consumer failure")
+Consumer.start = start
+from atelier_orchestrator.cli import app
+app(["worker", "--queues", "render", "--no-supervise", "--loglevel", "WARNING"])
+"""
+
+
+def test_the_worker_child_exits_nonzero_after_an_unrecoverable_error(tmp_path: Path) -> None:
+    """Celery logs "Unrecoverable error" (seen when Redis restarts under a worker with unacked tasks, Celery/kombu
+    5.7) and stops with EX_FAILURE, but its worker_main dropped that code: the child exited 0 and the supervisor
+    took it for a clean shutdown and stopped restarting the role."""
+    env = dict(os.environ, ATELIER_BROKER_URL="redis://127.0.0.1:6379/15", ATELIER_HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", FAILING_WORKER], env=env, capture_output=True, text=True, timeout=120)
+    assert "Unrecoverable error" in out.stdout + out.stderr, out.stderr[-2000:]
+    assert out.returncode == 1, out.stderr[-2000:]
