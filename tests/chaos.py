@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -208,9 +209,10 @@ class Chaos:
             deadline = time.monotonic() + self.cfg.timeout_s
             while time.monotonic() < deadline and not all(f.done for f in followers):
                 time.sleep(0.5)
+            stalls = {} if all(f.done for f in followers) else self.thread_dumps()
             self.stop.set()
             self.drain_webhooks(pg_url)
-            return self.verify(client, pg_url, s3_port, followers, time.monotonic() - t0)
+            return {**self.verify(client, pg_url, s3_port, followers, time.monotonic() - t0), "stall_dumps": stalls}
         finally:
             self.stop.set()
             for p in self.procs.values():
@@ -221,6 +223,15 @@ class Chaos:
             s3.wait(timeout=10)
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+
+    def thread_dumps(self) -> dict[str, str]:
+        """Every live process's thread stacks (SIGUSR2 → faulthandler, see `atelier worker`), for a stalled run."""
+        self.note("jobs stalled: asked every worker for its thread stacks")
+        for role, p in self.procs.items():
+            if role != "api" and p.p is not None and p.p.poll() is None:
+                os.killpg(p.pid, signal.SIGUSR2)
+        time.sleep(2)
+        return {role: p.tail(150) for role, p in self.procs.items()}
 
     def faults(self, followers: list[Follower]) -> None:
         """Kills at random points while jobs run: every role first, then random roles; one of each fault."""
@@ -305,6 +316,9 @@ class Chaos:
             "kills": self.kills, "stages_redriven": int(redriven), "stages_stuck": int(stuck),
             "sse_events_missed": missed, "sse_reconnects": sum(f.reconnects for f in followers),
             "seconds": round(seconds, 1), "faults": self.log, "job_errors": errors[:5],
+            # a worker that died on its own (not one of our SIGKILLs) and was restarted by `atelier worker`
+            "worker_restarts": {role: n for role, p in self.procs.items()
+                                if (n := p.tail(100_000).count("atelier worker: the worker exited"))},
         }
 
 

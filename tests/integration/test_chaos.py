@@ -20,10 +20,6 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (make sysdeps)")]
 
 
-# Known intermittent failure (seen in two of five clean-clone runs, 2026-11-26): after the Redis restart the
-# gpu.diffusion worker started a batch and never finished it (no heartbeat, no result, process alive), so 5 of 6
-# jobs stalled. Until that hang in the batching path is found, the run is reported but does not fail the suite.
-@pytest.mark.xfail(strict=False, reason="intermittent gpu.diffusion batch hang after a Redis restart (issue 8)")
 def test_small_chaos_run_loses_nothing(tmp_path: Path, tiny_models: Path) -> None:
     cfg = ChaosConfig(jobs=6, kills=len(ROLES), redis_restart=True, pg_drop=False, api_restart=False, seed=1,
                       timeout_s=420)
