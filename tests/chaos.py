@@ -184,7 +184,7 @@ class Chaos:
                         ATELIER_VISIBILITY_TIMEOUT_S="12", ATELIER_UNACKED_RESTORE_INTERVAL_S="1",
                         ATELIER_HEARTBEAT_INTERVAL_S="0.5", ATELIER_STALL_AFTER_S="5", ATELIER_QUEUED_STALL_S="25",
                         ATELIER_START_STALL_S="10", ATELIER_RECONCILE_INTERVAL_S="1", ATELIER_RETRY_BACKOFF_S="0.2",
-                        ATELIER_STAGE_MAX_ATTEMPTS="6", ATELIER_SSE_POLL_S="0.1",
+                        ATELIER_STAGE_MAX_ATTEMPTS="6", ATELIER_SSE_POLL_S="0.1", ATELIER_WORKER_LOOP_STALL_S="15",
                         ATELIER_SSRF_ALLOW="127.0.0.1/32", ATELIER_WEBHOOK_POLL_S="0.2")
         self.receiver = Receiver()
         t0 = time.monotonic()
@@ -319,6 +319,9 @@ class Chaos:
             # a worker that died on its own (not one of our SIGKILLs) and was restarted by `atelier worker`
             "worker_restarts": {role: n for role, p in self.procs.items()
                                 if (n := p.tail(100_000).count("atelier worker: the worker exited"))},
+            # ... of them, how many the event-loop watchdog ended (alive but no longer consuming)
+            "loop_stalls": {role: n for role, p in self.procs.items()
+                            if (n := p.tail(100_000).count("event loop has not turned"))},
         }
 
 

@@ -174,6 +174,10 @@ def worker(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if settings.worker_loop_stall_s > 0:
+        from .watchdog import watchdog_step
+
+        celery_app.steps["consumer"].add(watchdog_step(settings.worker_loop_stall_s))
     gpu = any(q in GPU_QUEUES for q in qs)
     pool = pool or ("solo" if gpu else "threads")
     concurrency = concurrency or (1 if gpu or pool == "solo" else 4)

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     unacked_restore_interval_s: float = Field(default=60.0, gt=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     stall_after_s: float = Field(default=60.0, gt=0, description="A running stage with no heartbeat for this long is re-driven.")
+    worker_loop_stall_s: float = Field(default=120.0, ge=0, description=(
+        "A worker whose Celery event loop has not turned for this long while it runs no task exits, so `atelier "
+        "worker`'s supervisor restarts it (kombu 5.7 can block the loop on a Redis pub/sub read after a Redis "
+        "restart); 0 turns the watchdog off."))
     queued_stall_s: float = Field(default=900.0, gt=0, description="A queued stage no worker has touched for this long is re-sent.")
     start_stall_s: float = Field(default=30.0, gt=0, description="A job still queued this long after submission is started again.")
     reconcile_interval_s: float = Field(default=10.0, gt=0)
