@@ -74,17 +74,15 @@ def _die(stall_s: float) -> None:
     os._exit(EXIT_STALLED)
 
 
-def watchdog_step(stall_s: float, *, on_stall: Callable[[float], None] = _die,
-                  check_every_s: float = 1.0) -> type[bootsteps.StartStopStep]:
+def watchdog_step(stall_s: float) -> type[bootsteps.StartStopStep]:
     """A consumer bootstep (``app.steps["consumer"].add(...)``) that runs the watchdog for this worker."""
     dog = LoopWatchdog(stall_s, busy=_tasks_running)
 
     def watch() -> None:
         while True:
-            time.sleep(check_every_s)
+            time.sleep(1.0)
             if dog.stalled():
-                on_stall(stall_s)
-                return
+                _die(stall_s)
 
     class EventLoopWatchdog(bootsteps.StartStopStep):
         requires = ("celery.worker.consumer.tasks:Tasks",)  # started once connected and consuming
@@ -110,5 +108,4 @@ def watchdog_step(stall_s: float, *, on_stall: Callable[[float], None] = _die,
 
         shutdown = stop
 
-    EventLoopWatchdog.dog = dog  # type: ignore[attr-defined]  # for tests
     return EventLoopWatchdog

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from atelier_gpu import tasks
 from atelier_gpu.recipes import control as control_recipe
-from atelier_gpu.recipes import inpaint
 from atelier_gpu.registry import ControlNetSpec
 from atelier_shared.errors import StageError
 from PIL import Image, ImageDraw
 
-from .test_gpu_stages import _plan_with_product, _upload
+from .test_gpu_stages import _plan_with_product, _upload, assert_product_pasted
 from .test_gpu_tasks import AD_PLAN, TENANT, _ctx, _image
 from .test_gpu_tasks import res as res  # noqa: F401 - the fixture, re-exported for this module
 
@@ -119,14 +118,7 @@ def test_control_with_a_product_image_pastes_the_product_back_unchanged(res):
 
     assert out["recipe"] == "control" and out["product_mode"] == "pasted"
     assert out["control"][0]["scale"] == 0.8 and out["control"][0]["effective_scale"] == 0.8  # the defaults
-    placement = inpaint.place_product(inpaint.product_cutout(product), (0.3, 0.35, 0.7, 0.95), 128, 128)
-    assert out["product_rect"] == list(placement.rect)
-    x1, y1, x2, y2 = placement.rect
-    cut = np.asarray(placement.image)
-    opaque = cut[..., 3] == 255
-    assert opaque.sum() > 500
-    image = np.asarray(_image(ctx, out["background_key"]).convert("RGB"))
-    assert np.array_equal(image[y1:y2, x1:x2][opaque], cut[..., :3][opaque])
+    assert_product_pasted(ctx, out, product)
     assert ctx.artifacts[0].meta["product_mode"] == "pasted"
 
 

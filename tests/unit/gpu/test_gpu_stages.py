@@ -46,15 +46,20 @@ def test_background_with_a_product_image_is_inpainted_around_it(res):
                spec={"product": {"name": "x", "description": "y", "image": upload_id}})
     out = tasks.background.stage_fn(ctx)
     assert out["recipe"] == "inpaint" and (out["width"], out["height"]) == (128, 128)
-    image = _image(ctx, out["background_key"]).convert("RGB")
+    assert_product_pasted(ctx, out, product)
+    assert ctx.artifacts[0].meta["recipe"] == "inpaint"
+
+
+def assert_product_pasted(ctx, out, product) -> None:  # type: ignore[no-untyped-def]
+    """The product cut-out sits unchanged, pixel for pixel, in the background at the plan's product box."""
     placement = inpaint.place_product(inpaint.product_cutout(product), (0.3, 0.35, 0.7, 0.95), 128, 128)
     assert out["product_rect"] == list(placement.rect)
     x1, y1, x2, y2 = placement.rect
     cut = np.asarray(placement.image)
     opaque = cut[..., 3] == 255
     assert opaque.sum() > 500
-    assert np.array_equal(np.asarray(image)[y1:y2, x1:x2][opaque], cut[..., :3][opaque])
-    assert ctx.artifacts[0].meta["recipe"] == "inpaint"
+    image = np.asarray(_image(ctx, out["background_key"]).convert("RGB"))
+    assert np.array_equal(image[y1:y2, x1:x2][opaque], cut[..., :3][opaque])
 
 
 def test_background_without_an_image_uses_the_layout_and_draws_the_product_box(res):
