@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := shared migrations orchestrator services/api services/planner services/renderer gpu-workers
+PACKAGES := contracts runtime control provenance sdk migrations orchestrator services/api services/planner services/renderer gpu-workers atelier
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -26,7 +26,7 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 	$(BIN)/pip install -q -c constraints.txt $(addprefix -e ,$(PACKAGES)) -r requirements-dev.txt
 	# invisible-watermark pins opencv-python (GUI build); we use opencv-python-headless instead
 	$(BIN)/pip install -q -c constraints.txt --no-deps invisible-watermark==0.2.0
-	# planner's transformers backend (issue 3): xgrammar's triton requirement serves CUDA kernels only, so not on CPU
+	# planner's transformers backend: xgrammar's triton requirement serves CUDA kernels only, so not on CPU
 	$(BIN)/pip install -q -c constraints.txt --no-deps xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
 	touch $(STAMP)
 
@@ -48,7 +48,7 @@ test-unit: sysdeps venv
 test-integration: sysdeps venv services
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
-# issue 8: each script merges its figures into bench/results.json; report.py renders bench/REPORT.md and
+# each script merges its figures into bench/results.json; report.py renders bench/REPORT.md and
 # bench/report/*.png from it. api_bench.py drives wrk (Debian package, installed by sysdeps).
 bench: sysdeps venv services
 	$(BIN)/python bench/run.py
@@ -61,7 +61,7 @@ bench: sysdeps venv services
 chaos: venv services
 	$(BIN)/python bench/chaos.py
 
-# issue 8: schemathesis against a live API process (PostgreSQL, Redis, S3): >= 5,000 generated requests, no 5xx,
+# schemathesis against a live API process (PostgreSQL, Redis, S3): >= 5,000 generated requests, no 5xx,
 # every response as documented; the failures (if any) also go to out/fuzz/report.txt. `make test` runs 300.
 FUZZ_REQUESTS ?= 5000
 FUZZ_SEED ?= $(shell date +%s)

@@ -53,12 +53,12 @@ def service_cpu(s: Services, key: str, n: int = 200) -> dict[str, float]:
     FastAPI's dependencies and thread-pool hops, response serialisation and the middleware.
     """
     from atelier_api import jobs as job_service
-    from atelier_shared.auth import authenticate
-    from atelier_shared.celeryapp import make_celery
-    from atelier_shared.db import make_engine, session_factory
-    from atelier_shared.settings import Settings
-    from atelier_shared.specs import JobRequest
-    from atelier_shared.tasks import T_START_JOB
+    from atelier_contracts.specs import JobRequest
+    from atelier_contracts.tasks import T_START_JOB
+    from atelier_control.auth import authenticate
+    from atelier_control.db import make_engine, session_factory
+    from atelier_runtime.celeryapp import make_celery
+    from atelier_runtime.settings import Settings
 
     settings = Settings(database_url=s.pg_url, broker_url=s.redis_url, home=s.work / "home")
     engine = make_engine(s.pg_url)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per measured run")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--pool-size", type=int, default=10,
-                    help="the API's SQLAlchemy pool_size (atelier_shared.db): one more run at this concurrency")
+                    help="the API's SQLAlchemy pool_size (atelier_control.db): one more run at this concurrency")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results.json)")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:

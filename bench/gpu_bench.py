@@ -1,4 +1,4 @@
-"""Issue 4 benchmarks: the diffusion worker and SVDQuant.
+"""GPU benchmarks: the diffusion worker and SVDQuant.
 
 Two modes:
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-for sub in ("", "gpu-workers/src", "shared/src"):
+for sub in ("", "gpu-workers/src", "contracts/src", "runtime/src", "provenance/src"):
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
 
@@ -160,8 +160,8 @@ def batch_speedup(models_file: Path, model: str = "sdxl-bench", size: int = 256,
 
 def background_payload(job: str, variant: int, model: str = "sdxl-bench") -> dict[str, Any]:
     """A ``gpu.background`` stage task for a 1080x1080 ad (generated at ATELIER_GEN_MAX_SIDE), as the orchestrator sends it."""
-    from atelier_shared.storage import job_prefix
-    from atelier_shared.tasks import StageTask
+    from atelier_contracts.keys import job_prefix
+    from atelier_contracts.tasks import StageTask
 
     planner = {"backend": "rules", "model": "rules", "prompt_version": "1"}
     layout = {"plan_id": "l", "seed": 1, "width": 1080, "height": 1080, "planner": planner,
@@ -179,7 +179,7 @@ def background_payload(job: str, variant: int, model: str = "sdxl-bench") -> dic
 
 def stage_results(redis_url: str, n: int, timeout: float) -> list[dict[str, Any]]:
     """The next ``n`` stage results the workers send to the orchestrator queue (nobody else consumes it)."""
-    from atelier_shared.tasks import Q_ORCHESTRATOR, T_STAGE_DONE
+    from atelier_contracts.tasks import Q_ORCHESTRATOR, T_STAGE_DONE
     from kombu import Connection
 
     got: list[dict[str, Any]] = []
@@ -209,9 +209,9 @@ def drain_backgrounds(models_file: Path, requests: int, *, workers: int = 1, mod
     stage results. ``on_round(pids)`` is entered as a context manager around each round (CPU accounting).
     """
     import redis
-    from atelier_shared.celeryapp import make_celery
-    from atelier_shared.settings import Settings
-    from atelier_shared.tasks import stage_task_name
+    from atelier_contracts.tasks import stage_task_name
+    from atelier_runtime.celeryapp import make_celery
+    from atelier_runtime.settings import Settings
 
     from tests.procs import Proc, wait_until
 

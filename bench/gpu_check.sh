@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4's prepared GPU check: real-size SDXL UNet and FLUX.1 transformer configs with random weights at
+# The prepared GPU check: real-size SDXL UNet and FLUX.1 transformer configs with random weights at
 # 1024x1024, denoiser it/s for bf16, torchao int8 (weight-only, dynamic W8A8), SVDQuant fake-quant and packed,
 # peak memory, and one real-size SVDQuant decomposition -> bench/gpu_results.json (and $OUT when set).
 # Finishes in under 8 minutes (each denoiser has a time budget; the whole run is capped at 450 s).
@@ -18,7 +18,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import diffusers"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/atelier-site .whl/*.whl
   export PYTHONPATH="/tmp/atelier-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="gpu-workers/src:shared/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONPATH="gpu-workers/src:contracts/src:runtime/src:provenance/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 out="bench/gpu_results.json"
 extra=()
 if [ "${1:-}" = "--dry-run" ]; then

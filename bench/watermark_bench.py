@@ -30,9 +30,9 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
-sys.path.insert(0, str(ROOT / "shared" / "src"))
+sys.path.insert(0, str(ROOT / "provenance" / "src"))
 
-from atelier_shared import watermark as wm  # noqa: E402
+from atelier_provenance import watermark as wm  # noqa: E402
 
 PAYLOAD = wm.payload_for("bench-tenant", "bench-job")
 procedural = wm.procedural

@@ -261,7 +261,7 @@ class Chaos:
     def expected_webhooks(self, pg_url: str) -> set[str]:
         """``webhook-id`` of every message the dispatcher owes the receiver (one per subscribed event)."""
         from atelier_orchestrator.webhooks import message_id
-        from atelier_shared.client import WEBHOOK_EVENTS
+        from atelier_sdk import WEBHOOK_EVENTS
 
         with psycopg.connect(pg_url) as conn:
             rows = conn.execute("SELECT id FROM events WHERE type = ANY(%s) AND job_id IS NOT NULL",

@@ -3,7 +3,7 @@
 The app runs in this process as ``atelier serve`` runs it on a laptop (embedded mode): uvicorn in a
 thread, the in-process Celery worker on the in-memory broker and the reconciler, SQLite, the local
 artifact folder and the tiny random-init diffusion models, so submitted jobs really run (the worker's
-queues are split in two thread pools: see ``atelier_orchestrator.embedded.embedded_worker``). Never ``playwright install``: the browser
+queues are split in two thread pools: see ``atelier.embedded.embedded_worker``). Never ``playwright install``: the browser
 comes from the OS packages (``make test`` installs it through infra/dev/apt-packages.txt).
 """
 
@@ -86,12 +86,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Itera
     if chromium_missing():
         pytest.skip(chromium_missing() or "")
     import uvicorn
+    from atelier.embedded import embedded_worker
     from atelier_api import create_app
+    from atelier_control.auth import create_tenant
+    from atelier_control.db import engine_from_settings, session_factory, session_scope
     from atelier_migrations import upgrade
-    from atelier_orchestrator.embedded import embedded_worker
-    from atelier_shared.auth import create_tenant
-    from atelier_shared.db import engine_from_settings, session_factory, session_scope
-    from atelier_shared.settings import Settings
+    from atelier_runtime.settings import Settings
 
     from tests.conftest import free_port
 

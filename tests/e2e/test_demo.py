@@ -34,10 +34,10 @@ def test_atelier_demo_runs_campaign_and_story(tmp_path: Path) -> None:
     for j in summary["jobs"]:
         assert all(s["status"] == "succeeded" and s["seconds"] is not None for s in j["stages"])
     assert "Atelier demo" in proc.stdout
-    # issue 5: the story ran its identity gate, and every delivered image verifies (watermark + trusted C2PA)
+    # the story ran its identity gate, and every delivered image verifies (watermark + trusted C2PA)
     assert any(s["name"].startswith("gate.identity[") for s in kinds["story"]["stages"])
-    from atelier_shared.settings import Settings
-    from atelier_shared.verify import verify_image
+    from atelier_provenance.verify import verify_image
+    from atelier_runtime.settings import Settings
 
     settings = Settings(home=tmp_path / "home")
     for a in campaign_assets + story_assets:

@@ -10,12 +10,12 @@ import pytest
 import redis
 from atelier_api import create_app
 from atelier_api.ratelimit import JobLimits, RedisWindow, Slot
-from atelier_shared.auth import create_tenant
-from atelier_shared.db import make_engine, session_factory, session_scope
-from atelier_shared.models import Base
-from atelier_shared.runtime import MemoryRuntime
-from atelier_shared.settings import Settings
-from atelier_shared.storage import LocalStore
+from atelier_control.auth import create_tenant
+from atelier_control.db import make_engine, session_factory, session_scope
+from atelier_control.models import Base
+from atelier_runtime.settings import Settings
+from atelier_runtime.state import MemoryRuntime
+from atelier_runtime.storage import LocalStore
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "api"))

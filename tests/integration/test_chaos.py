@@ -1,4 +1,4 @@
-"""The small chaos run of `make test` (issue 8): every worker role SIGKILLed once mid-run and restarted,
+"""The small chaos run of `make test`: every worker role SIGKILLed once mid-run and restarted,
 Redis restarted once (its AOF keeps the queues), while six mixed jobs run in services mode with SSE
 clients and a webhook receiver attached. `make chaos` runs the full version (bench/chaos.py).
 

@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from atelier_contracts.plans import AdPlan
+from atelier_contracts.specs import CampaignSpec
+from atelier_contracts.tasks import StageResult, StageTask
+from atelier_control.auth import create_tenant
+from atelier_control.db import make_engine, session_factory, session_scope
+from atelier_control.jobs import create_job
+from atelier_control.models import Artifact, Event, Job, Stage
 from atelier_orchestrator import engine
-from atelier_planner import critic_gate
-from atelier_planner import tasks as planner_tasks
-from atelier_shared.auth import create_tenant
-from atelier_shared.db import make_engine, session_factory, session_scope
-from atelier_shared.jobs import create_job
-from atelier_shared.models import Artifact, Event, Job, Stage
-from atelier_shared.plans import AdPlan
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec
-from atelier_shared.stage_runner import StageContext, WorkerResources
-from atelier_shared.tasks import StageResult, StageTask
+from atelier_planner.stages.ad_layout import ad_layout as ad_layout_stage
+from atelier_planner.stages.ad_prompts import ad_prompts as ad_prompts_stage
+from atelier_planner.stages.gate_critic import critic_gate as critic_gate_stage
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 from PIL import Image
 from sqlalchemy import select
 
@@ -38,8 +39,8 @@ CAMPAIGN = {"brand": {"name": "Lumen", "palette": ["#3B2416", "#F5E6D3"]},
             "product": {"name": "Cold Brew", "description": "A bottle of cold brew coffee"},
             "taglines": ["Slow steeped."], "sizes": ["1080x1080"], "variants": 1}
 RED, BLUE = (200, 30, 30), (30, 60, 200)
-PLANNER_STAGES = {"plan.ad_prompts": planner_tasks.ad_prompts, "plan.ad_layout": planner_tasks.ad_layout,
-                  "gate.critic": critic_gate.critic_gate}
+PLANNER_STAGES = {"plan.ad_prompts": ad_prompts_stage, "plan.ad_layout": ad_layout_stage,
+                  "gate.critic": critic_gate_stage}
 
 
 class AppStub:

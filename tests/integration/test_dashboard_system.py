@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from atelier_api import create_app
 from atelier_api.dashboard import system
+from atelier_contracts.tasks import stage_task_name
+from atelier_control.auth import create_tenant
+from atelier_control.db import make_engine, session_factory, session_scope
 from atelier_migrations import upgrade
-from atelier_shared.auth import create_tenant
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.db import make_engine, session_factory, session_scope
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import stage_task_name
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
 from fastapi.testclient import TestClient
 
 from tests.procs import Proc, wait_until

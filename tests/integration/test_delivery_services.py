@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from atelier_orchestrator.demo import CAMPAIGN, product_png
-from atelier_shared.client import AtelierClient, verify_webhook
+from atelier.demo import CAMPAIGN, product_png
+from atelier_sdk import AtelierClient, verify_webhook
 
 from tests.conftest import free_port, wait_port
 from tests.procs import BIN, Proc, Receiver, api_key_from, cli

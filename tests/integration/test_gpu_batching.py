@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.settings import Settings
-from atelier_shared.storage import job_prefix
-from atelier_shared.tasks import (
+from atelier_contracts.keys import job_prefix
+from atelier_contracts.tasks import (
     Q_GPU_DIFFUSION,
     Q_ORCHESTRATOR,
     T_STAGE_DONE,
@@ -21,6 +19,8 @@ from atelier_shared.tasks import (
     StageTask,
     stage_task_name,
 )
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
 from kombu import Connection
 
 from tests.procs import Proc
@@ -123,7 +123,7 @@ def test_sigkill_mid_batch_redelivers_every_drained_task(redis_url, env, tmp_pat
 
 def test_a_message_it_cannot_batch_goes_back_to_the_head_of_the_redis_queue(redis_url, env, tmp_path):
     from atelier_gpu import serving
-    from atelier_shared.stage_runner import StageContext, WorkerResources
+    from atelier_runtime.stage_runner import StageContext, WorkerResources
 
     settings = Settings(broker_url=redis_url, home=tmp_path / "h")
     app = make_celery(settings)

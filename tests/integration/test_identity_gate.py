@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_gpu import identity_tasks
+from atelier_contracts.specs import StorySpec
+from atelier_contracts.tasks import StageResult, StageTask
+from atelier_control.auth import create_tenant
+from atelier_control.db import make_engine, session_factory, session_scope
+from atelier_control.jobs import create_job
+from atelier_control.models import Artifact, Event, Job, Stage
+from atelier_gpu.stages.gate_identity import identity_gate as identity_gate_stage
 from atelier_orchestrator import engine
-from atelier_shared.auth import create_tenant
-from atelier_shared.db import make_engine, session_factory, session_scope
-from atelier_shared.jobs import create_job
-from atelier_shared.models import Artifact, Event, Job, Stage
-from atelier_shared.settings import Settings
-from atelier_shared.specs import StorySpec
-from atelier_shared.stage_runner import StageContext, WorkerResources
-from atelier_shared.tasks import StageResult, StageTask
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "unit" / "identity"))
@@ -78,7 +78,7 @@ def test_mismatching_scene_is_regenerated_on_postgres(pg_url: str, tmp_path: Pat
             ran.append(f"{t.stage}[{t.item}]r{t.regeneration}")
             ctx = StageContext(t, res, AppStub())
             if t.stage == "gate.identity":
-                finish(t, identity_tasks.identity_gate.stage_fn(ctx), ctx.artifacts)
+                finish(t, identity_gate_stage.stage_fn(ctx), ctx.artifacts)
                 continue
             out: dict[str, Any] = {}
             if t.stage == "plan.characters":

@@ -9,9 +9,10 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 import yaml
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import ALL_QUEUES, STAGE_QUEUES, T_START_JOB, stage_task_name
+from atelier_contracts.catalogue import STAGE_QUEUES
+from atelier_contracts.tasks import ALL_QUEUES, T_START_JOB, stage_task_name
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
 
 pytestmark = pytest.mark.integration
 

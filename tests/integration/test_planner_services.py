@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from atelier_orchestrator.demo import CAMPAIGN, STORY, product_png
+from atelier.demo import CAMPAIGN, STORY, product_png
 
 from tests.conftest import wait_port
 from tests.integration.test_services import submit

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from atelier_orchestrator.watchdog import EXIT_STALLED
+from atelier.watchdog import EXIT_STALLED
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ if sys.argv[1] == "block":
         from kombu.asynchronous import get_event_loop
         get_event_loop().call_later(1.0, time.sleep, 600)  # the loop's thread never comes back
 
-from atelier_orchestrator.cli import app
+from atelier.cli import app
 app(["worker", "--queues", "render", "--pool", "solo", "--no-supervise", "--loglevel", "INFO"])
 """
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import StageContext, WorkerResources
-from atelier_shared.tasks import StageTask
+from atelier_contracts.tasks import StageTask
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 
 
 class AppStub:

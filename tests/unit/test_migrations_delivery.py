@@ -10,9 +10,9 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from atelier_control.db import make_engine
+from atelier_control.models import Base
 from atelier_migrations import config, upgrade
-from atelier_shared.db import make_engine
-from atelier_shared.models import Base
 from sqlalchemy import inspect
 
 TABLES = {"brands", "webhooks", "webhook_deliveries", "webhook_cursor"}

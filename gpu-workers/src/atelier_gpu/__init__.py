@@ -1,7 +1,7 @@
-"""Atelier GPU workers: model registry, diffusion recipes and the invisible watermark.
+"""Atelier GPU workers: the diffusion, identity and watermark stages (``stages/``, one file each), the model
+registry, the diffusion recipes (``recipes/``, one file each), batching across tasks, SVDQuant and identity.
 
-Importing this package is cheap: torch and diffusers load only inside the submodules that need them
-(``atelier_gpu.registry``, ``atelier_gpu.recipes``, ``atelier_gpu.tasks``).
+Importing this package is cheap: torch and diffusers load only inside the submodules that need them.
 """
 
 __version__ = "0.1.0"

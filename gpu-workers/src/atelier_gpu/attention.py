@@ -193,7 +193,7 @@ class FluxRegionalProcessor:
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None) -> Any:
-        from diffusers.models.embeddings import apply_rotary_emb
+        from diffusers.models.embeddings import apply_rotary_emb  # heavy (diffusers): loaded on first use
         from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
         query, key, value, enc_q, enc_k, enc_v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)

@@ -35,7 +35,7 @@ _COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 
 
 def canny(image: Image.Image, *, low: int = 100, high: int = 200) -> Image.Image:
     """Canny edges of ``image`` as an RGB image (white edges on black)."""
-    import cv2
+    import cv2  # heavy (OpenCV): loaded on first use
 
     gray = np.asarray(image.convert("L"))
     edges = cv2.Canny(gray, low, high)

@@ -5,24 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from atelier_shared.errors import StageError
-from atelier_shared.plans import LayoutPlan
-from PIL import Image
+from atelier_contracts.errors import StageError
+from atelier_contracts.plans import LayoutPlan
 
 from . import control_images
 from .recipes import control, inpaint, layout, regional, text_to_image
-
-
-def read_image(ctx: Any, key: str, what: str) -> Image.Image:
-    """An image from storage, or a non-retryable error naming it (``StageContext.get_image``)."""
-    return ctx.get_image(key, what)
 
 
 def _controls(registry: Any, spec: Any, first: Any, width: int, height: int) -> list[control.Control]:
     plan = LayoutPlan.model_validate(first.params["plan"]) if first.params.get("plan") else None
     out = []
     for c in first.params["controls"]:
-        source = read_image(first.ctx, c["image_key"], "control image") if c.get("image_key") else None
+        source = first.ctx.get_image(c["image_key"], "control image") if c.get("image_key") else None
         kind = c.get("kind") or spec.controlnet(c["name"]).kind
         if c.get("use_as_is") and source is not None:
             image = source.convert("RGB")
@@ -53,7 +47,7 @@ def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
         images = layout.run_batch(pipe, plan=first.params["plan"], base_ratio=first.params.get("base_ratio", 0.3),
                                   negative_prompt=negative, **common)
     elif first.recipe == "inpaint":
-        product = read_image(first.ctx, first.params["product_key"], "product image")
+        product = first.ctx.get_image(first.params["product_key"], "product image")
         regions: list[tuple[str, Any]] = []
         fraction = 0.3
         if first.params.get("plan"):

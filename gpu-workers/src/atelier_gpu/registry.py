@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from atelier_shared.errors import StageError
+from atelier_contracts.errors import StageError
 
 from .presets import PRESETS
 
@@ -199,8 +199,9 @@ def read_models_file(models_file: Path) -> dict[str, ModelSpec]:
     models_file = Path(models_file)
     if not models_file.is_file():
         raise StageError(
-            f"models file {models_file} not found; write the tiny models with "
-            f"`python -m atelier_gpu.tiny {models_file.parent}` or set ATELIER_MODELS_FILE",
+            f"models file {models_file} not found; put your models' folders and a models.yaml there, set "
+            f"ATELIER_MODELS_FILE, or write the tiny test models (atelier_gpu.tiny) with "
+            f"`atelier models init-tiny {models_file.parent}`",
             retryable=False,
         )
     try:
@@ -214,13 +215,13 @@ def read_models_file(models_file: Path) -> dict[str, ModelSpec]:
 
 
 def _default_device() -> str:
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _apply_scheduler(pipe: Any, scheduler: str | dict[str, Any], model_id: str) -> None:
-    import diffusers
+    import diffusers  # heavy (diffusers): loaded on first use
 
     overrides = dict(scheduler) if isinstance(scheduler, dict) else {"class": scheduler}
     name = str(overrides.pop("class"))
@@ -232,7 +233,7 @@ def _apply_scheduler(pipe: Any, scheduler: str | dict[str, Any], model_id: str) 
 
 def quiet_progress_bars() -> None:
     """Turn off diffusers/transformers tqdm bars: a worker's log wants one line per stage, not per shard."""
-    import diffusers.utils.logging
+    import diffusers.utils.logging  # heavy (diffusers, transformers): loaded on first use
     import transformers.utils.logging
 
     diffusers.utils.logging.disable_progress_bar()
@@ -240,7 +241,7 @@ def quiet_progress_bars() -> None:
 
 
 def _pipeline_class(family: str) -> Any:
-    import diffusers
+    import diffusers  # heavy (diffusers): loaded on first use
 
     return {"sdxl": diffusers.StableDiffusionXLPipeline, "flux": diffusers.FluxPipeline,
             "sd3": diffusers.StableDiffusion3Pipeline, "pixart": diffusers.PixArtSigmaPipeline}[family]
@@ -250,7 +251,7 @@ def nunchaku_support() -> tuple[bool, str]:
     """Whether Nunchaku's fused 4-bit kernels can run here, and why not."""
     if importlib.util.find_spec("nunchaku") is None:
         return False, "the nunchaku package is not installed"
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     if not torch.cuda.is_available():
         return False, "Nunchaku needs a CUDA GPU"
@@ -262,7 +263,7 @@ def nunchaku_support() -> tuple[bool, str]:
 
 
 def _load_lora_state(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # heavy (safetensors (torch)): loaded on first use
 
     file = path if path.is_file() else next(iter(sorted(path.glob("*.safetensors"))), None)
     if file is None or not file.is_file():
@@ -272,7 +273,7 @@ def _load_lora_state(path: Path) -> dict[str, Any]:
 
 def _apply_loras(pipe: Any, spec: ModelSpec) -> None:
     """Fuse every LoRA into the denoiser weights (``W += scale * B A``), once, at load."""
-    from .quant.svdquant import fold_lora
+    from .quant.svdquant import fold_lora  # heavy (torch, diffusers): loaded on first use
 
     denoiser = getattr(pipe, spec.denoiser)
     for lora in spec.loras:
@@ -292,7 +293,7 @@ def _quantize(pipe: Any, spec: ModelSpec) -> None:
     if q == "none":
         return
     if q == "svdquant-int4":
-        from .quant.svdquant import load_svdquant
+        from .quant.svdquant import load_svdquant  # heavy (torch, diffusers): loaded on first use
 
         if spec.svdquant is None or not spec.svdquant.is_file():
             raise StageError(f"model {spec.id}: SVDQuant checkpoint {spec.svdquant} not found; write it with "
@@ -306,14 +307,14 @@ def _quantize(pipe: Any, spec: ModelSpec) -> None:
     if q == "torchao-int8":
         if importlib.util.find_spec("torchao") is None:
             raise StageError(f"model {spec.id}: quantization torchao-int8 needs the torchao package", retryable=False)
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_  # heavy (torchao): loaded on first use
 
         quantize_(denoiser, Int8WeightOnlyConfig())
         return
     if q in ("quanto-int8", "quanto-int4"):
         if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.quanto") is None:
             raise StageError(f"model {spec.id}: quantization {q} needs the optimum-quanto package", retryable=False)
-        from optimum.quanto import freeze, qint4, qint8, quantize
+        from optimum.quanto import freeze, qint4, qint8, quantize  # heavy (optimum-quanto): loaded on first use
 
         quantize(denoiser, weights=qint8 if q == "quanto-int8" else qint4)
         freeze(denoiser)
@@ -331,7 +332,7 @@ def load_pipeline(spec: ModelSpec, *, device: str | None = None) -> Any:
     """Load one pipeline from its local folder (never from a hub), apply LoRAs and quantisation, move it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     if not (spec.path / "model_index.json").is_file():
         raise StageError(f"model {spec.id}: {spec.path} has no model_index.json (not a saved diffusers pipeline)",
@@ -359,7 +360,7 @@ def load_pipeline(spec: ModelSpec, *, device: str | None = None) -> Any:
 
 def load_controlnet(spec: ModelSpec, name: str, *, device: str | None = None) -> Any:
     """Load one of the model's ControlNets from its local folder."""
-    import torch
+    import torch  # heavy (torch, diffusers): loaded on first use
     from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
 
     cn = spec.controlnet(name)
@@ -379,7 +380,7 @@ def load_controlnet(spec: ModelSpec, name: str, *, device: str | None = None) ->
 
 def resident_bytes(obj: Any) -> int:
     """Bytes of every parameter and buffer of a pipeline's modules (or of one module)."""
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     modules = [obj] if isinstance(obj, torch.nn.Module) else [
         c for c in getattr(obj, "components", {}).values() if isinstance(c, torch.nn.Module)]
@@ -486,7 +487,7 @@ class ModelRegistry:
         self._bytes.pop(key, None)
         del obj
         gc.collect()
-        import torch
+        import torch  # heavy (torch): loaded on first use
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -40,10 +40,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from atelier_shared.errors import JobCanceled, StageError
-from atelier_shared.stage_runner import StageContext
-from atelier_shared.tasks import (
-    STAGE_QUEUES,
+from atelier_contracts.catalogue import STAGE_QUEUES
+from atelier_contracts.errors import JobCanceled, StageError
+from atelier_contracts.tasks import (
     T_STAGE_DONE,
     T_STAGE_STARTED,
     StageError_,
@@ -52,6 +51,9 @@ from atelier_shared.tasks import (
     StageTask,
     stage_task_name,
 )
+from atelier_runtime.stage_runner import StageContext, output_json
+
+from . import recipes_dispatch
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +124,6 @@ def _group_progress(requests: list[GenRequest]) -> Callable[[int, int], None]:
 
 def run_group(registry: Any, requests: list[GenRequest]) -> list[tuple[Any, dict[str, Any]]]:
     """One pipeline call for compatible ``requests``; returns (image, extra info) per request."""
-    from . import recipes_dispatch
-
     first = requests[0]
     spec = registry.spec(first.model)
     lock = getattr(registry, "call_lock", None) or contextlib.nullcontext()
@@ -166,12 +166,12 @@ def execute(registry: Any, requests: list[GenRequest], *, max_batch: int) -> dic
 
 
 def finish(request: GenRequest, outcome: Outcome) -> dict[str, Any]:
-    """The stage output of one request (raises its error)."""
+    """The stage output of one request, checked against its stage's output model (raises its error)."""
     if outcome.error is not None:
         raise outcome.error
     if request.finish is None:
         return {}
-    return request.finish(request.ctx, outcome.image, outcome.info)
+    return output_json(request.ctx.task.stage, request.finish(request.ctx, outcome.image, outcome.info))
 
 
 # ---------------------------------------------------------------- draining the broker queue
@@ -292,10 +292,26 @@ def take(ctx: StageContext, conn: Any, n: int, preparers: dict[str, Callable[[St
     return out
 
 
-def serve(ctx: StageContext, prepare: Callable[[StageContext], GenRequest], *, registry: Any,
-          preparers: dict[str, Callable[[StageContext], GenRequest]]) -> dict[str, Any]:
+Preparer = Callable[[StageContext], GenRequest]
+# stage → how to turn one of its tasks into a GenRequest: the stages whose queued tasks a diffusion worker may
+# drain and batch (each registers itself with ``batchable``; a task of any other stage stays in the queue)
+BATCHABLE: dict[str, Preparer] = {}
+
+
+def batchable(stage: str) -> Callable[[Preparer], Preparer]:
+    """Register ``prepare`` as the way to turn a task of ``stage`` into a request that may join a batch."""
+
+    def register(prepare: Preparer) -> Preparer:
+        BATCHABLE[stage] = prepare
+        return prepare
+
+    return register
+
+
+def serve(ctx: StageContext, *, registry: Any) -> dict[str, Any]:
     """Run one diffusion stage task, batched with compatible tasks drained from its queue."""
-    lead = prepare(ctx)
+    preparers = dict(BATCHABLE)
+    lead = preparers[ctx.task.stage](ctx)
     max_batch = max(1, int(getattr(ctx.settings, "gpu_max_batch", 1)))
     if not drain_enabled(ctx):
         outcomes = execute(registry, [lead], max_batch=max_batch)

@@ -1,11 +1,14 @@
 """Tiny random-init diffusers pipelines, written to disk so tests and demos use the real load path.
 
+A development and test facility (``atelier models init-tiny DIR``, ``atelier demo``, the test fixtures): no
+production process imports it.
+
 Nothing here touches a model hub: every component is built from a config, the tokenizers from a
 vocabulary generated in memory, and the result is written with ``save_pretrained``. The registry
 then loads these folders with ``from_pretrained(..., local_files_only=True)`` exactly like real
 weights. Weights are seeded, so the same call writes the same tensors.
 
-    python -m atelier_gpu.tiny var/models [--bench] [--identity]
+    atelier models init-tiny var/models [--bench] [--identity]
 
 ``init_tiny_instantid`` writes InstantID-shaped weights (face model, IdentityNet, ``ip-adapter.bin``) for the
 tiny SDXL, so the InstantID path of the identity recipe runs without the real ones.
@@ -13,10 +16,10 @@ tiny SDXL, so the InstantID path of the identity recipe runs without the real on
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def build_clip_tokenizer(*, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> Any:
     """A byte-level BPE CLIP tokenizer: every byte, word-final variants, and merges for common words."""
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # heavy (transformers): loaded on first use
 
     alphabet = sorted(set(_bytes_to_unicode().values()))
     vocab: dict[str, int] = {}
@@ -83,7 +86,7 @@ def build_clip_tokenizer(*, model_max_length: int = 77, pad_token: str = "<|endo
 
 def build_t5_tokenizer(*, model_max_length: int = 512) -> Any:
     """A Unigram T5 tokenizer (``<pad>``=0, ``</s>``=1, ``<unk>``=2) over characters and common words."""
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # heavy (transformers): loaded on first use
 
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     seen = {p for p, _ in pieces}
@@ -102,7 +105,7 @@ def build_t5_tokenizer(*, model_max_length: int = 512) -> Any:
 
 
 def _clip_text_config(tokenizer: Any, *, hidden: int, layers: int, heads: int, projection: int) -> Any:
-    from transformers import CLIPTextConfig
+    from transformers import CLIPTextConfig  # heavy (transformers): loaded on first use
 
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -123,7 +126,7 @@ def _clip_text_config(tokenizer: Any, *, hidden: int, layers: int, heads: int, p
 def _sdxl_pipeline(*, unet_channels: tuple[int, ...], layers_per_block: int, transformer_layers: tuple[int, ...],
                    heads: tuple[int, ...], text_hidden: tuple[int, int], text_layers: int,
                    vae_channels: tuple[int, ...], vae_groups: int) -> Any:
-    import torch
+    import torch  # heavy (torch, diffusers, transformers): loaded on first use
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -194,7 +197,7 @@ def build_sdxl_bench() -> Any:
 
 def build_flux_tiny() -> Any:
     """FLUX.1-dev-shaped pipeline: 16-channel latents packed 2x2, guidance embedding, CLIP + T5 text."""
-    import torch
+    import torch  # heavy (torch, diffusers, transformers): loaded on first use
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
@@ -251,7 +254,7 @@ def build_flux_tiny() -> Any:
 
 def _randomize_zero_modules(model: Any, names: tuple[str, ...], seed: int, std: float = 0.05) -> Any:
     """ControlNets start with zero-initialised output layers (no effect until trained); a random one must act."""
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -263,7 +266,7 @@ def _randomize_zero_modules(model: Any, names: tuple[str, ...], seed: int, std: 
 
 def _controlnet_from_unet(unet: Any, *, seed: int) -> Any:
     """A ControlNet copying ``unet``'s encoder (``ControlNetModel.from_unet``), its zero-convs made random."""
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel  # heavy (diffusers): loaded on first use
 
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
     return _randomize_zero_modules(cn, ("controlnet_down_blocks", "controlnet_mid_block",
@@ -277,7 +280,7 @@ def build_sdxl_controlnet(pipe: Any | None = None) -> Any:
 
 def build_flux_controlnet() -> Any:
     """A FLUX ControlNet shaped like ``flux-tiny`` (one double and one single block), random output layers."""
-    import torch
+    import torch  # heavy (torch, diffusers): loaded on first use
     from diffusers import FluxControlNetModel
 
     torch.manual_seed(0)
@@ -290,7 +293,7 @@ def build_flux_controlnet() -> Any:
 
 def build_sd3_tiny() -> Any:
     """SD3-shaped pipeline: MMDiT with 16-channel latents, two CLIP encoders and T5."""
-    import torch
+    import torch  # heavy (torch, diffusers, transformers): loaded on first use
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -328,7 +331,7 @@ def build_sd3_tiny() -> Any:
 
 def build_pixart_tiny() -> Any:
     """PixArt-Sigma-shaped pipeline: DiT with adaLN-single, T5 text encoder."""
-    import torch
+    import torch  # heavy (torch, diffusers, transformers): loaded on first use
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -398,7 +401,7 @@ def _mark(path: Path) -> None:
 
 def _write_lora(path: Path, sdxl_folder: Path, *, force: bool, rank: int = 4) -> Path:
     """A random rank-4 LoRA for the tiny SDXL UNet's attention projections, in diffusers/PEFT format."""
-    import torch
+    import torch  # heavy (torch, diffusers, safetensors (torch)): loaded on first use
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
 
@@ -419,7 +422,7 @@ def _write_lora(path: Path, sdxl_folder: Path, *, force: bool, rank: int = 4) ->
 
 def _write_svdquant(path: Path, sdxl_folder: Path, *, force: bool) -> Path:
     """SVDQuant checkpoint of the tiny SDXL UNet, calibrated on a few prompts through the real pipeline."""
-    from .quant.pipeline import CALIBRATION_PROMPTS, quantize_pipeline
+    from .quant.pipeline import CALIBRATION_PROMPTS, quantize_pipeline  # heavy (torch, diffusers): loaded on first use
     from .registry import ModelSpec, load_pipeline
 
     if _fresh(path, force):
@@ -441,7 +444,7 @@ def init_tiny(dest: Path, *, bench: bool = False, force: bool = False) -> Path:
     Entries already in an existing ``models.yaml`` (real weights) are kept. Folders written by the same
     version of this module are reused unless ``force``.
     """
-    from .registry import quiet_progress_bars
+    from .registry import quiet_progress_bars  # heavy (torch, diffusers): loaded on first use
 
     quiet_progress_bars()
     dest = Path(dest)
@@ -506,7 +509,7 @@ def instantid_ip_adapter_state_dict(unet: Any, *, face_dim: int = INSTANTID_FACE
     ``unet.attn_processors`` (1, 3, 5...: the original IP-Adapter's ``ModuleList`` of processors); like
     IP-Adapter's training init they start as copies of that layer's ``to_k`` / ``to_v``.
     """
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     if dim % RESAMPLER_DIM_HEAD:
         raise ValueError(f"the Resampler width must be a multiple of {RESAMPLER_DIM_HEAD}, got {dim}")
@@ -554,11 +557,9 @@ def init_tiny_instantid(dest: Path, sdxl_folder: Path, *, force: bool = False) -
     ``ATELIER_IDENTITY_FACE_MODEL_DIR``, ``_CONTROLNET_DIR`` and ``_IP_ADAPTER_PATH`` to those paths.
     Files written by the same version of this module are reused unless ``force``.
     """
-    from functools import cache
+    import torch  # heavy (torch): loaded on first use
 
-    import torch
-
-    from .identity.tiny import write_tiny_embedder
+    from .identity.tiny import write_tiny_embedder  # heavy (torch, diffusers): loaded on first use
 
     dest, sdxl_folder = Path(dest), Path(sdxl_folder)
     if not (sdxl_folder / "unet").is_dir():
@@ -566,7 +567,7 @@ def init_tiny_instantid(dest: Path, sdxl_folder: Path, *, force: bool = False) -
 
     @cache
     def unet() -> Any:
-        from diffusers import UNet2DConditionModel
+        from diffusers import UNet2DConditionModel  # heavy (diffusers): loaded on first use
 
         return UNet2DConditionModel.from_pretrained(sdxl_folder / "unet", local_files_only=True)
 
@@ -582,21 +583,3 @@ def init_tiny_instantid(dest: Path, sdxl_folder: Path, *, force: bool = False) -
         tmp.replace(ip_path)
         _mark(ip_path)
     return dict(zip(IDENTITY_SETTINGS, (face_dir, controlnet_dir, ip_path), strict=True))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write tiny random-init diffusers pipelines and models.yaml")
-    parser.add_argument("dest", type=Path)
-    parser.add_argument("--bench", action="store_true", help="also write the bench-sized sdxl-bench")
-    parser.add_argument("--force", action="store_true", help="rebuild folders that already exist")
-    parser.add_argument("--identity", action="store_true",
-                        help="also write tiny InstantID weights under DEST/identity and print their settings")
-    args = parser.parse_args(argv)
-    print(init_tiny(args.dest, bench=args.bench, force=args.force))
-    if args.identity:
-        for name, path in init_tiny_instantid(args.dest / "identity", args.dest / "sdxl-tiny", force=args.force).items():
-            print(f"{name}={path.resolve()}")
-
-
-if __name__ == "__main__":
-    main()

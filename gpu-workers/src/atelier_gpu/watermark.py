@@ -1,6 +1,6 @@
 """Invisible watermark backends of the ``gpu.watermark`` stage.
 
-* ``dwtDctSvd+rs`` (default): the numpy DWT-DCT-SVD + Reed-Solomon codec of ``atelier_shared.watermark``,
+* ``dwtDctSvd+rs`` (default): the numpy DWT-DCT-SVD + Reed-Solomon codec of ``atelier_provenance.watermark``,
   re-exported here (``embed``, ``detect``, ``payload_for``, ...). It imports no torch, so the API can read
   marks too.
 * ``vine+rs``: VINE (Lu et al., "Robust Watermarking Using Generative Priors Against Image Editing",
@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from atelier_shared.settings import Settings
-from atelier_shared.watermark import (
+from atelier_provenance.watermark import (
     CODEWORD_BITS,
     DEFAULT_FPR,
     METHOD,
@@ -30,17 +29,18 @@ from atelier_shared.watermark import (
     PAYLOAD_BYTES,
     Detection,
     WatermarkError,
-    _bits,
-    _rs_decode,
     binomial_tail,
     binomial_threshold,
+    bits_of,
     codeword,
     detect,
     embed,
     job_ref,
     payload_for,
+    rs_decode,
     tenant_ref,
 )
+from atelier_runtime.settings import Settings
 from PIL import Image
 
 __all__ = ["CODEWORD_BITS", "DEFAULT_FPR", "METHOD", "MIN_PIXELS", "PAYLOAD_BYTES", "Detection", "DwtDctSvdBackend",
@@ -49,7 +49,7 @@ __all__ = ["CODEWORD_BITS", "DEFAULT_FPR", "METHOD", "MIN_PIXELS", "PAYLOAD_BYTE
 
 
 class DwtDctSvdBackend:
-    """The default codec (numpy, CPU); see ``atelier_shared.watermark``."""
+    """The default codec (numpy, CPU); see ``atelier_provenance.watermark``."""
 
     method = METHOD
 
@@ -74,7 +74,7 @@ class VineBackend:
         if missing:
             raise WatermarkError(f"VINE weights not found: {folder} lacks {', '.join(missing)} (TorchScript exports "
                                  "of VINE's encoder and decoder); unset ATELIER_WATERMARK_BACKEND to use dwtDctSvd")
-        import torch
+        import torch  # heavy (torch): loaded on first use
 
         self.torch = torch
         self.device = device
@@ -88,7 +88,7 @@ class VineBackend:
 
     def _message(self, payload: bytes) -> np.ndarray:
         msg = np.zeros(self.message_bits, dtype=np.float32)
-        msg[:CODEWORD_BITS] = _bits(codeword(payload))
+        msg[:CODEWORD_BITS] = bits_of(codeword(payload))
         return msg
 
     def embed(self, image: Image.Image, payload: bytes) -> Image.Image:
@@ -122,7 +122,7 @@ class VineBackend:
         if expected is not None:
             ref = self._message(expected).astype(np.int8)
         else:
-            payload, fixed = _rs_decode(bits[:CODEWORD_BITS], np.ones(CODEWORD_BITS, dtype=bool))
+            payload, fixed = rs_decode(bits[:CODEWORD_BITS], np.ones(CODEWORD_BITS, dtype=bool))
             ref = self._message(payload).astype(np.int8) if payload is not None else None
         matched = int(np.sum(bits == ref)) if ref is not None else 0
         return Detection(detected=ref is not None and matched >= k, payload=payload, bit_accuracy=matched / n,

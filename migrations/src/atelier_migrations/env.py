@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from atelier_shared.db import make_engine
-from atelier_shared.models import Base
+from atelier_control.db import make_engine
+from atelier_control.models import Base
 
 config = context.config
 target_metadata = Base.metadata

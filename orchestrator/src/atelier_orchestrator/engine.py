@@ -14,16 +14,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from atelier_shared.events import emit
-from atelier_shared.models import TERMINAL, Artifact, Job, Stage, utcnow
-from atelier_shared.settings import Settings
-from atelier_shared.storage import job_prefix
-from atelier_shared.tasks import StageProgress, StageResult, StageStarted, StageTask, stage_task_name
+from atelier_contracts.keys import in_job, job_prefix
+from atelier_contracts.stage_io import Skipped
+from atelier_contracts.tasks import StageProgress, StageResult, StageStarted, StageTask, stage_task_name
+from atelier_control.events import emit
+from atelier_control.models import TERMINAL, Artifact, Job, Stage, utcnow
+from atelier_runtime.settings import Settings
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import gates
 from .graphs import GRAPHS, Graph, StageDef
+from .jobstate import finish_job, lock_job
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,6 @@ def _aware(dt: datetime | None) -> datetime | None:
     if dt is not None and dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt
-
-
-def _lock_job(session: Session, job_id: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
 
 
 def _stages(session: Session, job_id: str) -> list[Stage]:
@@ -130,18 +128,6 @@ def _payload(job: Job, row: Stage, upstream: dict[str, Any]) -> dict[str, Any]:
                      regeneration=gates.regeneration_for(row)).model_dump(mode="json")
 
 
-def _finish_job(session: Session, job: Job, status: str, error: str | None = None) -> None:
-    now = utcnow()
-    job.status = status
-    job.finished_at = now
-    job.error = error
-    if status != "succeeded":
-        session.execute(update(Stage).where(Stage.job_id == job.id, Stage.status.in_(("pending", "queued", "running")))
-                        .values(status="canceled", finished_at=now))
-    emit(session, tenant_id=job.tenant_id, job_id=job.id, type=f"job.{status}",
-         data={"error": error} if error else {"gpu_seconds": round(job.gpu_seconds, 3)})
-
-
 def _skip_reason(st: StageDef, job: Job, settings: Settings | None) -> str | None:
     if st.skip_when is None:
         return None
@@ -161,7 +147,7 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
     rows = _ensure_rows(session, job, graph, _stages(session, job.id))
     by_name = _by_name(rows)
     if len(by_name) == len(graph.stages) and all(r.status == "succeeded" for r in rows):
-        _finish_job(session, job, "succeeded")
+        finish_job(session, job, "succeeded")
         return 0
     queued = skipped = 0
     now = utcnow()
@@ -175,7 +161,7 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
         reason = _skip_reason(st, job, settings)
         if reason is not None:
             res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
-                                  .values(status="succeeded", output={"skipped": reason}, queued_at=now,
+                                  .values(status="succeeded", output=Skipped(skipped=reason).to_json(), queued_at=now,
                                           started_at=now, finished_at=now))
             if res.rowcount == 1:  # type: ignore[attr-defined]
                 session.refresh(row)  # later rows in this pass see it done (rows come in graph order)
@@ -196,7 +182,7 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
 
 
 def start_job(session: Session, job_id: str, outbox: Outbox, *, settings: Settings | None = None) -> None:
-    job = _lock_job(session, job_id)
+    job = lock_job(session, job_id)
     if job is None:
         log.warning("start_job: no job %s", job_id)
         return
@@ -211,8 +197,8 @@ def stage_started(session: Session, msg: StageStarted) -> None:
     row = session.get(Stage, msg.stage_id)
     if row is None or row.status in TERMINAL:
         return
-    # the job row first (as every event writer does, see atelier_shared.events), then the stage row
-    job = _lock_job(session, msg.job_id)
+    # the job row first (as every event writer does, see atelier_control.events), then the stage row
+    job = lock_job(session, msg.job_id)
     res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status.in_(("queued", "running")))
                           .values(status="running", started_at=msg.started_at, worker=msg.worker))
     if res.rowcount == 1 and job is not None:  # type: ignore[attr-defined]
@@ -224,7 +210,7 @@ def stage_progress(session: Session, msg: StageProgress) -> None:
     row = session.get(Stage, msg.stage_id)
     if row is None or row.status in TERMINAL:
         return
-    job = _lock_job(session, msg.job_id)
+    job = lock_job(session, msg.job_id)
     if job is not None:
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.progress",
              data={"stage": row.name, "item": row.item, "step": msg.step, "total": msg.total})
@@ -232,7 +218,7 @@ def stage_progress(session: Session, msg: StageProgress) -> None:
 
 def _record_artifacts(session: Session, job: Job, row: Stage, result: StageResult) -> None:
     for rec in result.artifacts:
-        if not rec.key.startswith(job_prefix(job.tenant_id, job.id) + "/"):
+        if not in_job(rec.key, job.tenant_id, job.id):
             raise ValueError(f"stage {row.name} wrote {rec.key} outside its job prefix")
         art = session.scalar(select(Artifact).where(Artifact.key == rec.key))
         if art is None:
@@ -250,7 +236,7 @@ def _record_artifacts(session: Session, job: Job, row: Stage, result: StageResul
 
 def stage_done(session: Session, result: StageResult, outbox: Outbox, *, settings: Settings) -> None:
     """Record a stage's end, then retry it, fail the job, or start what comes next."""
-    job = _lock_job(session, result.job_id)
+    job = lock_job(session, result.job_id)
     row = session.get(Stage, result.stage_id)
     if job is None or row is None:
         log.warning("stage_done for unknown job/stage %s/%s", result.job_id, result.stage_id)
@@ -306,7 +292,7 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
     row.status, row.error, row.finished_at, row.worker = "failed", message, result.finished_at, result.worker
     emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.failed",
          data={"stage": row.name, "item": row.item, "attempt": result.attempt, "error": message})
-    _finish_job(session, job, "failed", error=f"stage {row.name}{'[' + row.item + ']' if row.item else ''} failed: {message}")
+    finish_job(session, job, "failed", error=f"stage {row.name}{'[' + row.item + ']' if row.item else ''} failed: {message}")
 
 
 def redrive(session: Session, stage_id: str, outbox: Outbox, *, reason: str, not_since: datetime,
@@ -317,7 +303,7 @@ def redrive(session: Session, stage_id: str, outbox: Outbox, *, reason: str, not
     ``not_since``: skip the row if it was (re)queued after this time — another reconciler got there first.
     """
     job_id = session.scalar(select(Stage.job_id).where(Stage.id == stage_id))
-    job = _lock_job(session, job_id) if job_id is not None else None
+    job = lock_job(session, job_id) if job_id is not None else None
     if job is None or job.status in TERMINAL:
         return False
     row = session.get(Stage, stage_id, populate_existing=True)

@@ -40,17 +40,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from atelier_shared.events import emit
-from atelier_shared.models import Artifact, Job, Stage, utcnow
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import S_BACKGROUND, S_GATE_CRITIC, S_GATE_IDENTITY, S_SCENE
+from atelier_contracts.catalogue import gates as catalogue_gates
+from atelier_contracts.stage_io import GateOutput
+from atelier_control.events import emit
+from atelier_control.models import Artifact, Job, Stage, utcnow
+from atelier_runtime.settings import Settings
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
+from .jobstate import finish_job
+
 log = logging.getLogger(__name__)
 
-# gate stage -> the stage whose item it regenerates (same item space)
-GATE_TARGETS: dict[str, str] = {S_GATE_IDENTITY: S_SCENE, S_GATE_CRITIC: S_BACKGROUND}
+# gate stage -> the stage whose item it regenerates (same item space), as the stage catalogue declares them
+GATE_TARGETS: dict[str, str] = catalogue_gates()
 _TARGET_GATES: dict[str, str] = {target: gate for gate, target in GATE_TARGETS.items()}
 # regeneration numbers, attempt histories and best-of-N are per (gate, item): a second gate on the same target
 # would need them per target item instead (both gates re-judging every regeneration), so it is refused here
@@ -127,26 +130,27 @@ def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, A
     if target_name is None:
         return "pass"
     out = dict(row.output or {})
+    verdict = GateOutput.model_validate(out)
     target = session.scalar(select(Stage).where(Stage.job_id == job.id, Stage.name == target_name,
                                                 Stage.item == row.item))
     n = len(previous)
     attempt = {
-        "regeneration": n, "score": out.get("score"), "passed": out.get("passed"), "gates": out.get("gates") or [],
-        "detail": out.get("detail"), "artifact_key": out.get("artifact_key"), "warnings": out.get("warnings") or [],
+        "regeneration": n, "score": verdict.score, "passed": verdict.passed, "gates": out.get("gates") or [],
+        "detail": verdict.detail, "artifact_key": verdict.artifact_key, "warnings": verdict.warnings,
         "target_output": target.output if target is not None else None,
     }
     attempts = [*previous, attempt]
-    _annotate(session, job, attempt["artifact_key"], row.name, attempt, report=out.get("report"))
-    passed = out.get("passed") is True
+    _annotate(session, job, attempt["artifact_key"], row.name, attempt, report=verdict.report)
+    passed = verdict.passed
     # the target wrote an artifact already scored: it ignores StageTask.regeneration, another try is a copy
     repeated = attempt["artifact_key"] is not None and any(
         a.get("artifact_key") == attempt["artifact_key"] for a in previous)
-    wants = bool(out.get("regenerate")) and not passed and target is not None and not repeated
+    wants = verdict.regenerate and not passed and target is not None and not repeated
     used = regenerations_used(session, job.id, exclude=row.id) + n
     can = wants and n + 1 < settings.gate_max_attempts and used < settings.gate_max_regenerations
     decision = "pass" if passed else ("regenerate" if can else "keep")
     emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.gate",
-         data={"stage": row.name, "item": row.item, "regeneration": n, "score": out.get("score"), "passed": passed,
+         data={"stage": row.name, "item": row.item, "regeneration": n, "score": verdict.score, "passed": passed,
                "decision": decision, "budget_used": used + (1 if can else 0),
                "budget": settings.gate_max_regenerations})
     if decision == "regenerate":
@@ -157,7 +161,7 @@ def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, A
         target.finished_at = row.finished_at = None
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.regenerating",
              data={"stage": target.name, "item": row.item, "regeneration": n + 1, "gate": row.name,
-                   "score": out.get("score")})
+                   "score": verdict.score})
         return decision
     if len(attempts) > 1:
         # best of N: the highest score (ties: the earlier attempt); its output is what downstream stages read
@@ -184,12 +188,10 @@ def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, A
     row.output["warnings"] = [warning]
     emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.warning",
          data={"stage": row.name, "item": row.item, "warning": warning})
-    if out.get("strict"):
-        from .engine import _finish_job
-
+    if verdict.strict:
         row.status, row.error, row.finished_at = "failed", warning, utcnow()
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.failed",
              data={"stage": row.name, "item": row.item, "attempt": row.attempts, "error": warning})
-        _finish_job(session, job, "failed", error=f"strict gate: {warning}")
+        finish_job(session, job, "failed", error=f"strict gate: {warning}")
         return "fail"
     return decision

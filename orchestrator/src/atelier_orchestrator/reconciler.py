@@ -13,10 +13,10 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from atelier_shared.models import Job, Stage
-from atelier_shared.runtime import RuntimeState
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import T_START_JOB
+from atelier_contracts.tasks import T_START_JOB
+from atelier_control.models import Job, Stage
+from atelier_runtime.settings import Settings
+from atelier_runtime.state import RuntimeState
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atelier_shared.db import engine_from_settings, session_factory
-from atelier_shared.stage_runner import resources
-from atelier_shared.tasks import (
+from atelier_contracts.tasks import (
     T_STAGE_DONE,
     T_STAGE_PROGRESS,
     T_STAGE_STARTED,
@@ -15,6 +13,8 @@ from atelier_shared.tasks import (
     StageResult,
     StageStarted,
 )
+from atelier_control.db import engine_from_settings, session_factory
+from atelier_runtime.stage_runner import resources
 from celery import Celery, shared_task
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker

@@ -29,10 +29,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from atelier_shared.client import WEBHOOK_EVENTS, sign_webhook
-from atelier_shared.models import Event, Webhook, WebhookCursor, WebhookDelivery, new_id, utcnow
-from atelier_shared.settings import Settings
-from atelier_shared.ssrf import AllowList, Resolver, UnsafeUrl, resolve_checked
+from atelier_control.models import Event, Webhook, WebhookCursor, WebhookDelivery, new_id, utcnow
+from atelier_control.ssrf import AllowList, Resolver, UnsafeUrl, resolve_checked
+from atelier_runtime.settings import Settings
+from atelier_sdk.webhooks import WEBHOOK_EVENTS, sign_webhook
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert

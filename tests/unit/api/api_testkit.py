@@ -64,8 +64,8 @@ def add_stages(factory: Any, job_id: str, rows: list[tuple[str, str, int, str]])
     """Insert stage rows ``(name, item, position, status)``; returns their ids in order."""
     from datetime import UTC, datetime, timedelta
 
-    from atelier_shared.db import session_scope
-    from atelier_shared.models import Stage
+    from atelier_control.db import session_scope
+    from atelier_control.models import Stage
 
     ids = []
     t0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -83,16 +83,16 @@ def add_stages(factory: Any, job_id: str, rows: list[tuple[str, str, int, str]])
 
 
 def emit_events(factory: Any, tenant_id: str, job_id: str, types: list[str]) -> list[int]:
-    from atelier_shared.db import session_scope
-    from atelier_shared.events import emit
+    from atelier_control.db import session_scope
+    from atelier_control.events import emit
 
     with session_scope(factory) as s:
         return [emit(s, tenant_id=tenant_id, job_id=job_id, type=t, data={"n": i}).id for i, t in enumerate(types)]
 
 
 def set_job(factory: Any, job_id: str, **values: Any) -> None:
-    from atelier_shared.db import session_scope
-    from atelier_shared.models import Job
+    from atelier_control.db import session_scope
+    from atelier_control.models import Job
     from sqlalchemy import update
 
     with session_scope(factory) as s:
@@ -101,9 +101,9 @@ def set_job(factory: Any, job_id: str, **values: Any) -> None:
 
 def add_artifact(factory: Any, store: Any, *, tenant_id: str, job_id: str, kind: str, name: str, data: bytes,
                  content_type: str, stage_id: str | None = None) -> str:
-    from atelier_shared.db import session_scope
-    from atelier_shared.models import Artifact, new_id
-    from atelier_shared.storage import job_prefix, stage_key
+    from atelier_contracts.keys import job_prefix, stage_key
+    from atelier_control.db import session_scope
+    from atelier_control.models import Artifact, new_id
 
     artifact_id = new_id("art")
     key = stage_key(job_prefix(tenant_id, job_id), "render.ad", f"{name}-{artifact_id}", "bin")

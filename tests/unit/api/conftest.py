@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from atelier_api import create_app
-from atelier_shared.auth import create_tenant
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.db import make_engine, session_factory, session_scope
-from atelier_shared.models import Base, Job
-from atelier_shared.runtime import MemoryRuntime
-from atelier_shared.settings import Settings
-from atelier_shared.storage import LocalStore
+from atelier_control.auth import create_tenant
+from atelier_control.db import make_engine, session_factory, session_scope
+from atelier_control.models import Base, Job
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
+from atelier_runtime.state import MemoryRuntime
+from atelier_runtime.storage import LocalStore
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker

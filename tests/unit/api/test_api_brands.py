@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from api_testkit import TenantCtx, campaign_spec, png_bytes
-from atelier_shared.models import Job
+from atelier_control.models import Job
 from fastapi.testclient import TestClient
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf")

@@ -10,8 +10,8 @@ import zipfile
 from typing import Any
 
 from api_testkit import TenantCtx, campaign_spec, png_bytes, set_job, story_spec
-from atelier_shared.db import session_scope
-from atelier_shared.models import Artifact, new_id
+from atelier_control.db import session_scope
+from atelier_control.models import Artifact, new_id
 from fastapi.testclient import TestClient
 
 GATES = [{"name": "ocr.headline", "score": 0.0, "passed": True, "detail": "cer 0.000"},

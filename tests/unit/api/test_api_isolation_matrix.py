@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 from api_testkit import TenantCtx, add_artifact, add_stages, campaign_spec, emit_events, png_bytes
 from atelier_api import create_app
-from atelier_shared.auth import create_tenant
-from atelier_shared.db import session_scope
-from atelier_shared.runtime import MemoryRuntime
-from atelier_shared.settings import Settings
-from atelier_shared.storage import LocalStore
+from atelier_control.auth import create_tenant
+from atelier_control.db import session_scope
+from atelier_runtime.settings import Settings
+from atelier_runtime.state import MemoryRuntime
+from atelier_runtime.storage import LocalStore
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, inspect, select, table, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -165,8 +165,8 @@ def make_artifact(w: World, owner: TenantCtx) -> dict[str, str]:
 
 
 def make_webhook(w: World, owner: TenantCtx) -> dict[str, str]:
-    """A webhook endpoint (issue 6), written straight to the database: the SSRF guard resolves names."""
-    from atelier_shared import models
+    """A webhook endpoint, written straight to the database: the SSRF guard resolves names."""
+    from atelier_control import models
 
     hook = models.Webhook(tenant_id=owner.id, url="https://hooks.example.com/atelier", events=["job.succeeded"],
                           secret="whsec_" + uuid.uuid4().hex, enabled=True)
@@ -178,7 +178,7 @@ def make_webhook(w: World, owner: TenantCtx) -> dict[str, str]:
 
 def make_delivery(w: World, owner: TenantCtx) -> dict[str, str]:
     """A delivery of an event to a webhook of the owner's."""
-    from atelier_shared import models
+    from atelier_control import models
 
     ids = make_webhook(w, owner)
     job = make_job(w, owner)["job_id"]
@@ -195,8 +195,8 @@ def make_delivery(w: World, owner: TenantCtx) -> dict[str, str]:
 
 
 def make_brand(w: World, owner: TenantCtx) -> dict[str, str]:
-    """A brand kit (issue 4/6)."""
-    from atelier_shared import models
+    """A brand kit ."""
+    from atelier_control import models
 
     brand = models.BrandKit(tenant_id=owner.id, name=f"brand-{uuid.uuid4().hex[:6]}", palette=["#112233"])
     with session_scope(w.factory) as s:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from api_testkit import TenantCtx, add_stages, campaign_spec, png_bytes, set_job, story_spec
-from atelier_shared.models import Event, Job
-from atelier_shared.tasks import T_START_JOB
+from atelier_contracts.tasks import T_START_JOB
+from atelier_control.models import Event, Job
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker

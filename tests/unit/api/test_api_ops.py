@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from api_testkit import TenantCtx, campaign_spec, png_bytes
 from atelier_api import create_app
-from atelier_shared.errors import StorageError
-from atelier_shared.settings import Settings
-from atelier_shared.storage import LocalStore
+from atelier_contracts.errors import StorageError
+from atelier_runtime.settings import Settings
+from atelier_runtime.storage import LocalStore
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from api_testkit import TenantCtx, campaign_spec, story_spec
 from atelier_api import create_app
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.plans import AdPlan, LayoutPlan, StoryPlan
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import resources
-from atelier_shared.tasks import Q_PLANNING, T_START_JOB
+from atelier_contracts.catalogue import queue_modules
+from atelier_contracts.plans import AdPlan, LayoutPlan, StoryPlan
+from atelier_contracts.tasks import Q_PLANNING, T_START_JOB
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import resources
 from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 
@@ -23,8 +24,8 @@ PREVIEW = "/v1/plans:preview"
 def planner_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A Celery worker consuming only the planning queue (same in-memory broker as the API's producer);
     one per module, since a worker takes seconds to stop."""
-    pytest.importorskip("atelier_planner.tasks")
-    app = make_celery(Settings(home=tmp_path_factory.mktemp("planner")), include=["atelier_planner.tasks"])
+    pytest.importorskip("atelier_planner.preview")
+    app = make_celery(Settings(home=tmp_path_factory.mktemp("planner")), include=queue_modules([Q_PLANNING]))
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(Q_PLANNING)  # the memory broker is process-wide: start clean
     with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING",
@@ -100,7 +101,7 @@ def test_a_planner_that_does_not_answer_in_time_is_a_504(settings: Settings, eng
 
 
 def test_a_planner_failure_is_a_502(client: TestClient, tenant: TenantCtx, planner_worker: Any) -> None:
-    from atelier_planner.tasks import BACKEND_KEY
+    from atelier_planner.worker import BACKEND_KEY
 
     class Broken:
         name = "rules"

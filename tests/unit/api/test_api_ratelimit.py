@@ -10,8 +10,8 @@ import pytest
 from api_testkit import TenantCtx, campaign_spec, set_job, story_spec
 from atelier_api import create_app
 from atelier_api.ratelimit import JobLimits, MemoryWindow, RateLimited, Slot
-from atelier_shared.models import Job
-from atelier_shared.settings import Settings
+from atelier_control.models import Job
+from atelier_runtime.settings import Settings
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 from api_testkit import TenantCtx, add_artifact, campaign_spec, emit_events, png_bytes
-from atelier_shared.models import Job
-from atelier_shared.storage import LocalStore
+from atelier_control.models import Job
+from atelier_runtime.storage import LocalStore
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 

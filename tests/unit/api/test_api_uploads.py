@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from api_testkit import UPLOAD_MAX_BYTES, TenantCtx, png_bytes
-from atelier_shared.models import Artifact
-from atelier_shared.storage import LocalStore
+from atelier_control.models import Artifact
+from atelier_runtime.storage import LocalStore
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select

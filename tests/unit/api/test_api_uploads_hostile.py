@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from api_testkit import UPLOAD_MAX_BYTES, TenantCtx, png_bytes
 from atelier_api.limits import MULTIPART_OVERHEAD
-from atelier_shared.models import Artifact
-from atelier_shared.storage import LocalStore
+from atelier_control.models import Artifact
+from atelier_runtime.storage import LocalStore
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 from api_testkit import UPLOAD_MAX_BYTES, TenantCtx, campaign_spec, emit_events
+from atelier_control import ssrf
+from atelier_control.models import Webhook, WebhookDelivery, utcnow
 from atelier_orchestrator.webhooks import WebhookDispatcher, claim_due, enqueue_events, record_result
-from atelier_shared import ssrf
-from atelier_shared.client import verify_webhook
-from atelier_shared.models import Webhook, WebhookDelivery, utcnow
-from atelier_shared.settings import Settings
+from atelier_runtime.settings import Settings
+from atelier_sdk import verify_webhook
 from fastapi.testclient import TestClient
 
 
@@ -195,7 +195,7 @@ def test_events_before_registration_and_other_tenants_are_not_sent(client: TestC
         old_job = _job(client, tenant)
         emit_events(factory, tenant.id, old_job, ["job.succeeded"])
         with factory() as s, s.begin():  # registered "later": push the event into the past
-            from atelier_shared.models import Event
+            from atelier_control.models import Event
             from sqlalchemy import update
 
             s.execute(update(Event).values(created_at=utcnow() - timedelta(minutes=5)))

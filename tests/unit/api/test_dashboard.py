@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from api_testkit import TenantCtx, add_artifact, add_stages, campaign_spec, emit_events, png_bytes, set_job
 from atelier_api.dashboard.session import COOKIE, Signer, resolve_secret
-from atelier_shared.db import session_scope
-from atelier_shared.events import emit
-from atelier_shared.models import ApiKey, Artifact, Job, Stage, utcnow
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import T_START_JOB
+from atelier_contracts.tasks import T_START_JOB
+from atelier_control.db import session_scope
+from atelier_control.events import emit
+from atelier_control.models import ApiKey, Artifact, Job, Stage, utcnow
+from atelier_runtime.settings import Settings
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -429,7 +429,7 @@ def _outputs(factory: sessionmaker[Session], job_id: str, outputs: dict[str, dic
 
 def test_plans_page_draws_layouts_and_the_rpg_grid(client: TestClient, tenant: TenantCtx,
                                                    factory: sessionmaker[Session]) -> None:
-    from atelier_shared.plans import AdPlan, RegionalPlan
+    from atelier_contracts.plans import AdPlan, RegionalPlan
 
     job_id = submit(client, tenant)
     regional = RegionalPlan.model_validate({
@@ -459,7 +459,7 @@ def test_plans_page_draws_layouts_and_the_rpg_grid(client: TestClient, tenant: T
 
 def test_story_plans_and_storybook_pages(client: TestClient, tenant: TenantCtx, factory: sessionmaker[Session],
                                          store: Any) -> None:
-    from atelier_shared.plans import StoryPlan
+    from atelier_contracts.plans import StoryPlan
 
     r = client.post("/v1/jobs", json={"kind": "story", "spec": {"premise": "A kite at sea.", "culture": "Gujarati",
                                                                   "pages": 2}}, headers=tenant.headers)

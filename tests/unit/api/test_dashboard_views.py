@@ -15,17 +15,17 @@ from atelier_api.dashboard.gallery import build_gallery, c2pa_badge, gate_scores
 from atelier_api.dashboard.plans import regional_canvas
 from atelier_api.dashboard.timeline import axis_ticks, build_timeline, duration
 from atelier_api.schemas import ArtifactView, JobView, StageView
+from atelier_contracts.errors import Conflict, NotFound
+from atelier_contracts.plans import PlannerInfo, Region, RegionalPlan
+from atelier_contracts.specs import CampaignSpec
+from atelier_contracts.tasks import StageResult, StageTask
+from atelier_control.auth import create_tenant
+from atelier_control.db import make_engine, session_factory, session_scope
+from atelier_control.jobs import create_job, retry_job
+from atelier_control.models import Event, Job, Stage
 from atelier_migrations import upgrade
 from atelier_orchestrator import engine
-from atelier_shared.auth import create_tenant
-from atelier_shared.db import make_engine, session_factory, session_scope
-from atelier_shared.errors import Conflict, NotFound
-from atelier_shared.jobs import create_job, retry_job
-from atelier_shared.models import Event, Job, Stage
-from atelier_shared.plans import PlannerInfo, Region, RegionalPlan
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec
-from atelier_shared.tasks import StageResult, StageTask
+from atelier_runtime.settings import Settings
 from sqlalchemy import select
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""``spec.control`` (issue 4): ControlNet conditions on a campaign's background, validated at submission."""
+"""``spec.control``: ControlNet conditions on a campaign's background, validated at submission."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from api_testkit import TenantCtx, campaign_spec, png_bytes
-from atelier_shared.models import Artifact, Job
+from atelier_control.models import Artifact, Job
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker

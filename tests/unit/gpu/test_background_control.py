@@ -1,4 +1,4 @@
-"""gpu.background with the campaign's ``control`` field (issue 4): the control recipe on the tiny ControlNets."""
+"""gpu.background with the campaign's ``control`` field: the control recipe on the tiny ControlNets."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import time
 
 import numpy as np
 import pytest
-from atelier_gpu import tasks
+from atelier_contracts.errors import StageError
+from atelier_contracts.keys import upload_key
+from atelier_gpu import generation
 from atelier_gpu.recipes import control as control_recipe
 from atelier_gpu.registry import ControlNetSpec
-from atelier_shared.errors import StageError
+from atelier_gpu.stages import background as background_module
+from atelier_gpu.stages.background import background as background_stage
 from PIL import Image, ImageDraw
 
 from .test_gpu_stages import _plan_with_product, _upload, assert_product_pasted
@@ -47,7 +50,7 @@ def test_control_steers_the_background_and_is_recorded(res):
     upstream = {"plan.ad_layout": {"plan": _plan_without_boxes()}}
     control = [{"kind": "canny", "image": upload_id, "weight": 1.0, "scale": 0.9, "start": 0.0, "end": 0.8}]
     ctx = _ctx(res, "gpu.background", "1080x1920-v0", upstream, spec=_campaign(control=control))
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
 
     assert out["recipe"] == "control" and out["model"] == "sdxl-tiny"
     assert (out["width"], out["height"]) == (80, 128)
@@ -62,7 +65,7 @@ def test_control_steers_the_background_and_is_recorded(res):
 
     # the same seed, prompt and model without control: text-to-image, and another picture
     plain = _ctx(res, "gpu.background", "1080x1920-v0", upstream, spec=_campaign())
-    plain_out = tasks.background.stage_fn(plain)
+    plain_out = background_stage.stage_fn(plain)
     assert plain_out["recipe"] == "text_to_image" and plain_out["seed"] == out["seed"]
     a = np.asarray(image.convert("RGB"), dtype=np.int16)
     b = np.asarray(_image(plain, plain_out["background_key"]).convert("RGB"), dtype=np.int16)
@@ -70,7 +73,7 @@ def test_control_steers_the_background_and_is_recorded(res):
 
     # deterministic: the same control and seed paint the same image again
     again = _ctx(res, "gpu.background", "1080x1920-v0", upstream, spec=_campaign(control=control))
-    again_out = tasks.background.stage_fn(again)
+    again_out = background_stage.stage_fn(again)
     assert again.artifacts[0].sha256 == art.sha256 and again_out["control"] == out["control"]
 
 
@@ -93,7 +96,7 @@ def test_several_controls_are_averaged_with_their_weights_and_scales(res, monkey
     monkeypatch.setattr(control_recipe, "normalised_scales", spy_scales)
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_without_boxes()}},
                spec=_campaign(control=control))
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
 
     assert out["recipe"] == "control"
     # weights normalised to sum 1 (3/4, 1/4), each times its own scale
@@ -114,7 +117,7 @@ def test_control_with_a_product_image_pastes_the_product_back_unchanged(res):
     spec = {"product": {"name": "x", "description": "y", "image": product_id},
             "control": [{"kind": "canny", "image": control_id}]}
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_with_product()}}, spec=spec)
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
 
     assert out["recipe"] == "control" and out["product_mode"] == "pasted"
     assert out["control"][0]["scale"] == 0.8 and out["control"][0]["effective_scale"] == 0.8  # the defaults
@@ -126,7 +129,7 @@ def test_control_runs_on_flux_too(res):
     upload_id = _upload(res, _sketch())
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_without_boxes()}},
                spec=_campaign(model="flux-tiny", control=[{"kind": "canny", "image": upload_id}]))
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
     assert out["recipe"] == "control" and out["model"] == "flux-tiny"
     assert _image(ctx, out["background_key"]).size == (out["width"], out["height"])
 
@@ -145,7 +148,7 @@ def test_a_model_without_a_controlnet_of_the_kind_fails_before_generating(res, m
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_without_boxes()}},
                spec=_campaign(model=model, control=[{"kind": kind, "image": upload_id}]))
     with pytest.raises(StageError) as err:
-        tasks.background.stage_fn(ctx)
+        background_stage.stage_fn(ctx)
     assert err.value.retryable is False
     for text in expected:
         assert text in str(err.value)
@@ -156,26 +159,26 @@ def test_a_missing_control_image_is_a_non_retryable_error(res):
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_without_boxes()}},
                spec=_campaign(control=[{"kind": "canny", "image": "upl_gone"}]))
     with pytest.raises(StageError) as err:
-        tasks.background.stage_fn(ctx)
+        background_stage.stage_fn(ctx)
     assert err.value.retryable is False and "control image 'upl_gone'" in str(err.value)
     assert err.value.field == "spec.control.0.image" and ctx.artifacts == [] and ctx.gpu_seconds == 0
 
 
 def test_control_params_pick_the_controlnet_of_each_kind_and_use_maps_as_given(res):
-    spec = tasks.registry(res).spec("sdxl-tiny")
+    spec = generation.registry(res).spec("sdxl-tiny")
     canny = spec.controlnets["canny"]
     spec = dataclasses.replace(spec, controlnets={
         "canny": canny, "zdepth": ControlNetSpec("zdepth", canny.path, "depth"),
         "adepth": ControlNetSpec("adepth", canny.path, "depth"), "pose": ControlNetSpec("pose", canny.path, "pose")})
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {})
     depth, pose, edges = (_upload(res, _sketch()) for _ in range(3))
-    params, record = tasks._control_params(ctx, "sdxl-tiny", spec, [
+    params, record = background_module.control_params(ctx, "sdxl-tiny", spec, [
         {"kind": "depth", "image": depth, "weight": 1.0, "scale": 1.0},
         {"kind": "pose", "image": pose, "weight": 1.0, "scale": 0.5, "start": 0.2, "end": 0.6},
         {"kind": "canny", "image": edges, "weight": 2.0, "scale": 0.25}])
     assert [(c["name"], c["kind"], c["use_as_is"]) for c in params["controls"]] == [
         ("adepth", "depth", True), ("pose", "pose", True), ("canny", "canny", False)]
-    assert params["controls"][1]["image_key"] == tasks.upload_key(TENANT, pose)
+    assert params["controls"][1]["image_key"] == upload_key(TENANT, pose)
     assert (params["controls"][1]["start"], params["controls"][1]["end"]) == (0.2, 0.6)
     # what the recipe will apply equals each control's scale x weight / sum(weights)
     applied = control_recipe.normalised_scales([c["weight"] for c in params["controls"]],
@@ -183,7 +186,7 @@ def test_control_params_pick_the_controlnet_of_each_kind_and_use_maps_as_given(r
     assert applied == pytest.approx([0.25, 0.125, 0.125])
     assert [r["effective_scale"] for r in record] == [0.25, 0.125, 0.125]
     with pytest.raises(StageError) as err:
-        tasks._control_params(ctx, "sdxl-tiny", spec, [{"kind": "canny", "image": edges, "end": 1.5}])
+        background_module.control_params(ctx, "sdxl-tiny", spec, [{"kind": "canny", "image": edges, "end": 1.5}])
     assert err.value.field == "spec.control.0" and "end" in str(err.value)
 
 
@@ -198,11 +201,11 @@ def _wait(client, job_id: str, headers: dict, *, timeout_s: float = 600.0) -> di
 
 def test_a_submitted_campaign_with_control_runs_end_to_end_on_the_embedded_engine(tmp_path, models_dir):
     """POST /v1/jobs with `control` → plan → gpu.background (control recipe) → render → watermark → deliver."""
-    from atelier_orchestrator.cli import build_api
-    from atelier_orchestrator.demo import product_png
-    from atelier_shared.auth import create_tenant
-    from atelier_shared.db import engine_from_settings, session_factory, session_scope
-    from atelier_shared.settings import Settings
+    from atelier.cli import build_api
+    from atelier.demo import product_png
+    from atelier_control.auth import create_tenant
+    from atelier_control.db import engine_from_settings, session_factory, session_scope
+    from atelier_runtime.settings import Settings
     from fastapi.testclient import TestClient
 
     settings = Settings(home=tmp_path / "home", models_dir=models_dir)

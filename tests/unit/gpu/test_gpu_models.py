@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from atelier_contracts.errors import StageError
 from atelier_gpu.presets import PRESETS
 from atelier_gpu.quant.svdquant import SVDQuantLinear, svdquant_layers
 from atelier_gpu.recipes import text_to_image as t2i
 from atelier_gpu.registry import ModelRegistry, nunchaku_support, read_models_file, resident_bytes
-from atelier_shared.errors import StageError
 
 
 def _write(path: Path, models: dict) -> Path:

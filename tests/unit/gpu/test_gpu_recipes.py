@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from atelier_contracts.errors import StageError
+from atelier_contracts.plans import Box
 from atelier_gpu import control_images
 from atelier_gpu.recipes import control, inpaint, layout, regional
 from atelier_gpu.recipes import text_to_image as t2i
-from atelier_shared.errors import StageError
-from atelier_shared.plans import Box
 from PIL import Image, ImageDraw
 
 PLANNER = {"backend": "rules", "model": "rules", "prompt_version": "1"}

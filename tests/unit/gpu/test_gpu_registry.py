@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from atelier_contracts.errors import StageError
 from atelier_gpu.registry import ModelRegistry, read_models_file
-from atelier_shared.errors import StageError
 
 
 def _write(path: Path, models: dict) -> Path:

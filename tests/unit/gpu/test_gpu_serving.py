@@ -8,15 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atelier_gpu import serving, tasks
-from atelier_gpu.registry import ModelRegistry
-from atelier_gpu.serving import GenRequest
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.errors import JobCanceled
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import StageContext, WorkerResources
-from atelier_shared.storage import job_prefix
-from atelier_shared.tasks import (
+from atelier_contracts.errors import JobCanceled
+from atelier_contracts.keys import job_prefix
+from atelier_contracts.tasks import (
     Q_GPU_DIFFUSION,
     Q_ORCHESTRATOR,
     T_STAGE_DONE,
@@ -24,6 +18,13 @@ from atelier_shared.tasks import (
     StageTask,
     stage_task_name,
 )
+from atelier_gpu import serving
+from atelier_gpu.registry import ModelRegistry
+from atelier_gpu.serving import GenRequest
+from atelier_gpu.stages.background import background as background_stage
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 
 from .test_gpu_tasks import AD_PLAN, TENANT, AppStub
 
@@ -107,7 +108,7 @@ def test_a_worker_drains_compatible_queued_tasks_into_one_call(tmp_path, models_
     app.send_task(stage_task_name("gpu.scene"), args=[scene.model_dump(mode="json")])
     lead = StageContext(_task("gpu.background", "1080x1080-v0", upstream, job=job), res, app)
 
-    out = tasks.background.stage_fn(lead)
+    out = background_stage.stage_fn(lead)
 
     assert out["batch_size"] == 4 and out["recipe"] == "layout"
     with app.connection_for_read() as conn:
@@ -145,7 +146,7 @@ def test_drained_task_with_bad_input_fails_alone(tmp_path, models_dir, registry)
     bad = _task("gpu.background", "720x720-v0", upstream)
     app.send_task(stage_task_name("gpu.background"), args=[bad.model_dump(mode="json")])
     lead = StageContext(_task("gpu.background", "1080x1080-v0", upstream), res, app)
-    out = tasks.background.stage_fn(lead)
+    out = background_stage.stage_fn(lead)
     assert out["batch_size"] == 1
     with app.connection_for_read() as conn:
         msgs = []

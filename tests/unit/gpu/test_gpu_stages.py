@@ -11,8 +11,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from atelier_gpu import tasks
+from atelier_contracts.errors import StageError
+from atelier_contracts.keys import upload_key
 from atelier_gpu.recipes import inpaint
+from atelier_gpu.stages.background import background as background_stage
+from atelier_gpu.stages.scene import scene as scene_stage
 from PIL import Image, ImageDraw
 
 from .test_gpu_tasks import AD_PLAN, LAYOUTS, STORY_PLAN, TENANT, _ctx, _image
@@ -34,7 +37,7 @@ def _upload(res, rgba: Image.Image) -> str:
     upload_id = f"upl_{uuid.uuid4().hex[:8]}"
     buf = io.BytesIO()
     rgba.save(buf, format="PNG")
-    res.store.put(tasks.upload_key(TENANT, upload_id), buf.getvalue(), "image/png")
+    res.store.put(upload_key(TENANT, upload_id), buf.getvalue(), "image/png")
     return upload_id
 
 
@@ -44,7 +47,7 @@ def test_background_with_a_product_image_is_inpainted_around_it(res):
     upload_id = _upload(res, product)
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_with_product()}},
                spec={"product": {"name": "x", "description": "y", "image": upload_id}})
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
     assert out["recipe"] == "inpaint" and (out["width"], out["height"]) == (128, 128)
     assert_product_pasted(ctx, out, product)
     assert ctx.artifacts[0].meta["recipe"] == "inpaint"
@@ -64,7 +67,7 @@ def assert_product_pasted(ctx, out, product) -> None:  # type: ignore[no-untyped
 
 def test_background_without_an_image_uses_the_layout_and_draws_the_product_box(res):
     ctx = _ctx(res, "gpu.background", "1080x1920-v0", {"plan.ad_layout": {"plan": _plan_with_product()}})
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
     assert out["recipe"] == "layout" and out["batch_size"] == 1
     assert _image(ctx, out["background_key"]).size == (80, 128)
 
@@ -72,7 +75,7 @@ def test_background_without_an_image_uses_the_layout_and_draws_the_product_box(r
 def test_background_on_a_family_without_regions_is_text_to_image(res):
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_with_product()}},
                spec={"model": "pixart-tiny"})
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
     assert out["recipe"] == "text_to_image" and out["model"] == "pixart-tiny"
 
 
@@ -80,7 +83,7 @@ def test_scene_runs_the_layout_recipe_on_its_layout_plan(res):
     upstream = {"plan.scenes": {"plan": STORY_PLAN}, "plan.scene_layout": {"layouts": LAYOUTS},
                 "gpu.character_sheet": {"c0": {"sheet_key": "k0"}, "c1": {"sheet_key": "k1"}}}
     ctx = _ctx(res, "gpu.scene", "s0", upstream, kind="story")
-    out = tasks.scene.stage_fn(ctx)
+    out = scene_stage.stage_fn(ctx)
     assert out["recipe"] == "layout" and out["seed"] == 100
     assert _image(ctx, out["scene_key"]).size == (128, 96)
 
@@ -112,19 +115,19 @@ def test_background_without_boxes_uses_the_rpg_plan_when_ad_prompts_is_upstream(
                 "regions": [{"row": 0, "col": 0, "prompt": "a kitchen"}, {"row": 0, "col": 1, "prompt": "a garden"}]}
     ctx = _ctx(res, "gpu.background", "1080x1080-v0",
                {"plan.ad_layout": {"plan": plan}, "plan.ad_prompts": {"regional": regional}})
-    assert tasks.background.stage_fn(ctx)["recipe"] == "regional"
+    assert background_stage.stage_fn(ctx)["recipe"] == "regional"
     plain = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": plan}})
-    assert tasks.background.stage_fn(plain)["recipe"] == "text_to_image"
+    assert background_stage.stage_fn(plain)["recipe"] == "text_to_image"
 
 
 def test_a_background_regeneration_paints_a_new_seed_under_its_own_name(res):
     """gate.critic's regeneration: a new seed, a new artifact next to the first, the first left as it was."""
     upstream = {"plan.ad_layout": {"plan": _plan_with_product()}}
     first = _ctx(res, "gpu.background", "1080x1080-v0", upstream)
-    out0 = tasks.background.stage_fn(first)
+    out0 = background_stage.stage_fn(first)
     again = _ctx(res, "gpu.background", "1080x1080-v0", upstream, job_id=first.task.job_id)
     again.task = again.task.model_copy(update={"regeneration": 1})
-    out1 = tasks.background.stage_fn(again)
+    out1 = background_stage.stage_fn(again)
     assert out1["seed"] != out0["seed"]
     assert out0["background_key"].endswith("/gpu.background/1080x1080-v0.png")
     assert out1["background_key"].endswith("/gpu.background/1080x1080-v0.r1.png")
@@ -135,8 +138,8 @@ def test_a_product_image_missing_from_storage_fails_once_without_retry(res):
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": _plan_with_product()}},
                spec={"product": {"name": "x", "description": "y", "image": "upl_gone0000"}})
     try:
-        tasks.background.stage_fn(ctx)
-    except tasks.StageError as exc:
+        background_stage.stage_fn(ctx)
+    except StageError as exc:
         assert not exc.retryable and "not in storage" in str(exc)
     else:
         raise AssertionError("a missing product image must fail the stage")

@@ -1,4 +1,4 @@
-"""SVDQuant on a weight with outlier channels: the bounds of issue 4 (margins measured in METHODS.md)."""
+"""SVDQuant on a weight with outlier channels: the error and memory bounds it must meet (margins measured in METHODS.md)."""
 
 from __future__ import annotations
 

@@ -10,13 +10,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atelier_gpu import tasks, watermark, watermark_tasks
+from atelier_contracts.errors import JobCanceled, StageError
+from atelier_contracts.keys import job_prefix
+from atelier_contracts.tasks import T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, StageTask, stage_task_name
+from atelier_gpu import watermark
 from atelier_gpu.registry import ModelRegistry
-from atelier_shared.errors import JobCanceled, StageError
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import StageContext, WorkerResources, run_stage
-from atelier_shared.storage import job_prefix
-from atelier_shared.tasks import T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, StageTask, stage_task_name
+from atelier_gpu.stages.background import background as background_stage
+from atelier_gpu.stages.character_sheet import character_sheet as character_sheet_stage
+from atelier_gpu.stages.scene import scene as scene_stage
+from atelier_gpu.stages.watermark import watermark_asset as watermark_stage
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources, run_stage
 from PIL import Image
 
 PLANNER = {"backend": "rules", "model": "rules", "prompt_version": "1"}
@@ -98,7 +102,7 @@ def _image(ctx: StageContext, key: str) -> Image.Image:
 
 def test_background_picks_variant_seed_and_size(res):
     ctx = _ctx(res, "gpu.background", "1080x1920-v1", {"plan.ad_layout": {"plan": AD_PLAN}})
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
     assert out["seed"] == 42 + 1000 * 1 + 1
     assert (out["width"], out["height"]) == (80, 128)  # sdxl-tiny caps at 128, aspect 9:16, multiples of 16
     assert out["model"] == "sdxl-tiny" and out["steps"] == 4
@@ -116,14 +120,14 @@ def test_background_picks_variant_seed_and_size(res):
 def test_background_is_deterministic_and_overwrites_its_key(res):
     job = uuid.uuid4().hex[:12]
     first = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": AD_PLAN}}, job_id=job)
-    out1 = tasks.background.stage_fn(first)
+    out1 = background_stage.stage_fn(first)
     again = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": AD_PLAN}}, job_id=job)
-    out2 = tasks.background.stage_fn(again)
+    out2 = background_stage.stage_fn(again)
     assert out1 == out2
     assert first.artifacts[0].sha256 == again.artifacts[0].sha256
     assert res.store.list(f"{first.task.key_prefix}/gpu.background/") == [out1["background_key"]]
     other = _ctx(res, "gpu.background", "1080x1080-v1", {"plan.ad_layout": {"plan": AD_PLAN}}, job_id=job)
-    out3 = tasks.background.stage_fn(other)
+    out3 = background_stage.stage_fn(other)
     assert out3["seed"] == out1["seed"] + 1000
     assert other.artifacts[0].sha256 != first.artifacts[0].sha256
 
@@ -132,7 +136,7 @@ def test_background_uses_the_spec_model_and_settings_overrides(tmp_path, models_
     res = WorkerResources(Settings(home=tmp_path, models_dir=models_dir, gen_steps=2, gen_max_side=64))
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": AD_PLAN}},
                spec={"model": "flux-tiny"})
-    out = tasks.background.stage_fn(ctx)
+    out = background_stage.stage_fn(ctx)
     assert out["model"] == "flux-tiny" and out["steps"] == 2
     assert (out["width"], out["height"]) == (64, 64)  # gen_max_side below the model's 128
     assert isinstance(res.extras["atelier_gpu.registry"], ModelRegistry)  # built from settings on first use
@@ -149,40 +153,40 @@ def test_background_uses_the_spec_model_and_settings_overrides(tmp_path, models_
 def test_background_bad_inputs_fail_without_retry(res, item, upstream, spec, match):
     ctx = _ctx(res, "gpu.background", item, upstream, spec=spec)
     with pytest.raises(StageError, match=match) as err:
-        tasks.background.stage_fn(ctx)
+        background_stage.stage_fn(ctx)
     assert err.value.retryable is False
     assert ctx.artifacts == []
 
 
 def test_character_sheet_is_square_with_the_character_seed(res):
     ctx = _ctx(res, "gpu.character_sheet", "c1", {"plan.characters": {"characters": CHARACTERS}}, kind="story")
-    out = tasks.character_sheet.stage_fn(ctx)
+    out = character_sheet_stage.stage_fn(ctx)
     assert out["seed"] == 5 and (out["width"], out["height"]) == (128, 128)
     assert out["sheet_key"].endswith("/gpu.character_sheet/c1.png")
     assert _image(ctx, out["sheet_key"]).size == (128, 128)
     assert ctx.artifacts[0].kind == "character_sheet"
     missing = _ctx(res, "gpu.character_sheet", "c9", {"plan.characters": {"characters": CHARACTERS}}, kind="story")
     with pytest.raises(StageError, match="'c9'"):
-        tasks.character_sheet.stage_fn(missing)
+        character_sheet_stage.stage_fn(missing)
 
 
 def test_scene_uses_its_layout_size_and_seed(res):
     upstream = {"plan.scenes": {"plan": STORY_PLAN}, "plan.scene_layout": {"layouts": LAYOUTS},
                 "gpu.character_sheet": {"c0": {"sheet_key": "k0"}, "c1": {"sheet_key": "k1"}}}
     ctx = _ctx(res, "gpu.scene", "s1", upstream, kind="story")
-    out = tasks.scene.stage_fn(ctx)
+    out = scene_stage.stage_fn(ctx)
     assert out["seed"] == 101 and (out["width"], out["height"]) == (96, 128)  # layout 960x1280 capped at 128
     assert out["scene_key"].endswith("/gpu.scene/s1.png")
     assert ctx.artifacts[0].kind == "scene" and ctx.artifacts[0].meta["prompt"] == "a girl and an old man on a roof"
     with pytest.raises(StageError, match="no scene 5"):
-        tasks.scene.stage_fn(_ctx(res, "gpu.scene", "s5", upstream, kind="story"))
+        scene_stage.stage_fn(_ctx(res, "gpu.scene", "s5", upstream, kind="story"))
 
 
 def test_cancel_stops_the_stage_between_steps(res):
     ctx = _ctx(res, "gpu.background", "1080x1080-v0", {"plan.ad_layout": {"plan": AD_PLAN}})
     res.runtime.cancel(ctx.task.job_id)
     with pytest.raises(JobCanceled):
-        tasks.background.stage_fn(ctx)
+        background_stage.stage_fn(ctx)
     assert ctx.artifacts == []
     assert res.runtime.last_heartbeat(ctx.task.stage_id) is not None  # the step callback beat before stopping
 
@@ -193,11 +197,11 @@ def test_run_stage_reports_success_with_artifacts(res):
     payload = StageTask(job_id=job, tenant_id=TENANT, stage_id=f"{job}:bg", stage="gpu.background",
                         item="1080x1080-v0", kind="campaign", spec={}, upstream={"plan.ad_layout": {"plan": AD_PLAN}},
                         key_prefix=job_prefix(TENANT, job)).model_dump(mode="json")
-    result = run_stage(app, payload, tasks.background.stage_fn)
+    result = run_stage(app, payload, background_stage.stage_fn)
     assert result.status == "succeeded", result.error
     assert result.gpu_seconds > 0 and result.artifacts[0].kind == "background"
     assert app.names()[0] == T_STAGE_STARTED and app.names()[-1] == T_STAGE_DONE
-    assert tasks.background.name == stage_task_name("gpu.background")
+    assert background_stage.name == stage_task_name("gpu.background")
 
 
 def _render(res: WorkerResources, job_id: str, size: tuple[int, int], seed: int = 0) -> str:
@@ -214,11 +218,11 @@ def test_watermark_stage_embeds_the_job_payload(res):
     key = _render(res, job, (512, 384))
     ctx = _ctx(res, "gpu.watermark", "1080x1080-v0",
                {"render.ad": {"render_key": key, "width": 512, "height": 384}}, job_id=job)
-    out = watermark_tasks.watermark_asset.stage_fn(ctx)
+    out = watermark_stage.stage_fn(ctx)
     payload = watermark.payload_for(TENANT, job)
     assert out["asset_key"] == f"{job_prefix(TENANT, job)}/gpu.watermark/1080x1080-v0.png"
     assert (out["width"], out["height"]) == (512, 384)
-    # issue 5: the record also names the size the mark was embedded at, and the asset carries a C2PA manifest
+    # the record also names the size the mark was embedded at, and the asset carries a C2PA manifest
     assert {k: out["watermark"][k] for k in ("method", "payload_hex", "readback_ok", "bit_accuracy", "width",
                                              "height")} == {"method": "dwtDctSvd+rs", "payload_hex": payload.hex(),
                                                             "readback_ok": True, "bit_accuracy": 1.0, "width": 512,
@@ -236,11 +240,11 @@ def test_watermark_stage_refuses_bad_inputs(res):
     ctx = _ctx(res, "gpu.watermark", "p1", {"render.storybook": {"render_key": small, "width": 128, "height": 128}},
                kind="story", job_id=job)
     with pytest.raises(StageError, match="256x256") as err:
-        watermark_tasks.watermark_asset.stage_fn(ctx)
+        watermark_stage.stage_fn(ctx)
     assert err.value.retryable is False
     two = {"render.ad": {"render_key": small}, "render.storybook": {"render_key": small}}
     with pytest.raises(StageError, match="exactly one upstream"):
-        watermark_tasks.watermark_asset.stage_fn(_ctx(res, "gpu.watermark", "p1", two, job_id=job))
+        watermark_stage.stage_fn(_ctx(res, "gpu.watermark", "p1", two, job_id=job))
 
 
 def test_watermark_stage_retries_when_readback_fails(res, monkeypatch):
@@ -249,6 +253,6 @@ def test_watermark_stage_retries_when_readback_fails(res, monkeypatch):
     monkeypatch.setattr(watermark, "embed", lambda image, payload: image.convert("RGB"))  # a broken embedder
     ctx = _ctx(res, "gpu.watermark", "x", {"render.ad": {"render_key": key, "width": 512, "height": 512}}, job_id=job)
     with pytest.raises(StageError, match="did not read back") as err:
-        watermark_tasks.watermark_asset.stage_fn(ctx)
+        watermark_stage.stage_fn(ctx)
     assert err.value.retryable is True
     assert ctx.artifacts == []

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from atelier_contracts.errors import StageError
 from atelier_gpu.recipes import text_to_image
 from atelier_gpu.recipes.text_to_image import check_inputs, generation_size
-from atelier_shared.errors import StageError
 
 PROMPT = "a photo of a red bottle on a marble table, soft morning light"
 

@@ -1,4 +1,4 @@
-"""DWT-DCT-SVD + Reed-Solomon watermark: round trips, the issue's robustness thresholds, false positives."""
+"""DWT-DCT-SVD + Reed-Solomon watermark: round trips, the robustness thresholds it must meet, false positives."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 from atelier_gpu import watermark as gwm
-from atelier_shared import watermark as wm
+from atelier_provenance import watermark as wm
 from PIL import Image, ImageEnhance
 
 PAYLOAD = wm.payload_for("tenant-a", "job-123")
@@ -130,7 +130,7 @@ def test_small_images_and_bad_payloads_are_refused():
 
 
 def test_vine_backend_needs_its_weights(tmp_path):
-    from atelier_shared.settings import Settings
+    from atelier_runtime.settings import Settings
 
     with pytest.raises(wm.WatermarkError, match="VINE_DIR"):
         gwm.backend_from_settings(Settings(watermark_backend="vine"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from atelier_contracts.errors import JobCanceled, StageError
+from atelier_contracts.plans import Box
 from atelier_gpu.recipes import reference_attn, text_to_image
 from atelier_gpu.recipes.reference_attn import ReferenceAttnProcessor, ReferenceState, reference_attention
-from atelier_shared.errors import JobCanceled, StageError
-from atelier_shared.plans import Box
 from PIL import Image, ImageDraw
 
 GEN = {"prompt": "a girl in a red dress", "negative_prompt": "", "width": 64, "height": 64, "steps": 3,

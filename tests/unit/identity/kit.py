@@ -8,9 +8,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from atelier_shared.stage_runner import StageContext, WorkerResources
-from atelier_shared.storage import job_prefix
-from atelier_shared.tasks import StageTask
+from atelier_contracts.keys import job_prefix
+from atelier_contracts.tasks import StageTask
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 from PIL import Image, ImageDraw, ImageFilter
 
 ASHA = {"skin": (224, 180, 150), "hair": (40, 25, 15)}

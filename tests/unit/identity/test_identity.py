@@ -10,16 +10,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atelier_gpu import identity_tasks
+from atelier_contracts.errors import StageError
+from atelier_contracts.keys import job_prefix
+from atelier_contracts.tasks import StageTask
 from atelier_gpu.identity.embedder import Embedder, EmbedderMissing
 from atelier_gpu.identity.faces import FaceDetector, FaceModelMissing, crop_face
 from atelier_gpu.identity.score import identity_score
 from atelier_gpu.recipes import identity as recipe
-from atelier_shared.errors import StageError
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import StageContext, WorkerResources
-from atelier_shared.storage import job_prefix
-from atelier_shared.tasks import StageTask
+from atelier_gpu.stages.gate_identity import identity_gate as identity_gate_stage
+from atelier_gpu.stages.scene import scene as scene_stage
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 from kit import ASHA, RAMU, face
 from PIL import Image
 
@@ -155,27 +156,26 @@ def test_gate_stage_reports_the_gate_contract(tmp_path, embedder_path):
     sheet = face(256, **ASHA, bg=(250, 250, 250))
     ctx = _gate_ctx(tmp_path, face(256, **RAMU, bg=(60, 120, 60)), sheet, regeneration=1,
                     identity_embedder_path=embedder_path, identity_threshold=0.8)
-    out = identity_tasks.identity_gate.stage_fn(ctx)
+    out = identity_gate_stage.stage_fn(ctx)
     assert out["passed"] is False and out["regenerate"] is True and out["score"] < 0.8
     assert out["gates"][0]["name"] == "identity" and out["artifact_key"].endswith("gpu.scene/s0.png")
     assert out["identity_mode"] == "none" and out["regeneration"] == 1
     [report] = ctx.artifacts
     assert report.key.endswith("gate.identity/s0.r1.json") and report.kind == "gate_report"
     assert json.loads(ctx.get(report.key))["score"] == out["score"]
-    ok = identity_tasks.identity_gate.stage_fn(_gate_ctx(tmp_path, face(256, **ASHA, bg=(60, 120, 60)), sheet,
+    ok = identity_gate_stage.stage_fn(_gate_ctx(tmp_path, face(256, **ASHA, bg=(60, 120, 60)), sheet,
                                                          identity_embedder_path=embedder_path))
     assert ok["passed"] is True and ok["regenerate"] is False
 
 
 def test_gate_stage_without_an_embedder_warns_and_never_passes(tmp_path):
     ctx = _gate_ctx(tmp_path, face(256), face(256), identity_gate_strict=True)
-    out = identity_tasks.identity_gate.stage_fn(ctx)
+    out = identity_gate_stage.stage_fn(ctx)
     assert out["passed"] is False and out["regenerate"] is False and out["strict"] is True
     assert "ATELIER_IDENTITY_EMBEDDER_PATH" in out["warnings"][0]
 
 
 def test_scene_regeneration_offsets_the_seed_and_keeps_the_first_attempt(tmp_path, tiny_models):
-    from atelier_gpu import tasks
     from atelier_gpu.registry import ModelRegistry
 
     res = WorkerResources(Settings(home=tmp_path, models_file=tiny_models, gen_max_side=64))
@@ -188,7 +188,7 @@ def test_scene_regeneration_offsets_the_seed_and_keeps_the_first_attempt(tmp_pat
     for regeneration in (0, 1):
         task = StageTask(job_id="j1", tenant_id=TENANT, stage_id="s", stage="gpu.scene", item="s0", kind="story",
                          spec={}, upstream=upstream, key_prefix=job_prefix(TENANT, "j1"), regeneration=regeneration)
-        outs.append(tasks.scene.stage_fn(StageContext(task, res, AppStub())))
+        outs.append(scene_stage.stage_fn(StageContext(task, res, AppStub())))
     assert outs[0]["seed"] == 100 and outs[1]["seed"] == recipe.scene_seed(100, 1)
     assert outs[0]["scene_key"].endswith("gpu.scene/s0.png") and outs[1]["scene_key"].endswith("gpu.scene/s0.r1.png")
     assert res.store.exists(outs[0]["scene_key"]) and res.store.exists(outs[1]["scene_key"])

@@ -11,16 +11,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from atelier_gpu import tasks
+from atelier.cli import app
+from atelier_contracts.errors import JobCanceled, StageError
 from atelier_gpu.identity.embedder import Embedder
 from atelier_gpu.recipes import identity as recipe
 from atelier_gpu.recipes import text_to_image
 from atelier_gpu.registry import ModelRegistry
+from atelier_gpu.stages.scene import scene as scene_stage
 from atelier_gpu.tiny import INSTANTID_FACE_DIM, INSTANTID_QUERIES, RESAMPLER_DEPTH
-from atelier_orchestrator.cli import app
-from atelier_shared.errors import JobCanceled, StageError
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import StageContext, WorkerResources
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from kit import ASHA, LEFT, RAMU, face, scene_ctx
@@ -72,7 +72,7 @@ def res(tmp_path: Path, tiny_models: Path, registry: ModelRegistry, weights: dic
 
 
 def _scene(ctx: StageContext) -> tuple[dict[str, Any], np.ndarray]:
-    out = tasks.scene.stage_fn(ctx)
+    out = scene_stage.stage_fn(ctx)
     return out, np.asarray(Image.open(io.BytesIO(ctx.get(out["scene_key"]))).convert("RGB"))
 
 
@@ -231,7 +231,7 @@ def test_a_sheet_without_a_face_is_a_clear_error(res, registry):
     processors = dict(pipe.unet.attn_processors)
     ctx, _ = scene_ctx(res, {"c0": Image.new("RGB", (128, 128), (128, 128, 128))}, {"c0": LEFT})
     with pytest.raises(StageError, match="InstantID: no face found on the character sheet") as err:
-        tasks.scene.stage_fn(ctx)
+        scene_stage.stage_fn(ctx)
     assert err.value.retryable is False
     assert ctx.artifacts == [] and _pipeline_is_plain(pipe, processors) and _lock_free(registry)
 
@@ -265,7 +265,7 @@ def test_a_cancel_stops_the_loop_and_unloads_the_adapter(tmp_path, tiny_models, 
     handle = pipe.unet.register_forward_pre_hook(lambda m, a: unet_calls.append(1))
     try:
         with pytest.raises(JobCanceled):
-            tasks.scene.stage_fn(ctx)
+            scene_stage.stage_fn(ctx)
     finally:
         handle.remove()
     assert steps == [1] and len(unet_calls) == 1  # stopped after the first of 4 steps

@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atelier_gpu import tasks
+from atelier_contracts.errors import JobCanceled
+from atelier_contracts.plans import LayoutPlan
 from atelier_gpu.recipes import identity as recipe
 from atelier_gpu.recipes import text_to_image
 from atelier_gpu.recipes.reference_attn import ReferenceAttnProcessor
 from atelier_gpu.registry import ModelRegistry
-from atelier_shared.errors import JobCanceled
-from atelier_shared.plans import LayoutPlan
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import StageContext, WorkerResources
+from atelier_gpu.stages.scene import scene as scene_stage
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 from kit import ASHA, LEFT, RAMU, RIGHT, face, scene_ctx
 from PIL import Image
 
@@ -46,7 +46,7 @@ def test_two_characters_each_read_their_own_sheet_in_their_box(res, registry):
     ctx, keys = scene_ctx(res, sheets, {"c0": LEFT, "c1": RIGHT})
     seen, handle = _attn1_key_lengths(registry)
     try:
-        out = tasks.scene.stage_fn(ctx)
+        out = scene_stage.stage_fn(ctx)
     finally:
         handle.remove()
     ident = out["identity"]
@@ -104,19 +104,19 @@ def test_a_canceled_scene_stops_and_leaves_the_pipeline_as_it_was(res, registry)
     before = dict(pipe.unet.attn_processors)
     res.runtime.cancel(ctx.task.job_id)
     with pytest.raises(JobCanceled):
-        tasks.scene.stage_fn(ctx)
+        scene_stage.stage_fn(ctx)
     assert ctx.artifacts == []
     assert all(pipe.unet.attn_processors[n] is before[n] for n in before) and not pipe.unet._forward_pre_hooks
 
 
 def test_lost_sheets_and_other_families_fall_back_to_the_prompt(res):
     ctx, _ = scene_ctx(res, {"c0": None, "c1": face(128, **RAMU, bg=(250, 250, 250))}, {"c0": LEFT, "c1": RIGHT})
-    out = tasks.scene.stage_fn(ctx)
+    out = scene_stage.stage_fn(ctx)
     assert out["identity"]["references"] == ["c1"] and out["identity"]["missing_sheets"] == ["c0"]
     assert out["identity"]["reference_region"] == "boxes"
 
     lost, _ = scene_ctx(res, {"c0": None}, {"c0": LEFT})
-    out = tasks.scene.stage_fn(lost)
+    out = scene_stage.stage_fn(lost)
     assert out["identity"]["mode"] == "none" and out["identity_method"] == "none"
     assert "c0" in out["identity"]["reason"] and out["identity"]["missing_sheets"] == ["c0"]
 

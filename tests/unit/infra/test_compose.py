@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 import pytest
 import typer.main
 import yaml
-from atelier_orchestrator import cli
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import ALL_QUEUES, GPU_QUEUES
+from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES
+from atelier_runtime.settings import Settings
+
+from atelier import cli
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -227,7 +228,7 @@ def test_settings_match_the_backing_services(services: dict[str, dict[str, Any]]
     assert "minio:9000" in init
 
 
-# settings only one service uses, added on top of the shared x-atelier-env (issue 3: the planner's LLM)
+# settings only one service uses, added on top of the shared x-atelier-env (the planner's LLM)
 SERVICE_ONLY_ENV = {"planner": {"ATELIER_PLANNER_BACKEND", "ATELIER_LLM_BASE_URL", "ATELIER_LLM_MODEL"}}
 
 

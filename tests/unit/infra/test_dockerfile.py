@@ -74,13 +74,23 @@ def test_every_package_is_built_into_the_image(stages: dict[str, list[str]]) -> 
     assert " -e " not in body, "the image installs packages, not editable checkouts"
 
 
-@pytest.mark.parametrize("target", ["cpu", "gpu"])
-def test_torch_pin_and_source(stages: dict[str, list[str]], target: str) -> None:
-    torch = [i for i in stages[target] if re.search(r"pip install .*\btorch==", i)]
-    assert len(torch) == 1, f"{target}: exactly one torch install"
+def test_torch_pin_and_source(stages: dict[str, list[str]]) -> None:
+    torch = [i for i in stages["gpu"] if re.search(r"pip install .*\btorch==", i)]
+    assert len(torch) == 1, "gpu: exactly one torch install"
     assert f"torch=={pinned('torch')}" in torch[0] and "-c " in torch[0]
-    cpu_index = "download.pytorch.org/whl/cpu" in torch[0]
-    assert cpu_index == (target == "cpu"), f"{target}: CPU index only for the cpu target"
+    assert "download.pytorch.org/whl/cpu" not in torch[0], "gpu: PyPI's CUDA build"
+
+
+def test_each_image_installs_only_its_roles(stages: dict[str, list[str]]) -> None:
+    """The CPU image carries no torch/diffusers (no GPU package); the GPU image no database layer."""
+    cpu = " ".join(re.findall(r"pip install [^&]*", " ".join(stages["cpu"])))
+    gpu = " ".join(re.findall(r"pip install [^&]*", " ".join(stages["gpu"])))
+    assert not re.search(r"\btorch\b", cpu) and "atelier[gpu]" not in cpu and "*.whl" not in cpu
+    assert "find_spec('torch')" in " ".join(stages["cpu"]), "the CPU image checks it carries no torch"
+    assert '"atelier[api,orchestrator,planner,renderer]"' in cpu
+    assert '"atelier[gpu]"' in gpu and "*.whl" not in gpu
+    extras = (ROOT / "atelier" / "pyproject.toml").read_text()
+    assert re.search(r'^gpu = \["atelier-gpu"\]$', extras, re.M), "the gpu extra is the GPU package alone"
 
 
 def test_no_torchvision_anywhere() -> None:
@@ -91,7 +101,8 @@ def test_no_torchvision_anywhere() -> None:
 def test_runtime_stage(stages: dict[str, list[str]], target: str) -> None:
     body = stages[target]
     installs = " ".join(i for i in body if "pip install" in i)
-    assert f"--no-deps invisible-watermark=={pinned('invisible-watermark')}" in installs
+    if target == "gpu":  # the watermark role's cross-check decoder, without its GUI OpenCV
+        assert f"--no-deps invisible-watermark=={pinned('invisible-watermark')}" in installs
     assert "-c /etc/atelier/constraints.txt" in installs
     users = [i.split()[1] for i in body if i.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), f"{target} runs as root"

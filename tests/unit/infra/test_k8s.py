@@ -17,9 +17,10 @@ import jsonschema
 import pytest
 import typer.main
 import yaml
-from atelier_orchestrator import cli
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import ALL_QUEUES, GPU_QUEUES
+from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES
+from atelier_runtime.settings import Settings
+
+from atelier import cli
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (requirements-dev.txt)")
 
@@ -269,7 +270,7 @@ def test_every_atelier_variable_is_a_settings_field(docs: list[dict[str, Any]]) 
         keys |= {e["name"] for c in containers(workload) for e in c.get("env", []) if e["name"].startswith(PREFIX)}
     assert len(keys) >= 10
     unknown = sorted(k for k in keys if not k.startswith(PREFIX) or k[len(PREFIX):].lower() not in Settings.model_fields)
-    assert not unknown, f"not fields of atelier_shared.settings.Settings: {unknown}"
+    assert not unknown, f"not fields of atelier_runtime.settings.Settings: {unknown}"
 
 
 @pytest.mark.parametrize("name", ["atelier-api", "atelier-migrate", "atelier-orchestrator", "atelier-planner",
@@ -503,7 +504,7 @@ def test_scalers_read_the_broker_the_workers_use(docs: list[dict[str, Any]]) -> 
 def test_celery_keeps_each_queue_as_a_list_named_after_it() -> None:
     # what KEDA's LLEN reads: kombu's Redis channel puts a priority-0 message (Celery's default; Atelier sets
     # no priorities) on the list named after the queue, with no key prefix unless global_keyprefix is set
-    from atelier_shared.celeryapp import make_celery
+    from atelier_runtime.celeryapp import make_celery
     from kombu.transport.redis import Channel
 
     app = make_celery(Settings(broker_url="redis://redis:6379/0"))
@@ -523,21 +524,20 @@ def test_stage_worker_code_never_imports_the_database_layer() -> None:
     import ast
 
     roots = [ROOT / "services" / "planner" / "src", ROOT / "services" / "renderer" / "src", ROOT / "gpu-workers" / "src",
-             ROOT / "shared" / "src" / "atelier_shared" / "stage_runner.py"]
-    forbidden = ("atelier_shared.db", "atelier_shared.models", "sqlalchemy", "atelier_orchestrator")
+             ROOT / "runtime" / "src", ROOT / "contracts" / "src", ROOT / "provenance" / "src"]
+    forbidden = ("atelier_control", "sqlalchemy", "atelier_orchestrator")
     offenders = []
     for root in roots:
         for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Import):
                     names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom):  # relative imports inside atelier_shared count too
-                    module = node.module or ""
-                    names = [f"atelier_shared.{module}" if node.level and "atelier_shared" in path.parts else module]
+                elif isinstance(node, ast.ImportFrom):  # relative imports stay inside their own package
+                    names = [node.module or ""] if not node.level else []
                 else:
                     continue
                 offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith(forbidden)]
-    assert len(roots) == 4 and not offenders, f"stage workers must not touch the database: {offenders}"
+    assert len(roots) == 6 and not offenders, f"stage workers must not touch the database: {offenders}"
 
 
 # ---------------------------------------------------------------- docs

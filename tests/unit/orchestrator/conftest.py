@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from atelier_control.db import make_engine, session_factory
 from atelier_migrations import upgrade
-from atelier_shared.db import make_engine, session_factory
 
 
 @pytest.fixture

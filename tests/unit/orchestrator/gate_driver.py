@@ -6,9 +6,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from atelier_contracts.tasks import ArtifactRecord, StageResult, StageTask
 from atelier_orchestrator import engine
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import ArtifactRecord, StageResult, StageTask
+from atelier_runtime.settings import Settings
 
 GateFn = Callable[[StageTask], dict[str, Any]]
 

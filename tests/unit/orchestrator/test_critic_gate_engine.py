@@ -6,15 +6,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from atelier_contracts.catalogue import STAGE_QUEUES
+from atelier_contracts.specs import CampaignSpec
+from atelier_contracts.tasks import Q_PLANNING, ArtifactRecord, StageTask
+from atelier_control.auth import create_tenant
+from atelier_control.db import session_scope
+from atelier_control.jobs import create_job
+from atelier_control.models import Artifact, Event, Job, Stage
 from atelier_orchestrator import gates
 from atelier_orchestrator.graphs import GRAPHS
-from atelier_shared.auth import create_tenant
-from atelier_shared.db import session_scope
-from atelier_shared.jobs import create_job
-from atelier_shared.models import Artifact, Event, Job, Stage
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec
-from atelier_shared.tasks import Q_PLANNING, STAGE_QUEUES, ArtifactRecord, StageTask
+from atelier_runtime.settings import Settings
 from sqlalchemy import select
 
 from .gate_driver import GateDriver, GateFn, attempt_name, gate_settings

@@ -6,17 +6,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from atelier_contracts.specs import CampaignSpec, StorySpec
+from atelier_contracts.tasks import ArtifactRecord, StageResult, StageTask
+from atelier_control.auth import create_tenant
+from atelier_control.db import session_scope
+from atelier_control.jobs import cancel_job, create_job
+from atelier_control.models import Artifact, Event, Job, Stage
 from atelier_orchestrator import engine
 from atelier_orchestrator.graphs import GRAPHS
 from atelier_orchestrator.reconciler import reconcile_once
-from atelier_shared.auth import create_tenant
-from atelier_shared.db import session_scope
-from atelier_shared.jobs import cancel_job, create_job
-from atelier_shared.models import Artifact, Event, Job, Stage
-from atelier_shared.runtime import MemoryRuntime
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec, StorySpec
-from atelier_shared.tasks import ArtifactRecord, StageResult, StageTask
+from atelier_runtime.settings import Settings
+from atelier_runtime.state import MemoryRuntime
 from sqlalchemy import func, select
 
 CAMPAIGN = {"brand": {"name": "B"}, "product": {"name": "P", "description": "d"}, "taglines": ["t"],

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from atelier_contracts.specs import StorySpec
+from atelier_contracts.tasks import ArtifactRecord, StageTask
+from atelier_control.auth import create_tenant
+from atelier_control.db import session_scope
+from atelier_control.jobs import create_job
+from atelier_control.models import Artifact, Event, Job, Stage
 from atelier_orchestrator import engine, gates
-from atelier_shared.auth import create_tenant
-from atelier_shared.db import session_scope
-from atelier_shared.jobs import create_job
-from atelier_shared.models import Artifact, Event, Job, Stage
-from atelier_shared.specs import StorySpec
-from atelier_shared.tasks import ArtifactRecord, StageTask
 from sqlalchemy import select
 
 from .gate_driver import GateDriver, attempt_name, gate_settings

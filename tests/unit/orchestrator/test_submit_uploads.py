@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from atelier_orchestrator.delivery_cli import upload_local_files
+from atelier.delivery_cli import upload_local_files
 
 
 class Uploads:

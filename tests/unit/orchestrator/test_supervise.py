@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from atelier_orchestrator.supervise import supervise
+from atelier.supervise import supervise
 
 # a child that counts its runs in a file, then exits with the code it is given
 COUNTING_CHILD = "import sys, pathlib; p = pathlib.Path(sys.argv[1]); p.write_text(str(int(p.read_text() or 0) + 1) " \
@@ -33,7 +33,7 @@ def test_a_clean_exit_is_not_restarted(tmp_path: Path) -> None:
 
 SUPERVISOR = """
 import sys
-from atelier_orchestrator.supervise import supervise
+from atelier.supervise import supervise
 child = [sys.executable, "-c", "import os, sys, time, pathlib; pathlib.Path(sys.argv[1], str(os.getpid())).touch(); "
          "time.sleep(120)", sys.argv[1]]
 sys.exit(supervise(child, min_backoff_s=0.1))
@@ -78,7 +78,7 @@ from celery.worker.consumer.consumer import Consumer
 def start(self):
     raise RuntimeError("injected consumer failure")
 Consumer.start = start
-from atelier_orchestrator.cli import app
+from atelier.cli import app
 app(["worker", "--queues", "render", "--no-supervise", "--loglevel", "WARNING"])
 """
 

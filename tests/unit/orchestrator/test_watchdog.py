@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from atelier_orchestrator.watchdog import LoopWatchdog
+from atelier.watchdog import LoopWatchdog
 
 
 class Clock:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_shared.settings import Settings
+from atelier_runtime.settings import Settings
 
-# ---------------------------------------------------------------- LLM doubles (issue 3)
+# ---------------------------------------------------------------- LLM doubles
 
 sys.path.insert(0, str(Path(__file__).parent))
 from llm_double import ChatDouble  # noqa: E402

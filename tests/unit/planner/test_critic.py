@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from atelier_contracts.plans import Box, LayoutPlan, Region, RegionalPlan
 from atelier_planner.common import RULES_PLANNER
 from atelier_planner.critic import critic_from_settings, critique
-from atelier_shared.plans import Box, LayoutPlan, Region, RegionalPlan
-from atelier_shared.settings import Settings
+from atelier_runtime.settings import Settings
 from llm_double import ChatDouble, data_of, images_of
 from PIL import Image
 

@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from atelier_contracts.errors import StageError
+from atelier_contracts.plans import AdPlan, LayoutPlan, RegionalPlan
+from atelier_contracts.specs import CampaignSpec
 from atelier_planner import critic_gate
 from atelier_planner.backends import get_backend
 from atelier_planner.critic import CriticReport, RegionVerdict
 from atelier_planner.critic_gate import background_plan, gate_output, variant_layout
-from atelier_shared.errors import StageError
-from atelier_shared.plans import AdPlan, LayoutPlan, RegionalPlan
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec
-from atelier_shared.stage_runner import StageContext, WorkerResources
+from atelier_planner.stages.gate_critic import critic_gate as critic_gate_stage
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, WorkerResources
 from llm_double import ChatDouble, data_of, images_of
 from PIL import Image
 
@@ -162,7 +163,7 @@ def test_the_stage_judges_the_background_region_by_region(
     llm_double.script = [blue_judge] * 20
     layout = variant_layout(AdPlan.model_validate(ad[1]["plan"]), "1080x1080-v0")
     ctx = gate_ctx(make_ctx, ad, painted(layout, RED), regeneration=1)
-    out = critic_gate.critic_gate.stage_fn(ctx)
+    out = critic_gate_stage.stage_fn(ctx)
     checked = [b for b in layout.boxes if b.role in ("background", "entity", "product")]
     product = next(i for i, b in enumerate(layout.boxes) if b.role == "product")
     asked = llm_double.chat_requests("critic_region")
@@ -181,7 +182,7 @@ def test_the_stage_judges_the_background_region_by_region(
     assert json.loads(ctx.get(rec.key)) == out
 
     llm_double.requests.clear()
-    ok = critic_gate.critic_gate.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
+    ok = critic_gate_stage.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
     assert ok["passed"] is True and ok["score"] == 1.0 and ok["regenerate"] is False and ok["warnings"] == []
 
 
@@ -191,7 +192,7 @@ def test_a_regional_background_is_judged_cell_by_cell(
     resources.settings = vlm_settings(llm_double, tmp_path)
     llm_double.script = [blue_judge] * 20
     layout = variant_layout(AdPlan.model_validate(ad[1]["plan"]), "1080x1080-v0")
-    out = critic_gate.critic_gate.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE), recipe="regional"))
+    out = critic_gate_stage.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE), recipe="regional"))
     cells = [r["prompt"] for r in ad[0]["regional"]["regions"]]
     assert [data_of(r)["region_caption"] for r in llm_double.chat_requests("critic_region")] == cells
     assert out["checked"] == "regional" and out["passed"] is True
@@ -200,7 +201,7 @@ def test_a_regional_background_is_judged_cell_by_cell(
 def test_without_a_vlm_on_the_worker_the_gate_reports_absent(
         make_ctx: MakeCtx, ad: tuple[dict[str, Any], dict[str, Any]]) -> None:
     layout = variant_layout(AdPlan.model_validate(ad[1]["plan"]), "1080x1080-v0")
-    out = critic_gate.critic_gate.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
+    out = critic_gate_stage.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
     assert out["critic_status"] == "absent" and out["passed"] is False and out["regenerate"] is False
     assert out["score"] is None and "ATELIER_VLM_MODEL" in out["detail"]
 
@@ -211,7 +212,7 @@ def test_a_failing_or_unreachable_vlm_is_an_error_never_a_pass(
     layout = variant_layout(AdPlan.model_validate(ad[1]["plan"]), "1080x1080-v0")
     resources.settings = vlm_settings(llm_double, tmp_path)
     llm_double.script = ["http400"] * 20
-    out = critic_gate.critic_gate.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
+    out = critic_gate_stage.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
     assert out["critic_status"] == "error" and out["passed"] is False and out["regenerate"] is False
     assert out["score"] is None and all("HTTP 400" in w for w in out["warnings"])
 
@@ -219,7 +220,7 @@ def test_a_failing_or_unreachable_vlm_is_an_error_never_a_pass(
     assert isinstance(critic_gate.worker_vlm(unconfigured), Exception)
     resources.settings = unconfigured.settings
     resources.extras.pop(critic_gate.VLM_KEY)
-    out = critic_gate.critic_gate.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
+    out = critic_gate_stage.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
     assert out["critic_status"] == "error" and out["passed"] is False and "ATELIER_VLM_BASE_URL" in out["detail"]
 
 
@@ -227,10 +228,10 @@ def test_bad_upstream_fails_the_stage(make_ctx: MakeCtx, ad: tuple[dict[str, Any
     ctx = make_ctx(stage="gate.critic", kind="campaign", spec=CAMPAIGN, item="1080x1080-v0",
                    upstream={"plan.ad_layout": ad[1], "gpu.background": {"seed": 1}})
     with pytest.raises(StageError, match="no background_key"):
-        critic_gate.critic_gate.stage_fn(ctx)
+        critic_gate_stage.stage_fn(ctx)
     ctx.task.upstream["gpu.background"] = {"background_key": "tenants/t1/jobs/job-1/gpu.background/nope.png"}
     with pytest.raises(StageError, match="not in storage"):
-        critic_gate.critic_gate.stage_fn(ctx)
+        critic_gate_stage.stage_fn(ctx)
     ctx.task.upstream["gpu.background"] = {"skipped": "studio backdrop: drawn by the renderer"}
-    out = critic_gate.critic_gate.stage_fn(ctx)
+    out = critic_gate_stage.stage_fn(ctx)
     assert out["passed"] is False and out["artifact_key"] is None and "skipped" in out["detail"]

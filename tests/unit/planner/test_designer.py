@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from atelier_contracts.plans import Box, LayoutPlan
 from atelier_planner.designer import (
     Draft,
     design_layout,
@@ -12,7 +13,6 @@ from atelier_planner.designer import (
     size_prior,
 )
 from atelier_planner.layout import overlaps, safe_zone_for
-from atelier_shared.plans import Box, LayoutPlan
 
 
 def centre(b: tuple[float, float, float, float]) -> tuple[float, float]:

@@ -4,10 +4,10 @@ import re
 from typing import Any
 
 import pytest
+from atelier_contracts.plans import LayoutPlan, StoryPlan
+from atelier_contracts.specs import StorySpec
 from atelier_planner import kahani
 from atelier_planner.common import load_data
-from atelier_shared.plans import LayoutPlan, StoryPlan
-from atelier_shared.specs import StorySpec
 
 CULTURES = ["Kerala, India", "Punjab", "Japan", "Oaxaca, Mexico", "Yoruba, Nigeria", "Cairo, Egypt", "Peru", "Bahia",
             "Sicily", "Galway", "Mombasa", "Hội An", "Jeonju, Korea", "Jamaica", "Faroe Islands"]

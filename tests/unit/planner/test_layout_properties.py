@@ -5,12 +5,12 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
+from atelier_contracts.plans import parse_split_ratio, split_ratio_to_boxes
+from atelier_contracts.specs import CampaignSpec
 from atelier_planner import paid
 from atelier_planner.layout import GRAPHIC_ROLES, MAX_OCCLUSION, MIN_TEXT_PX, TEXT_ROLES, overlaps, safe_zone_for
 from atelier_planner.metrics import layout_metrics, regional_metrics
 from atelier_planner.rpg import grid_split_ratio, ratio_grid, split_ratio_cells, split_ratio_from_cells
-from atelier_shared.plans import parse_split_ratio, split_ratio_to_boxes
-from atelier_shared.specs import CampaignSpec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_orchestrator.demo import CAMPAIGN, STORY
-from atelier_planner import tasks
+from atelier.demo import CAMPAIGN, STORY
+from atelier_contracts.plans import AdPlan, LayoutPlan, RegionalPlan, StoryPlan
+from atelier_contracts.specs import CampaignSpec, StorySpec
 from atelier_planner.backends import backend_from_settings
 from atelier_planner.backends.llm import LLMBackend
 from atelier_planner.llm.client import ChatClient
 from atelier_planner.llm.errors import EngineError
 from atelier_planner.llm.prompts import load_prompt
 from atelier_planner.preview import preview_plans
-from atelier_shared.plans import AdPlan, LayoutPlan, RegionalPlan, StoryPlan
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec, StorySpec
-from atelier_shared.stage_runner import StageContext, run_stage
+from atelier_planner.stages.ad_layout import ad_layout as ad_layout_stage
+from atelier_planner.stages.ad_prompts import ad_prompts as ad_prompts_stage
+from atelier_planner.stages.culture import culture as culture_stage
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext, run_stage
 from llm_double import ChatDouble, data_of, images_of, schema_name
 from PIL import Image
 
@@ -181,7 +183,7 @@ def test_without_fallback_the_stage_fails(make_ctx: MakeCtx, resources: Any, app
     resources.settings = openai_settings.model_copy(update={"planner_fallback": False})
     llm_double.script = ["schema_violation", "schema_violation"]
     ctx = make_ctx(stage="plan.culture", kind="story", spec=STORY)
-    result = run_stage(app_stub, ctx.task.model_dump(mode="json"), tasks.culture.stage_fn)
+    result = run_stage(app_stub, ctx.task.model_dump(mode="json"), culture_stage.stage_fn)
     assert result.status == "failed" and result.error is not None and result.error.retryable is True
     assert "kahani.culture/v1" in result.error.message
 
@@ -190,9 +192,9 @@ def test_stage_outputs_and_plan_artifacts_record_planner_and_metrics(make_ctx: M
                                                                      openai_settings: Settings) -> None:
     resources.settings = openai_settings
     ctx = make_ctx(stage="plan.ad_prompts", kind="campaign", spec=CAMPAIGN)
-    prompts = tasks.ad_prompts.stage_fn(ctx)
+    prompts = ad_prompts_stage.stage_fn(ctx)
     ctx2 = make_ctx(stage="plan.ad_layout", kind="campaign", spec=CAMPAIGN, upstream={"plan.ad_prompts": prompts})
-    out = tasks.ad_layout.stage_fn(ctx2)
+    out = ad_layout_stage.stage_fn(ctx2)
     rec = ctx2.artifacts[0]
     assert rec.meta["planner"]["backend"] == "llm" and set(rec.meta["metrics"]) == set(CAMPAIGN["sizes"])
     stored = json.loads(ctx2.get(rec.key))
@@ -245,7 +247,7 @@ def test_vlm_reads_the_product_photo_from_storage(make_ctx: MakeCtx, resources: 
     buf = io.BytesIO()
     Image.new("RGB", (1200, 600), (200, 30, 30)).save(buf, format="PNG")
     ctx.store.put("tenants/t1/uploads/up-1.png", buf.getvalue(), "image/png")
-    out = tasks.ad_prompts.stage_fn(ctx)
+    out = ad_prompts_stage.stage_fn(ctx)
     req = llm_double.chat_requests("paid_ad_prompts")[0]
     assert req["model"] == "double-vlm"
     (img,) = images_of(req)

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_orchestrator.demo import CAMPAIGN, STORY
+from atelier.demo import CAMPAIGN, STORY
+from atelier_contracts.plans import AdPlan, LayoutPlan, RegionalPlan, StoryPlan
+from atelier_contracts.specs import StorySpec
 from atelier_planner.backends import backend_from_settings
 from atelier_planner.backends.llm import LLMBackend
-from atelier_planner.llm import schema_for
 from atelier_planner.llm.engines import JsonRequest, TransformersEngine
 from atelier_planner.llm.errors import EngineError, EngineUnavailable
 from atelier_planner.llm.prompts import load_prompt
@@ -23,9 +24,8 @@ from atelier_planner.llm.runner import parse_answer
 from atelier_planner.llm.schema import Limits, validate
 from atelier_planner.metrics import regional_metrics
 from atelier_planner.preview import preview_plans
-from atelier_shared.plans import AdPlan, LayoutPlan, RegionalPlan, StoryPlan
-from atelier_shared.settings import Settings
-from atelier_shared.specs import StorySpec
+from atelier_planner.prompt_schemas import schema_for
+from atelier_runtime.settings import Settings
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_orchestrator.demo import STORY
+from atelier.demo import STORY
+from atelier_contracts.specs import StorySpec
 from atelier_planner.backends import backend_from_settings
 from atelier_planner.backends.llm import LLMBackend
 from atelier_planner.llm.engines import JsonRequest, VLLMEngine
 from atelier_planner.llm.errors import EngineUnavailable
-from atelier_shared.settings import Settings
-from atelier_shared.specs import StorySpec
+from atelier_runtime.settings import Settings
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 SKIP_REASON = ("vLLM is not installed: it is the optional `atelier-planner[vllm]` extra for GPU planner hosts and "

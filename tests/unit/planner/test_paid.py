@@ -4,11 +4,11 @@ import itertools
 from typing import Any
 
 import pytest
+from atelier_contracts.colors import contrast_ratio
+from atelier_contracts.plans import AdPlan, parse_split_ratio
+from atelier_contracts.specs import CampaignSpec
 from atelier_planner import paid
-from atelier_planner.colors import contrast_ratio
 from atelier_planner.layout import aspect_class, overlaps
-from atelier_shared.plans import AdPlan, parse_split_ratio
-from atelier_shared.specs import CampaignSpec
 
 SIZES = ["1080x1080", "1200x628", "1080x1920"]
 

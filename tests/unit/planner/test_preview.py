@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_orchestrator.demo import CAMPAIGN, STORY
-from atelier_planner import paid, tasks
+from atelier.demo import CAMPAIGN, STORY
+from atelier_contracts.plans import LayoutPlan
+from atelier_contracts.specs import CampaignSpec
+from atelier_contracts.tasks import PREVIEW_REPLY_PREFIX as REPLY_PREFIX
+from atelier_contracts.tasks import T_PREVIEW
+from atelier_planner import paid
+from atelier_planner import preview as preview_module
 from atelier_planner.backends.rules import RulesBackend
-from atelier_planner.preview import REPLY_PREFIX, T_PREVIEW, answer_preview, preview_id, preview_plans
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.plans import LayoutPlan
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec
+from atelier_planner.preview import answer_preview, preview_id, preview_plans
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
 
 
 def test_campaign_preview_matches_what_a_seeded_job_plans() -> None:
@@ -85,4 +88,4 @@ def test_errors_are_replied_and_late_requests_dropped(app: Any) -> None:
 
 
 def test_preview_task_is_registered() -> None:
-    assert tasks.preview.name == T_PREVIEW == "atelier.planner.preview"
+    assert preview_module.preview.name == T_PREVIEW == "atelier.planner.preview"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from atelier_planner.llm import schema_for
 from atelier_planner.llm.prompts import VERSIONS, data_block, data_json, load_prompt
 from atelier_planner.llm.runner import Problem, Task, clean_strings, parse_answer, run_task
 from atelier_planner.llm.schema import Limits, array, enum, integer, obj, string, validate
+from atelier_planner.prompt_schemas import schema_for
 
 
 @pytest.mark.parametrize("prompt_id", sorted(VERSIONS))

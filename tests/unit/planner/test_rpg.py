@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from atelier_contracts.plans import RegionalPlan, parse_split_ratio, split_ratio_to_boxes
 from atelier_planner.rpg import extract_entities, recaption, regional_prompt_text, split_ratio_for
-from atelier_shared.plans import RegionalPlan, parse_split_ratio, split_ratio_to_boxes
 
 CAPTIONS = [
     "a marble counter with a folded towel on the left and a eucalyptus sprig on the right, soft window light",

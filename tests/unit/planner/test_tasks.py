@@ -5,11 +5,18 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from atelier_planner import tasks
-from atelier_shared.errors import StageError
-from atelier_shared.plans import AdPlan, LayoutPlan, RegionalPlan, StoryPlan
-from atelier_shared.stage_runner import StageContext, run_stage
-from atelier_shared.tasks import T_STAGE_DONE, T_STAGE_STARTED
+from atelier_contracts.errors import StageError
+from atelier_contracts.plans import AdPlan, LayoutPlan, RegionalPlan, StoryPlan
+from atelier_contracts.tasks import T_STAGE_DONE, T_STAGE_STARTED
+from atelier_planner import worker
+from atelier_planner.stages.ad_layout import ad_layout as ad_layout_stage
+from atelier_planner.stages.ad_prompts import ad_prompts as ad_prompts_stage
+from atelier_planner.stages.characters import characters as characters_stage
+from atelier_planner.stages.culture import culture as culture_stage
+from atelier_planner.stages.scene_layout import scene_layout as scene_layout_stage
+from atelier_planner.stages.scenes import scenes as scenes_stage
+from atelier_planner.stages.story import story as story_stage
+from atelier_runtime.stage_runner import StageContext, run_stage
 
 CAMPAIGN = {
     "brand": {"name": "Glow", "palette": ["#0F766E", "#F0FDFA"]},
@@ -31,14 +38,14 @@ def _stored_plan(ctx: StageContext, name: str) -> Any:
 
 def test_campaign_chain(make_ctx: MakeCtx) -> None:
     ctx = make_ctx(stage="plan.ad_prompts", kind="campaign", spec=CAMPAIGN)
-    prompts = tasks.ad_prompts.stage_fn(ctx)
+    prompts = ad_prompts_stage.stage_fn(ctx)
     assert {"prompts", "negative_prompt", "regional", "planner", "metrics"} <= set(prompts)
     assert prompts["planner"]["backend"] == "rules" and prompts["metrics"]["regional"]["covers_canvas_exactly_once"]
     RegionalPlan.model_validate(prompts["regional"])
     assert _stored_plan(ctx, "ad_prompts") == prompts
 
     ctx2 = make_ctx(stage="plan.ad_layout", kind="campaign", spec=CAMPAIGN, upstream={"plan.ad_prompts": prompts})
-    out = tasks.ad_layout.stage_fn(ctx2)
+    out = ad_layout_stage.stage_fn(ctx2)
     plan = AdPlan.model_validate(out["plan"])
     assert plan.prompts.background == prompts["prompts"]["background"]
     assert [v.target.name for v in plan.variants] == CAMPAIGN["sizes"]
@@ -49,22 +56,22 @@ def test_campaign_chain(make_ctx: MakeCtx) -> None:
 def test_story_chain(make_ctx: MakeCtx) -> None:
     up: dict[str, Any] = {}
     ctx = make_ctx(stage="plan.culture", kind="story", spec=STORY)
-    up["plan.culture"] = tasks.culture.stage_fn(ctx)
+    up["plan.culture"] = culture_stage.stage_fn(ctx)
     assert up["plan.culture"]["culture"]["key"] == "japan" and up["plan.culture"]["culture_notes"]
 
     ctx = make_ctx(stage="plan.story", kind="story", spec=STORY, upstream={"plan.culture": up["plan.culture"]})
-    up["plan.story"] = tasks.story.stage_fn(ctx)
+    up["plan.story"] = story_stage.stage_fn(ctx)
     assert {"title", "story", "language"} <= set(up["plan.story"])
 
     ctx = make_ctx(stage="plan.characters", kind="story", spec=STORY,
                    upstream={k: up[k] for k in ("plan.story", "plan.culture")})
-    up["plan.characters"] = tasks.characters.stage_fn(ctx)
+    up["plan.characters"] = characters_stage.stage_fn(ctx)
     ids = [c["id"] for c in up["plan.characters"]["characters"]]
     assert ids[:2] == ["c0", "c1"] and len(ids) <= 3
 
     ctx = make_ctx(stage="plan.scenes", kind="story", spec=STORY,
                    upstream={k: up[k] for k in ("plan.story", "plan.characters", "plan.culture")})
-    scenes = tasks.scenes.stage_fn(ctx)
+    scenes = scenes_stage.stage_fn(ctx)
     plan = StoryPlan.model_validate(scenes["plan"])
     assert len(plan.scenes) == 3 and plan.story == up["plan.story"]["story"]
     assert [c.model_dump() for c in plan.characters] == up["plan.characters"]["characters"]
@@ -72,7 +79,7 @@ def test_story_chain(make_ctx: MakeCtx) -> None:
     sheets = {cid: {"sheet_key": f"tenants/t1/jobs/job-1/gpu.character_sheet/{cid}.png", "seed": 1} for cid in ids}
     ctx = make_ctx(stage="plan.scene_layout", kind="story", spec=STORY,
                    upstream={"plan.scenes": scenes, "gpu.character_sheet": sheets})
-    out = tasks.scene_layout.stage_fn(ctx)
+    out = scene_layout_stage.stage_fn(ctx)
     layouts = [LayoutPlan.model_validate(lp) for lp in out["layouts"]]
     assert len(layouts) == 3
     for lp in layouts:
@@ -83,52 +90,52 @@ def test_story_chain(make_ctx: MakeCtx) -> None:
 
 
 def test_scene_layout_without_sheet_fails_clearly(make_ctx: MakeCtx) -> None:
-    scenes = tasks.scenes.stage_fn(make_ctx(stage="plan.scenes", kind="story", spec=STORY))
+    scenes = scenes_stage.stage_fn(make_ctx(stage="plan.scenes", kind="story", spec=STORY))
     ctx = make_ctx(stage="plan.scene_layout", kind="story", spec=STORY, upstream={"plan.scenes": scenes})
     with pytest.raises(StageError, match="c0"):
-        tasks.scene_layout.stage_fn(ctx)
+        scene_layout_stage.stage_fn(ctx)
 
 
 def test_same_job_writes_same_bytes(make_ctx: MakeCtx) -> None:
     a = make_ctx(stage="plan.culture", kind="story", spec=STORY)
-    tasks.culture.stage_fn(a)
+    culture_stage.stage_fn(a)
     first = a.get(a.artifacts[0].key)
     b = make_ctx(stage="plan.culture", kind="story", spec=STORY)
-    tasks.culture.stage_fn(b)
+    culture_stage.stage_fn(b)
     assert b.artifacts[0].key == a.artifacts[0].key and b.get(b.artifacts[0].key) == first
 
 
 def test_run_stage_reports_bad_spec_as_non_retryable(make_ctx: MakeCtx, app_stub: Any) -> None:
     ctx = make_ctx(stage="plan.ad_prompts", kind="campaign", spec={"brand": {}})
-    result = run_stage(app_stub, ctx.task.model_dump(mode="json"), tasks.ad_prompts.stage_fn)
+    result = run_stage(app_stub, ctx.task.model_dump(mode="json"), ad_prompts_stage.stage_fn)
     assert result.status == "failed" and result.error is not None and result.error.retryable is False
     assert [name for name, _ in app_stub.sent] == [T_STAGE_STARTED, T_STAGE_DONE]
 
 
 def test_tasks_registered_under_stage_names() -> None:
-    assert tasks.ad_prompts.name == "atelier.stage.plan.ad_prompts"
-    assert tasks.scene_layout.name == "atelier.stage.plan.scene_layout"
+    assert ad_prompts_stage.name == "atelier.stage.plan.ad_prompts"
+    assert scene_layout_stage.name == "atelier.stage.plan.scene_layout"
 
 
 def test_backend_comes_from_settings_once_per_worker(make_ctx: MakeCtx, resources: Any) -> None:
     from atelier_planner.backends.rules import RulesBackend
 
     ctx = make_ctx(stage="plan.culture", kind="story", spec=STORY)
-    first = tasks.backend_for(ctx)
-    assert isinstance(first, RulesBackend) and tasks.backend_for(make_ctx(stage="plan.story", kind="story",
+    first = worker.backend_for(ctx)
+    assert isinstance(first, RulesBackend) and worker.backend_for(make_ctx(stage="plan.story", kind="story",
                                                                           spec=STORY)) is first
-    assert resources.extras[tasks.BACKEND_KEY] is first
+    assert resources.extras[worker.BACKEND_KEY] is first
 
 
 def test_every_stage_output_records_planner_and_metrics(make_ctx: MakeCtx) -> None:
-    out = tasks.ad_layout.stage_fn(make_ctx(stage="plan.ad_layout", kind="campaign", spec=CAMPAIGN))
+    out = ad_layout_stage.stage_fn(make_ctx(stage="plan.ad_layout", kind="campaign", spec=CAMPAIGN))
     assert out["planner"] == {"backend": "rules", "engine": "rules", "model": "rules-v1", "prompt_version": "rules-1",
                               "fallback": None}
     assert set(out["metrics"]) == set(CAMPAIGN["sizes"]) == set(out["layouts"])
     assert out["layouts"]["1080x1920"]["safe_zone"]["top"] == 0.14
     ctx = make_ctx(stage="plan.story", kind="story", spec=STORY)
-    story = tasks.story.stage_fn(ctx)
+    story = story_stage.stage_fn(ctx)
     assert story["metrics"]["words"] <= 250 and story["metrics"]["reading_grade"] is not None
     assert ctx.artifacts[0].meta == {"planner": story["planner"], "metrics": story["metrics"]}
-    scenes = tasks.scenes.stage_fn(make_ctx(stage="plan.scenes", kind="story", spec=STORY))
+    scenes = scenes_stage.stage_fn(make_ctx(stage="plan.scenes", kind="story", spec=STORY))
     assert len(scenes["metrics"]["scenes"]) == STORY["pages"]

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atelier_shared import provenance as pv
-from atelier_shared import watermark as wm
-from atelier_shared.settings import Settings
-from atelier_shared.verify import verify_image
+from atelier_provenance import manifests as pv
+from atelier_provenance import watermark as wm
+from atelier_provenance.verify import verify_image
+from atelier_runtime.settings import Settings
 from PIL import Image
 
 GEN = {"job_id": "job_1", "plan_id": "plan-9", "model": "sdxl-tiny", "seed": 7,
@@ -113,10 +113,10 @@ class AppStub:
 
 
 def _stage(settings: Settings, kind: str = "campaign") -> tuple[Any, Any]:
-    from atelier_gpu import watermark_tasks
-    from atelier_shared.stage_runner import StageContext, WorkerResources
-    from atelier_shared.storage import job_prefix
-    from atelier_shared.tasks import StageTask
+    from atelier_contracts.keys import job_prefix
+    from atelier_contracts.tasks import StageTask
+    from atelier_gpu.stages.watermark import watermark_asset as watermark_stage
+    from atelier_runtime.stage_runner import StageContext, WorkerResources
 
     res = WorkerResources(settings)
     job, tenant = f"job_{uuid.uuid4().hex[:8]}", "ten_1"
@@ -129,7 +129,7 @@ def _stage(settings: Settings, kind: str = "campaign") -> tuple[Any, Any]:
                      upstream={"render.ad": {"render_key": render}, "plan.ad_layout": {"plan": {"plan_id": "ad-1"}},
                                "gpu.background": {"seed": 42, "model": "sdxl-tiny"}})
     ctx = StageContext(task, res, AppStub())
-    return ctx, watermark_tasks.watermark_asset.stage_fn(ctx)
+    return ctx, watermark_stage.stage_fn(ctx)
 
 
 def test_watermark_stage_marks_then_signs(settings):

@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 from atelier_api import create_app
-from atelier_shared import provenance as pv
-from atelier_shared import watermark as wm
-from atelier_shared.auth import create_tenant
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.db import make_engine, session_factory, session_scope
-from atelier_shared.jobs import create_job
-from atelier_shared.models import Artifact, Base
-from atelier_shared.runtime import MemoryRuntime
-from atelier_shared.settings import Settings
-from atelier_shared.specs import StorySpec
-from atelier_shared.storage import LocalStore
+from atelier_contracts.specs import StorySpec
+from atelier_control.auth import create_tenant
+from atelier_control.db import make_engine, session_factory, session_scope
+from atelier_control.jobs import create_job
+from atelier_control.models import Artifact, Base
+from atelier_provenance import manifests as pv
+from atelier_provenance import watermark as wm
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
+from atelier_runtime.state import MemoryRuntime
+from atelier_runtime.storage import LocalStore
 from fastapi.testclient import TestClient
 from PIL import Image
 

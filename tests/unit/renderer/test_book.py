@@ -7,10 +7,11 @@ import json
 from collections.abc import Callable
 
 import pytest
-from atelier_renderer import tasks
 from atelier_renderer.book import Book, BookPage, build_html, build_pdf
+from atelier_renderer.documents import page_layout_key
+from atelier_renderer.stages.deliver import deliver
 from atelier_renderer.storybook import render_page_with_layout
-from atelier_shared.stage_runner import StageContext
+from atelier_runtime.stage_runner import StageContext
 from PIL import Image
 
 pypdf = pytest.importorskip("pypdf")
@@ -48,9 +49,9 @@ def test_deliver_builds_the_storybook_from_watermarked_pages(make_ctx: MakeCtx) 
         ctx.store.put(key, _png(page), "image/png")
         marks[f"s{i}"] = {"asset_key": key, "width": 512, "height": 640}
         side = {"page": i + 1, "title": "कागज़ की नाव", "language": "hi", "narration": narration, **layout}
-        ctx.store.put(tasks.page_layout_key("tenants/t1/jobs/job-1", f"s{i}"), json.dumps(side).encode(), "application/json")
+        ctx.store.put(page_layout_key("tenants/t1/jobs/job-1", f"s{i}"), json.dumps(side).encode(), "application/json")
     ctx.task.upstream = {"gpu.watermark": marks}
-    out = tasks.deliver.stage_fn(ctx)
+    out = deliver.stage_fn(ctx)
     pdf_key, html_key = out["documents"]
     reader = pypdf.PdfReader(io.BytesIO(ctx.get(pdf_key)))
     assert len(reader.pages) == 3  # cover + 2 pages
@@ -75,7 +76,7 @@ def test_deliver_builds_the_storybook_from_watermarked_pages(make_ctx: MakeCtx) 
     # signed like the images: a C2PA manifest that verifies on the stored bytes
     c2pa_state = next(d for d in docs if d.content_type == "application/pdf").meta["c2pa"]
     assert c2pa_state["state"] in ("trusted", "untrusted"), c2pa_state
-    from atelier_shared import provenance
+    from atelier_provenance import manifests as provenance
 
     report = provenance.read_manifest(ctx.get(pdf_key), "application/pdf",
                                       anchors=provenance.trust_anchors(ctx.settings))

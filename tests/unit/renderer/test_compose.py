@@ -4,11 +4,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from atelier_contracts.colors import contrast_ratio
+from atelier_contracts.plans import AdVariant, Box, LayoutPlan, PlannerInfo, Tagline, Target, TextStyle
 from atelier_renderer.compose import (
     AdReport,
     compose_ad,
     compose_ad_with_report,
-    contrast_ratio,
     cover,
     cutout,
     fit_text,
@@ -17,7 +18,6 @@ from atelier_renderer.compose import (
     wrap_text,
 )
 from atelier_renderer.fonts import load_font
-from atelier_shared.plans import AdVariant, Box, LayoutPlan, PlannerInfo, Tagline, Target, TextStyle
 from PIL import Image
 
 PLANNER = PlannerInfo(backend="rules", model="rules-v1", prompt_version="rules-1")

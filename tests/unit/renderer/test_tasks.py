@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from atelier_renderer import tasks
-from atelier_shared.errors import StageError
-from atelier_shared.plans import (
+from atelier_contracts import items
+from atelier_contracts.errors import StageError
+from atelier_contracts.keys import font_key
+from atelier_contracts.plans import (
     AdPlan,
     AdPrompts,
     AdVariant,
@@ -26,7 +27,10 @@ from atelier_shared.plans import (
     Target,
     TextStyle,
 )
-from atelier_shared.stage_runner import StageContext
+from atelier_renderer.stages.deliver import deliver
+from atelier_renderer.stages.render_ad import render_ad
+from atelier_renderer.stages.render_storybook import render_storybook
+from atelier_runtime.stage_runner import StageContext
 from PIL import Image
 
 MakeCtx = Callable[..., StageContext]
@@ -68,7 +72,7 @@ def test_render_ad(make_ctx: MakeCtx) -> None:
     ctx.store.put(bg_key, png(Image.new("RGB", (512, 256), (240, 240, 240))), "image/png")
     ctx.task.upstream = {"plan.ad_layout": {"plan": ad_plan().model_dump(mode="json")},
                          "gpu.background": {"background_key": bg_key, "width": 512, "height": 256}}
-    out = tasks.render_ad.stage_fn(ctx)
+    out = render_ad.stage_fn(ctx)
     assert out == {"render_key": "tenants/t1/jobs/job-1/render.ad/1200x628-v1.png", "width": 1200, "height": 628,
                    "size": "1200x628", "variant": 1, "gates_passed": True, "gates_failed": []}
     img = Image.open(io.BytesIO(ctx.get(out["render_key"])))
@@ -90,7 +94,7 @@ def test_render_ad_studio_backdrop_needs_no_background(make_ctx: MakeCtx) -> Non
     ctx.store.put("tenants/t1/uploads/logo-1.png", png(Image.new("RGB", (60, 30), (0, 180, 0))), "image/png")
     # no gpu.background output at all: the renderer draws the backdrop itself
     ctx.task.upstream = {"plan.ad_layout": {"plan": ad_plan().model_dump(mode="json")}}
-    out = tasks.render_ad.stage_fn(ctx)
+    out = render_ad.stage_fn(ctx)
     img = Image.open(io.BytesIO(ctx.get(out["render_key"]))).convert("RGB")
     assert img.size == (1080, 1080) and ctx.artifacts[0].meta["backdrop"] == "studio"
     assert out["gates_passed"] is True, ctx.artifacts[0].meta["gates"]
@@ -105,12 +109,12 @@ def test_render_ad_uses_the_brand_kit_font(make_ctx: MakeCtx) -> None:
     ctx = make_ctx(stage="render.ad", kind="campaign", spec=spec, item="1080x1080-v0")
     ctx.store.put("tenants/t1/uploads/up-1.png", png(Image.new("RGBA", (50, 100), (200, 30, 30, 255))), "image/png")
     ctx.store.put("tenants/t1/uploads/logo-1.png", png(Image.new("RGB", (60, 30), (0, 180, 0))), "image/png")
-    ctx.store.put(tasks.font_key("t1", "art_font1"), src.read_bytes(), "font/ttf")
+    ctx.store.put(font_key("t1", "art_font1"), src.read_bytes(), "font/ttf")
     bg_key = "tenants/t1/jobs/job-1/gpu.background/1080x1080-v0.png"
     ctx.store.put(bg_key, png(Image.new("RGB", (64, 64), (240, 240, 240))), "image/png")
     ctx.task.upstream = {"plan.ad_layout": {"plan": ad_plan().model_dump(mode="json")},
                          "gpu.background": {"background_key": bg_key}}
-    tasks.render_ad.stage_fn(ctx)
+    render_ad.stage_fn(ctx)
     texts = ctx.artifacts[0].meta["texts"]
     assert {t["font"] for t in texts} == {f"{hashlib.sha256(src.read_bytes()).hexdigest()}.font"}
 
@@ -123,9 +127,9 @@ def test_render_ad_rejects_a_broken_brand_font(make_ctx: MakeCtx) -> None:
     ctx.store.put("k", png(Image.new("RGB", (8, 8))), "image/png")
     ctx.store.put("tenants/t1/uploads/up-1.png", png(Image.new("RGB", (8, 8))), "image/png")
     ctx.store.put("tenants/t1/uploads/logo-1.png", png(Image.new("RGB", (8, 8))), "image/png")
-    ctx.store.put(tasks.font_key("t1", "art_bad"), b"not a font", "font/ttf")
+    ctx.store.put(font_key("t1", "art_bad"), b"not a font", "font/ttf")
     with pytest.raises(StageError, match="not a readable") as exc:
-        tasks.render_ad.stage_fn(ctx)
+        render_ad.stage_fn(ctx)
     assert exc.value.retryable is False
 
 
@@ -134,7 +138,7 @@ def test_render_ad_unknown_size_fails_for_good(make_ctx: MakeCtx) -> None:
                    upstream={"plan.ad_layout": {"plan": ad_plan().model_dump(mode="json")},
                              "gpu.background": {"background_key": "nope"}})
     with pytest.raises(StageError) as exc:
-        tasks.render_ad.stage_fn(ctx)
+        render_ad.stage_fn(ctx)
     assert exc.value.retryable is False
 
 
@@ -153,7 +157,7 @@ def test_render_storybook(make_ctx: MakeCtx) -> None:
                    upstream={"plan.scenes": {"plan": story_plan(3).model_dump(mode="json")},
                              "gpu.scene": {"scene_key": key, "width": 1024, "height": 768}})
     ctx.store.put(key, png(Image.new("RGB", (1024, 768), (90, 90, 200))), "image/png")
-    out = tasks.render_storybook.stage_fn(ctx)
+    out = render_storybook.stage_fn(ctx)
     assert out == {"render_key": "tenants/t1/jobs/job-1/render.storybook/s2.png", "width": 1024, "height": 1280, "page": 3}
     assert ctx.artifacts[0].kind == "page"
     assert Image.open(io.BytesIO(ctx.get(out["render_key"]))).size == (1024, 1280)
@@ -172,7 +176,7 @@ def test_deliver_writes_manifest(make_ctx: MakeCtx) -> None:
         ctx.store.put(key, png(Image.new("RGB", (40 + i, 30), (i, i, i))), "image/png")
         marks[f"s{i}"] = {"asset_key": key, "width": 40 + i, "height": 30, "watermark": {"bits": 48, "method": "dwtDctSvd"}}
     ctx.task.upstream = {"gpu.watermark": marks}
-    out = tasks.deliver.stage_fn(ctx)
+    out = deliver.stage_fn(ctx)
     assert out["count"] == 3 and out["manifest_key"] == "tenants/t1/jobs/job-1/deliver/manifest.json"
     assert [k.rsplit("/", 1)[1] for k in out["assets"]] == ["s1.png", "s2.png", "s10.png"]  # natural order
     manifest = json.loads(ctx.get(out["manifest_key"]))
@@ -190,26 +194,29 @@ def test_deliver_missing_asset_fails(make_ctx: MakeCtx) -> None:
     ctx = make_ctx(stage="deliver", kind="campaign", spec={},
                    upstream={"gpu.watermark": {"1080x1080-v0": {"asset_key": "tenants/t1/jobs/job-1/x.png"}}})
     with pytest.raises(StageError, match="not found"):
-        tasks.deliver.stage_fn(ctx)
+        deliver.stage_fn(ctx)
 
 
 def test_item_parsing() -> None:
-    assert tasks.parse_ad_item("1080x1920-v7") == ("1080x1920", 7)
-    assert tasks.parse_ad_item("1080x1080") == ("1080x1080", 0)
-    assert tasks.parse_scene_item("s11") == 11
-    with pytest.raises(StageError):
-        tasks.parse_ad_item("bad")
+    """One parser per item space (atelier_contracts.items): the renderer, the GPU stages and the gates agree."""
+    assert items.parse_size_variant("1080x1920-v7") == ("1080x1920", 7)
+    assert items.parse_size_variant(items.size_variant("300x250", 2)) == ("300x250", 2)
+    assert items.parse_scene("s11") == 11 and items.parse_scene(items.scene(3)) == 3
+    for bad in ("bad", "1080x1080"):  # a bare size is no item: every item is built with its variant
+        with pytest.raises(ValueError, match="<size>-v<variant>"):
+            items.parse_size_variant(bad)
 
 
 def test_renders_what_the_rules_planner_plans(make_ctx: MakeCtx) -> None:
     """Contract check: the renderer honours the planner's box conventions for every size."""
-    planner_tasks = pytest.importorskip("atelier_planner.tasks")
+    ad_prompts_stage = pytest.importorskip("atelier_planner.stages.ad_prompts").ad_prompts
+    ad_layout_stage = pytest.importorskip("atelier_planner.stages.ad_layout").ad_layout
     spec = {"brand": {"name": "B", "palette": ["#0F766E", "#F0FDFA"]},
             "product": {"name": "Glow Serum", "description": "A vitamin C serum.", "image": "up-1"},
             "taglines": ["Bright skin, every single day of the year", "Dermatologist tested"], "cta": "Try it",
             "sizes": ["1080x1080", "1200x628", "1080x1920"], "variants": 1}
-    prompts = planner_tasks.ad_prompts.stage_fn(make_ctx(stage="plan.ad_prompts", kind="campaign", spec=spec))
-    layout = planner_tasks.ad_layout.stage_fn(make_ctx(stage="plan.ad_layout", kind="campaign", spec=spec,
+    prompts = ad_prompts_stage.stage_fn(make_ctx(stage="plan.ad_prompts", kind="campaign", spec=spec))
+    layout = ad_layout_stage.stage_fn(make_ctx(stage="plan.ad_layout", kind="campaign", spec=spec,
                                                        upstream={"plan.ad_prompts": prompts}))
     rng = np.random.default_rng(3)
     for size in spec["sizes"]:
@@ -220,7 +227,7 @@ def test_renders_what_the_rules_planner_plans(make_ctx: MakeCtx) -> None:
         bg_key = f"tenants/t1/jobs/job-1/gpu.background/{size}-v0.png"
         ctx.store.put(bg_key, png(noise), "image/png")
         ctx.task.upstream = {"plan.ad_layout": layout, "gpu.background": {"background_key": bg_key}}
-        out = tasks.render_ad.stage_fn(ctx)
+        out = render_ad.stage_fn(ctx)
         img = Image.open(io.BytesIO(ctx.get(out["render_key"]))).convert("RGB")
         assert img.size == (w, h)
         variant = AdPlan.model_validate(layout["plan"]).variants[spec["sizes"].index(size)]

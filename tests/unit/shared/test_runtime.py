@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from atelier_shared.runtime import MemoryRuntime, RedisRuntime
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import run_stage
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import run_stage
+from atelier_runtime.state import MemoryRuntime, RedisRuntime
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -69,7 +69,7 @@ def test_duplicate_deliveries_do_not_run(tmp_path: Path) -> None:
     res = run_stage(app, _payload(sid), fn)  # type: ignore[arg-type]
     assert res is not None and res.status == "succeeded"
     assert app.sent == ["atelier.orchestrator.stage_started", "atelier.orchestrator.stage_done"]
-    from atelier_shared.stage_runner import resources
+    from atelier_runtime.stage_runner import resources
 
     runtime = resources(app).runtime  # type: ignore[arg-type]
     runtime.mark_done(sid)

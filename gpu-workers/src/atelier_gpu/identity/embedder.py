@@ -48,14 +48,14 @@ class Embedder:
         self._net: Any = None
         self._module: Any = None
         if suffix == ".onnx":
-            import cv2
+            import cv2  # heavy (OpenCV): loaded on first use
 
             try:
                 self._net = cv2.dnn.readNetFromONNX(str(self.path))
             except cv2.error as exc:
                 raise EmbedderMissing(f"OpenCV cannot read {self.path}: {exc}") from exc
         elif suffix in (".pt", ".ts", ".jit", ".torchscript"):
-            import torch
+            import torch  # heavy (torch): loaded on first use
 
             self._module = torch.jit.load(str(self.path), map_location="cpu").eval()
         else:
@@ -74,7 +74,7 @@ class Embedder:
                 out.append(np.asarray(self._net.forward()).reshape(-1))
             raw = np.stack(out)
         else:
-            import torch
+            import torch  # heavy (torch): loaded on first use
 
             with torch.inference_mode():
                 raw = self._module(torch.from_numpy(blob)).cpu().numpy()

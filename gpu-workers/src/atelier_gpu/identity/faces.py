@@ -79,7 +79,7 @@ def find_cascade(configured: Path | None = None) -> Path:
         return Path(configured)
     candidates = []
     try:
-        import cv2
+        import cv2  # heavy (OpenCV): loaded on first use
 
         candidates.append(Path(cv2.data.haarcascades) / CASCADE_NAME)
     except (ImportError, AttributeError):

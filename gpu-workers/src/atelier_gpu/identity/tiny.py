@@ -21,7 +21,7 @@ LAYOUT_DIM = 12  # 2x2 cells x 3 colour channels
 
 def build_tiny_embedder(dim: int | None = None, *, seed: int = 0) -> Any:
     """The colour-layout module: ``[N, 3, 112, 112]`` → ``[N, dim]`` (``dim=None``: the 12 layout values)."""
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     class ColourLayout(torch.nn.Module):
         def __init__(self, projection: torch.Tensor) -> None:
@@ -43,7 +43,7 @@ def build_tiny_embedder(dim: int | None = None, *, seed: int = 0) -> Any:
 
 def write_tiny_embedder(path: Path, *, dim: int | None = None, seed: int = 0) -> Path:
     """Write ``build_tiny_embedder(dim, seed=seed)`` as TorchScript to ``path`` (e.g. ``recognition.pt``)."""
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

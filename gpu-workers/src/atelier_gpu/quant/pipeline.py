@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..registry import ModelRegistry
 from .svdquant import (
     ALPHAS,
     DEFAULT_GROUP,
@@ -67,8 +68,6 @@ def quantize_pipeline(pipe: Any, *, family: str, out: Path | str | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..registry import ModelRegistry
-
     parser = argparse.ArgumentParser(description="SVDQuant the denoiser of a models.yaml entry")
     parser.add_argument("--models-file", type=Path, required=True)
     parser.add_argument("--model", required=True, help="id of the 16-bit model in models.yaml")

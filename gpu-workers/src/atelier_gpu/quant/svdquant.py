@@ -426,7 +426,7 @@ def svdquant_layers(model: nn.Module) -> dict[str, SVDQuantLinear]:
 
 def save_svdquant(model: nn.Module, path: Path | str, *, extra: dict[str, str] | None = None) -> Path:
     """Write the quantised layers of ``model`` (only those) to one safetensors file."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # heavy (safetensors (torch)): loaded on first use
 
     layers = svdquant_layers(model)
     if not layers:
@@ -448,7 +448,7 @@ def save_svdquant(model: nn.Module, path: Path | str, *, extra: dict[str, str] |
 
 
 def read_svdquant_metadata(path: Path | str) -> dict[str, str]:
-    from safetensors import safe_open
+    from safetensors import safe_open  # heavy (safetensors (torch)): loaded on first use
 
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
@@ -456,7 +456,7 @@ def read_svdquant_metadata(path: Path | str) -> dict[str, str]:
 
 def load_svdquant(model: nn.Module, path: Path | str, *, mode: str = "packed", device: str | None = None) -> int:
     """Swap the linears named in the checkpoint for SVDQuant layers and load them; returns how many."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # heavy (safetensors (torch)): loaded on first use
 
     meta = read_svdquant_metadata(path)
     if meta.get("format") != FORMAT:

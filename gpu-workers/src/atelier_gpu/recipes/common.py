@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from atelier_shared.errors import StageError
+from atelier_contracts.errors import StageError
 
 FAMILIES = ("sdxl", "flux", "sd3", "pixart")
 NEGATIVE_FAMILIES = ("sdxl", "sd3", "pixart")  # FLUX.1 is guidance-distilled: no negative branch
@@ -67,7 +67,7 @@ def check_prompt(recipe: str, name: str, value: Any, *, optional: bool = False) 
 
 def generators(seeds: Sequence[int]) -> list[Any]:
     """One CPU generator per image: the same starting noise on every device and at every batch size."""
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 

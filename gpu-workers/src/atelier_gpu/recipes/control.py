@@ -92,10 +92,13 @@ def check_inputs(pipe: Any, *, family: Any, prompt: Any, controls: Any, width: A
 def control_pipeline(pipe: Any, family: str, controlnets: list[Any]) -> Any:
     """The ControlNet pipeline over ``pipe``'s own components (shared, not copied)."""
     if family == "sdxl":
-        from diffusers import MultiControlNetModel, StableDiffusionXLControlNetPipeline
+        from diffusers import (  # heavy (diffusers): loaded on first use
+            MultiControlNetModel,
+            StableDiffusionXLControlNetPipeline,
+        )
 
         return StableDiffusionXLControlNetPipeline.from_pipe(pipe, controlnet=MultiControlNetModel(controlnets))
-    from diffusers import FluxControlNetPipeline, FluxMultiControlNetModel
+    from diffusers import FluxControlNetPipeline, FluxMultiControlNetModel  # heavy (diffusers): loaded on first use
 
     return FluxControlNetPipeline.from_pipe(pipe, controlnet=FluxMultiControlNetModel(controlnets))
 

@@ -47,18 +47,28 @@ scene under a new name (``s2.r1``), so every attempt stays an artifact.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from atelier_shared.errors import NotFound, StageError
-from atelier_shared.plans import Box, LayoutPlan
-from atelier_shared.settings import Settings
-from atelier_shared.stage_runner import StageContext
-from atelier_shared.tasks import S_CHARACTER_SHEET
+import numpy as np
+from atelier_contracts import items
+from atelier_contracts.errors import NotFound, StageError
+from atelier_contracts.plans import Box, LayoutPlan
+from atelier_contracts.stage_io import SceneInputs
+from atelier_runtime.images import png_bytes
+from atelier_runtime.settings import Settings
+from atelier_runtime.stage_runner import StageContext
 from PIL import Image, ImageDraw
+
+from ..generation import registry
+from ..identity.embedder import Embedder
+from ..identity.faces import Face, FaceDetector, crop_face
+from .reference_attn import reference_attention
+from .text_to_image import generation_size
 
 REGENERATION_SEED_STEP = 7919  # a prime: regenerated seeds never collide with other scenes' layout seeds
 MODES = ("instantid", "reference", "reference_only", "none")
@@ -75,7 +85,7 @@ def scene_seed(layout_seed: int, regeneration: int) -> int:
 
 def scene_name(item: str, regeneration: int) -> str:
     """Artifact name of an attempt: ``s2`` first, then ``s2.r1``, ``s2.r2``..."""
-    return item if not regeneration else f"{item}.r{regeneration}"
+    return items.attempt_name(item, regeneration)
 
 
 def identity_mode(settings: Settings) -> tuple[str, str]:
@@ -99,19 +109,12 @@ def identity_mode(settings: Settings) -> tuple[str, str]:
 
 
 def _sheet_keys(ctx: StageContext, cast: list[str]) -> dict[str, str]:
-    """Character id → sheet key, for the cast members whose ``gpu.character_sheet`` output has one."""
-    out = ctx.task.upstream.get(S_CHARACTER_SHEET) or {}
-    keys = {}
-    for cid in cast:
-        entry = out.get(cid) if isinstance(out, dict) else None
-        if isinstance(entry, dict) and entry.get("sheet_key"):
-            keys[cid] = str(entry["sheet_key"])
-    return keys
+    """Character id → sheet key, for the cast members with a ``gpu.character_sheet`` output upstream."""
+    sheets = ctx.inputs(SceneInputs).sheets
+    return {cid: sheets[cid].sheet_key for cid in cast if cid in sheets}
 
 
 def _read_sheet(ctx: StageContext, key: str) -> Image.Image:
-    import io
-
     img = Image.open(io.BytesIO(ctx.get(key)))
     img.load()
     return img.convert("RGB")
@@ -150,9 +153,6 @@ def generate_scene(ctx: StageContext, *, generate: Callable[..., tuple[Image.Ima
         return _reference_only_scene(ctx, generate=generate, prompt_only=prompt_only, record=record, prompt=prompt,
                                      negative_prompt=negative_prompt, target=target, seed=seed, cast=cast,
                                      layout=layout)
-    from ..tasks import registry  # the worker's warm pipelines (lazy: tasks imports this module)
-    from .text_to_image import generation_size
-
     sheets = _sheets(ctx, cast)
     if not sheets:
         return prompt_only("the cast has no character sheets upstream")
@@ -209,9 +209,6 @@ def _reference_only_scene(ctx: StageContext, *, generate: Callable[..., tuple[Im
                           prompt: str, negative_prompt: str, target: tuple[int, int], seed: int, cast: list[str],
                           layout: LayoutPlan | None) -> tuple[Image.Image, dict[str, Any]]:
     """The weight-free path: ``generate`` runs with reference-only attention on the cast's sheets installed."""
-    from ..tasks import registry  # the worker's warm pipelines (lazy: tasks imports this module)
-    from .reference_attn import reference_attention
-
     weights = "no identity weights configured (InstantID needs its face model, IdentityNet and image projection)"
     keys = _sheet_keys(ctx, cast)
     sheets: dict[str, Image.Image] = {}
@@ -257,11 +254,7 @@ def _reference_only_scene(ctx: StageContext, *, generate: Callable[..., tuple[Im
 
 def put_scene(ctx: StageContext, image: Image.Image, *, info: dict[str, Any], prompt: str) -> str:
     """Store one attempt of a scene under its own name (``scene_name``) and return the key."""
-    import io
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    rec = ctx.put(name=scene_name(ctx.task.item, ctx.task.regeneration), data=buf.getvalue(), ext="png",
+    rec = ctx.put(name=scene_name(ctx.task.item, ctx.task.regeneration), data=png_bytes(image), ext="png",
                   content_type="image/png", kind="scene", width=image.width, height=image.height,
                   meta={**info, "prompt": prompt})
     return rec.key
@@ -273,7 +266,7 @@ def run_reference(pipe: Any, folder: Path, *, reference: Image.Image, prompt: st
                   height: int, steps: int, guidance: float, seed: int, scale: float = 0.6,
                   on_step: Callable[[int, int], None] | None = None) -> Image.Image:
     """SDXL text-to-image with the character sheet as IP-Adapter image prompt; the adapter is unloaded after."""
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     weights = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     if not weights or not (folder / "image_encoder").is_dir():
@@ -325,10 +318,8 @@ class InstantIDAssets:
     """IdentityNet + the face analysis model, loaded once per worker."""
 
     def __init__(self, settings: Settings) -> None:
-        from diffusers import ControlNetModel
+        from diffusers import ControlNetModel  # heavy (diffusers): loaded on first use
 
-        from ..identity.embedder import Embedder
-        from ..identity.faces import FaceDetector
 
         recogniser, self.yunet = face_model_files(Path(settings.identity_face_model_dir or "."))
         self.embedder = Embedder(recogniser)
@@ -341,11 +332,8 @@ class InstantIDAssets:
         The embedding is the recogniser's raw output, not L2-normalised: InstantID's Resampler was trained on
         insightface's ``face.embedding``.
         """
-        from ..identity.faces import Face, crop_face
-
         if self.yunet is not None:
-            import cv2
-            import numpy as np
+            import cv2  # heavy (OpenCV): loaded on first use
 
             bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
             det = cv2.FaceDetectorYN.create(str(self.yunet), "", (image.width, image.height))
@@ -419,7 +407,7 @@ def _ip_adapter(pipe: Any, folder: Path, weight_name: str, image_encoder_folder:
 @contextmanager
 def _face_adapter(pipe: Any, ip_adapter_path: Path) -> Iterator[Any]:
     """InstantID's image projection loaded into ``pipe`` for one call (see ``_ip_adapter``); yields its Resampler."""
-    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection  # heavy (diffusers): loaded on first use
 
     with _ip_adapter(pipe, ip_adapter_path.parent, ip_adapter_path.name, None):
         resampler = pipe.unet.encoder_hid_proj.image_projection_layers[0]
@@ -449,8 +437,7 @@ def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_emb
     IdentityNet's ``encoder_hidden_states``; IdentityNet sees the keypoint image and its residuals, scaled by
     ``controlnet_scale``, are added to the UNet's.
     """
-    import numpy as np
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     unet, scheduler, vae = pipe.unet, pipe.scheduler, pipe.vae
     if controlnet.config.cross_attention_dim != unet.config.cross_attention_dim:
@@ -521,7 +508,7 @@ def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_emb
 
 def _decode(vae: Any, latents: Any) -> Any:
     """The SDXL pipeline's decode: an fp16 VAE that asks for it runs in fp32; latents mean/std when configured."""
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
     upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
     if upcast:

@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .common import check_common, check_prompt, fail
+from .layout import grounding_steps
+from .regional import generate_with_regions
 
 RECIPE = "inpaint"
 FAMILIES = ("sdxl", "flux")
@@ -47,7 +49,7 @@ class Placement:
 
 def product_cutout(product: Image.Image) -> Image.Image:
     """RGBA product cropped to its pixels: its alpha if it has one, else a plain border backdrop keyed out."""
-    import cv2
+    import cv2  # heavy (OpenCV): loaded on first use
 
     if product.mode in ("RGBA", "LA", "PA") or (product.mode == "P" and "transparency" in product.info):
         rgba = product.convert("RGBA")
@@ -130,11 +132,11 @@ def check_inputs(pipe: Any, *, family: Any, prompt: Any, product: Any, product_b
 def inpaint_pipeline(pipe: Any, family: str) -> Any:
     """The family's inpainting pipeline over ``pipe``'s own components (shared, not copied)."""
     if family == "sdxl":
-        from diffusers import StableDiffusionXLInpaintPipeline
+        from diffusers import StableDiffusionXLInpaintPipeline  # heavy (diffusers): loaded on first use
 
         out = StableDiffusionXLInpaintPipeline.from_pipe(pipe)
     else:
-        from diffusers import FluxInpaintPipeline
+        from diffusers import FluxInpaintPipeline  # heavy (diffusers): loaded on first use
 
         out = FluxInpaintPipeline.from_pipe(pipe)
     out.set_progress_bar_config(disable=True)
@@ -161,10 +163,8 @@ def run_batch(pipe: Any, *, family: str, prompt: str, product: Image.Image, prod
         (``len(seeds)`` RGB images of ``width`` x ``height`` with the product's opaque pixels unchanged,
         the product's ``Placement`` on that canvas).
     """
-    import torch
+    import torch  # heavy (torch): loaded on first use
 
-    from .layout import grounding_steps
-    from .regional import generate_with_regions
 
     check_inputs(pipe, family=family, prompt=prompt, product=product, product_box=product_box, width=width,
                  height=height, steps=steps, guidance=guidance, seeds=seeds, negative_prompt=negative_prompt,

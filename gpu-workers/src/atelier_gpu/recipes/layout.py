@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from atelier_shared.plans import Box, LayoutPlan
+from atelier_contracts.plans import Box, LayoutPlan
 from pydantic import ValidationError
 
 from .common import check_common, check_prompt, fail

@@ -55,10 +55,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from atelier_shared.plans import Box
+from atelier_contracts.plans import Box
 from PIL import Image
 
 from ..attention import RegionalState, installed
+from . import text_to_image
 from .common import check_common, fail
 from .layout import box_masks
 from .regional import LATENT_FACTOR
@@ -339,7 +340,7 @@ def reference_attention(pipe: Any, references: Sequence[Image.Image], *, cfg: bo
 
 def _adain_hooks(unet: Any, state: ReferenceState, weight: float) -> list[Any]:
     """Forward hooks on the UNet's ResNet blocks: record output stats (write), match them (read)."""
-    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.resnet import ResnetBlock2D  # heavy (diffusers): loaded on first use
 
     resnets = {n: m for n, m in unet.named_modules() if isinstance(m, ResnetBlock2D)}
     active = _ranked(list(resnets), lambda n: int(resnets[n].out_channels), weight)
@@ -400,8 +401,6 @@ def run(pipe: Any, *, references: Sequence[Image.Image], prompt: str, negative_p
         on_step: Callable[[int, int], None] | None = None, timesteps: list[int] | None = None,
         eta: float | None = None, **knobs: Any) -> Any:
     """SDXL text-to-image that follows ``references`` (one RGB image); ``knobs`` go to :func:`reference_attention`."""
-    from . import text_to_image
-
     check_common(RECIPE, pipe, family="sdxl", width=width, height=height, steps=steps, guidance=guidance,
                  seeds=[seed], on_step=on_step, families=("sdxl",))
     cfg = guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None

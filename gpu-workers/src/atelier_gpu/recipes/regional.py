@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from atelier_shared.plans import RegionalPlan, split_ratio_to_boxes
+from atelier_contracts.plans import RegionalPlan, split_ratio_to_boxes
 from pydantic import ValidationError
 
 from ..attention import RegionalState, flux_processors, installed, sdxl_processors

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from atelier_shared.errors import StageError
+from atelier_contracts.errors import StageError
 
 from .common import (
     FAMILIES,

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import (
+from atelier_contracts import items
+from atelier_contracts.catalogue import (
     S_AD_LAYOUT,
     S_AD_PROMPTS,
     S_BACKGROUND,
@@ -28,6 +28,7 @@ from atelier_shared.tasks import (
     S_RENDER_AD,
     S_WATERMARK,
 )
+from atelier_runtime.settings import Settings
 
 from .base import Graph, StageDef
 
@@ -50,7 +51,7 @@ def critic_skipped(spec: dict[str, Any], settings: Settings) -> str | None:
 
 def size_variants(spec: dict[str, Any], _outputs: dict[str, dict[str, Any]]) -> list[str]:
     """One item per target size and variant: ``1080x1080-v0``, ``1080x1080-v1``, ..."""
-    return [f"{size}-v{k}" for size in spec["sizes"] for k in range(spec.get("variants", 1))]
+    return [items.size_variant(size, k) for size in spec["sizes"] for k in range(spec.get("variants", 1))]
 
 
 CAMPAIGN = Graph(
@@ -59,13 +60,12 @@ CAMPAIGN = Graph(
     stages=(
         StageDef(S_AD_PROMPTS),
         StageDef(S_AD_LAYOUT, after=(S_AD_PROMPTS,)),
-        StageDef(S_BACKGROUND, after=(S_AD_PROMPTS, S_AD_LAYOUT), fan_out="size_variant", skip_when=studio_backdrop),
+        StageDef(S_BACKGROUND, after=(S_AD_PROMPTS, S_AD_LAYOUT), skip_when=studio_backdrop),
         # the layout (and the RPG plan of plan.ad_prompts) the background was drawn from, and the background
-        StageDef(S_GATE_CRITIC, after=(S_AD_PROMPTS, S_AD_LAYOUT, S_BACKGROUND), fan_out="size_variant",
-                 skip_when=critic_skipped),
+        StageDef(S_GATE_CRITIC, after=(S_AD_PROMPTS, S_AD_LAYOUT, S_BACKGROUND), skip_when=critic_skipped),
         # after the gate: render.ad reads the background the gate kept
-        StageDef(S_RENDER_AD, after=(S_AD_LAYOUT, S_BACKGROUND, S_GATE_CRITIC), fan_out="size_variant"),
-        # the plan and the background too: the C2PA manifest names the plan id, model and seed (issue 5)
+        StageDef(S_RENDER_AD, after=(S_AD_LAYOUT, S_BACKGROUND, S_GATE_CRITIC)),
+        # the plan and the background too: the C2PA manifest names the plan id, model and seed
         StageDef(S_WATERMARK, after=(S_AD_LAYOUT, S_BACKGROUND, S_RENDER_AD), fan_out="size_variant"),
         StageDef(S_DELIVER, after=(S_WATERMARK,)),
     ),

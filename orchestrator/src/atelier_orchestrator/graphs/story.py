@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from atelier_shared.tasks import (
+from atelier_contracts import items
+from atelier_contracts.catalogue import (
     S_CHARACTER_SHEET,
     S_CHARACTERS,
     S_CULTURE,
@@ -28,19 +29,22 @@ from atelier_shared.tasks import (
     S_STORYBOOK,
     S_WATERMARK,
 )
+from atelier_contracts.stage_io import CastRecord
 
 from .base import Graph, StageDef
 
 
 def characters(_spec: dict[str, Any], outputs: dict[str, dict[str, Any]]) -> list[str] | None:
+    """One item per character of ``plan.characters`` (its id), once that stage has run."""
     out = outputs.get(S_CHARACTERS)
     if out is None:
         return None
-    return [c["id"] for c in out["characters"]]
+    return [c.id for c in CastRecord.model_validate(out).characters]
 
 
 def scenes(spec: dict[str, Any], _outputs: dict[str, dict[str, Any]]) -> list[str]:
-    return [f"s{i}" for i in range(spec.get("pages", 4))]
+    """One item per page: ``s0``, ``s1``, ..."""
+    return [items.scene(i) for i in range(spec.get("pages", 4))]
 
 
 STORY = Graph(
@@ -51,11 +55,11 @@ STORY = Graph(
         StageDef(S_STORY, after=(S_CULTURE,)),
         StageDef(S_CHARACTERS, after=(S_STORY, S_CULTURE)),
         StageDef(S_SCENES, after=(S_STORY, S_CHARACTERS, S_CULTURE)),
-        StageDef(S_CHARACTER_SHEET, after=(S_CHARACTERS,), fan_out="character"),
+        StageDef(S_CHARACTER_SHEET, after=(S_CHARACTERS,)),
         StageDef(S_SCENE_LAYOUT, after=(S_SCENES, S_CHARACTER_SHEET)),
-        StageDef(S_SCENE, after=(S_SCENES, S_SCENE_LAYOUT, S_CHARACTER_SHEET), fan_out="scene"),
-        StageDef(S_GATE_IDENTITY, after=(S_SCENES, S_CHARACTER_SHEET, S_SCENE), fan_out="scene"),
-        StageDef(S_STORYBOOK, after=(S_SCENES, S_SCENE, S_GATE_IDENTITY), fan_out="scene"),
+        StageDef(S_SCENE, after=(S_SCENES, S_SCENE_LAYOUT, S_CHARACTER_SHEET)),
+        StageDef(S_GATE_IDENTITY, after=(S_SCENES, S_CHARACTER_SHEET, S_SCENE)),
+        StageDef(S_STORYBOOK, after=(S_SCENES, S_SCENE, S_GATE_IDENTITY)),
         StageDef(S_WATERMARK, after=(S_SCENES, S_SCENE, S_STORYBOOK), fan_out="scene"),
         StageDef(S_DELIVER, after=(S_WATERMARK,)),
     ),

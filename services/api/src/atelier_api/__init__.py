@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .app import create_app  # noqa: E402
+from .app import create_app
+from .version import __version__
 
 __all__ = ["__version__", "create_app"]

@@ -7,17 +7,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from atelier_shared.celeryapp import make_celery
-from atelier_shared.db import engine_from_settings, session_factory
-from atelier_shared.runtime import RuntimeState, make_runtime
-from atelier_shared.settings import Settings
-from atelier_shared.storage import ArtifactStore, make_store
+from atelier_control.db import engine_from_settings, session_factory
+from atelier_runtime.celeryapp import make_celery
+from atelier_runtime.settings import Settings
+from atelier_runtime.state import RuntimeState, make_runtime
+from atelier_runtime.storage import ArtifactStore, make_store
 from celery import Celery
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from . import __version__
 from .dashboard import SUBMIT_PATH as DASHBOARD_SUBMIT_PATH
 from .dashboard import install_dashboard
 from .limits import JSON_BODY_MAX, MULTIPART_OVERHEAD, BodyLimitMiddleware
@@ -30,6 +29,7 @@ from .routes import include_routes
 from .routes import plans as plan_routes
 from .routes import verify as verify_routes
 from .routes import webhooks as webhook_routes
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,11 @@ def create_app(
 
     install_problem_handlers(app)
     include_routes(app)
-    for delivery_router in (bundle_routes.router, webhook_routes.router, brand_routes.router):  # issue 6
+    for delivery_router in (bundle_routes.router, webhook_routes.router, brand_routes.router):
         app.include_router(delivery_router)
-    app.include_router(verify_routes.router)  # issue 5: POST /v1/verify (watermark + C2PA)
-    app.include_router(plan_routes.router)  # issue 3: POST /v1/plans:preview
-    install_dashboard(app)  # issue 7: pages under /dashboard (HTML errors there; /v1 unchanged)
+    app.include_router(verify_routes.router)  # POST /v1/verify (watermark + C2PA)
+    app.include_router(plan_routes.router)  # POST /v1/plans:preview
+    install_dashboard(app)  # pages under /dashboard (HTML errors there; /v1 unchanged)
     install_openapi(app)
 
     upload_limit = settings.upload_max_bytes + MULTIPART_OVERHEAD
@@ -104,7 +104,7 @@ def create_app(
     def limit_for(path: str) -> tuple[int, str]:
         if path.rstrip("/").endswith(UPLOAD_PATH):
             return upload_limit, "file"
-        if path.rstrip("/") == VERIFY_PATH:  # issue 5: the image to verify, same limit as an upload
+        if path.rstrip("/") == VERIFY_PATH:  # the image to verify, same limit as an upload
             return upload_limit, "file"
         if path.rstrip("/") == DASHBOARD_SUBMIT_PATH:  # the new-job form carries the product image
             return upload_limit + MULTIPART_OVERHEAD, "product_image"

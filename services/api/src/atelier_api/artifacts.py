@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from atelier_shared.errors import NotFound
-from atelier_shared.jobs import get_job
-from atelier_shared.models import Artifact
-from atelier_shared.storage import ArtifactStore
+from atelier_contracts.errors import NotFound
+from atelier_control.jobs import get_job
+from atelier_control.models import Artifact
+from atelier_runtime.storage import ArtifactStore
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 

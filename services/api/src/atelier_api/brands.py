@@ -15,10 +15,11 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
-from atelier_shared.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
-from atelier_shared.models import Artifact, BrandKit, new_id
-from atelier_shared.specs import HEX_COLOR, CampaignSpec, JobRequest
-from atelier_shared.storage import ArtifactStore
+from atelier_contracts.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
+from atelier_contracts.specs import HEX_COLOR, CampaignSpec, JobRequest
+from atelier_control.models import Artifact, BrandKit, new_id
+from atelier_runtime.storage import ArtifactStore
+from fontTools.ttLib import TTFont
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -177,8 +178,6 @@ def upload_font(session: Session, store: ArtifactStore, *, tenant_id: str, brand
     if data[:4] not in (b"\x00\x01\x00\x00", b"OTTO", b"true"):
         raise UnsupportedMedia("the file is not a TrueType (.ttf) or OpenType (.otf) font", field=FONT_FIELD)
     try:
-        from fontTools.ttLib import TTFont
-
         font = TTFont(io.BytesIO(data), lazy=False)
         cmap = font.getBestCmap() or {}
         family = _font_family(font)

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from atelier_shared.errors import Conflict
-from atelier_shared.jobs import get_job
-from atelier_shared.models import Artifact
-from atelier_shared.storage import ArtifactStore
+from atelier_contracts.errors import Conflict
+from atelier_control.jobs import get_job
+from atelier_control.models import Artifact
+from atelier_runtime.storage import ArtifactStore
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 

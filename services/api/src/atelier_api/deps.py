@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from atelier_shared.auth import authenticate
-from atelier_shared.errors import Unauthorized
-from atelier_shared.runtime import RuntimeState
-from atelier_shared.settings import Settings
-from atelier_shared.storage import ArtifactStore
+from atelier_contracts.errors import Unauthorized
+from atelier_control.auth import authenticate
+from atelier_runtime.settings import Settings
+from atelier_runtime.state import RuntimeState
+from atelier_runtime.storage import ArtifactStore
 from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer

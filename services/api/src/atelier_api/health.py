@@ -7,8 +7,8 @@ from collections.abc import Callable
 from functools import partial
 
 import anyio
-from atelier_shared.runtime import RuntimeState
-from atelier_shared.storage import ArtifactStore
+from atelier_runtime.state import RuntimeState
+from atelier_runtime.storage import ArtifactStore
 from celery import Celery
 from sqlalchemy import Engine, text
 

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from atelier_shared import jobs as shared_jobs
-from atelier_shared.errors import InvalidInput
-from atelier_shared.models import Artifact, Event, Job, Stage
-from atelier_shared.runtime import RuntimeState
-from atelier_shared.specs import CampaignSpec, JobRequest, StorySpec
-from atelier_shared.tasks import T_START_JOB
+from atelier_contracts.errors import InvalidInput
+from atelier_contracts.specs import CampaignSpec, JobRequest, StorySpec
+from atelier_contracts.tasks import T_START_JOB
+from atelier_control import jobs as shared_jobs
+from atelier_control.models import Artifact, Event, Job, Stage
+from atelier_runtime.state import RuntimeState
 from celery import Celery
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, String, and_, cast, delete, func, or_, select
@@ -49,7 +49,7 @@ def check_upload_refs(session: Session, *, tenant_id: str, spec: CampaignSpec | 
     if not isinstance(spec, CampaignSpec):
         return
     refs = {"spec.product.image": spec.product.image, "spec.brand.logo": spec.brand.logo}
-    refs.update({f"spec.control.{i}.image": c.image for i, c in enumerate(spec.control)})  # issue 4
+    refs.update({f"spec.control.{i}.image": c.image for i, c in enumerate(spec.control)})
     wanted = {v for v in refs.values() if v is not None}
     if not wanted:
         return
@@ -70,7 +70,7 @@ def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: Job
 
     A replay (same Idempotency-Key and body) returns the stored job and sends nothing.
     """
-    request = brands.apply_brand_kit(session, tenant_id=tenant_id, request=request)  # issue 6: brand_id → brand
+    request = brands.apply_brand_kit(session, tenant_id=tenant_id, request=request)  # brand_id → brand (brand kit)
     spec = parse_spec(request)
     brands.check_campaign(session, tenant_id=tenant_id, spec=spec)
     check_upload_refs(session, tenant_id=tenant_id, spec=spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atelier_shared.specs import SPEC_MODELS
+from atelier_contracts.specs import SPEC_MODELS
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel

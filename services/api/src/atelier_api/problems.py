@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-from atelier_shared.errors import AtelierError, InvalidInput
+from atelier_contracts.errors import AtelierError, InvalidInput
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
 
-from atelier_shared.errors import AtelierError
-from atelier_shared.models import Job
-from atelier_shared.settings import Settings
+import redis
+from atelier_contracts.errors import AtelierError
+from atelier_control.models import Job
+from atelier_runtime.settings import Settings
 from fastapi import Depends, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -136,8 +137,6 @@ class RedisWindow:
 
     @classmethod
     def from_url(cls, url: str) -> RedisWindow:
-        import redis
-
         return cls(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30))
 
     def _key(self, key: str) -> str:

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import anyio
-from atelier_shared.events import events_after
-from atelier_shared.models import TERMINAL, Event, Job
+from atelier_control.events import events_after
+from atelier_control.models import TERMINAL, Event, Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import StreamingResponse

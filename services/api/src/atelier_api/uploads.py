@@ -7,9 +7,9 @@ import logging
 import re
 from typing import BinaryIO
 
-from atelier_shared.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
-from atelier_shared.models import Artifact, new_id
-from atelier_shared.storage import ArtifactStore
+from atelier_contracts.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from atelier_control.models import Artifact, new_id
+from atelier_runtime.storage import ArtifactStore
 from PIL import Image, ImageOps, UnidentifiedImageError
 from sqlalchemy.orm import Session
 

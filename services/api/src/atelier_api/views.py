@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from atelier_shared.models import Artifact, Job, Stage
+from atelier_control.models import Artifact, Job, Stage
 
 from .schemas import ArtifactView, JobView, StageView
 

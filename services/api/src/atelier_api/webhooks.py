@@ -1,6 +1,6 @@
 """Webhook endpoints and their delivery log (the service behind ``/v1/webhooks``).
 
-Registration passes the SSRF guard (``atelier_shared.ssrf``) and creates a ``whsec_`` secret, shown on
+Registration passes the SSRF guard (``atelier_control.ssrf``) and creates a ``whsec_`` secret, shown on
 creation and rotation only. Deliveries are written and sent by the orchestrator's dispatcher
 (``atelier_orchestrator.webhooks``); here they are listed and re-queued.
 """
@@ -13,11 +13,11 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from atelier_shared.client import WEBHOOK_EVENTS
-from atelier_shared.errors import InvalidInput, NotFound
-from atelier_shared.models import Webhook, WebhookDelivery, utcnow
-from atelier_shared.settings import Settings
-from atelier_shared.ssrf import AllowList, check_url
+from atelier_contracts.errors import InvalidInput, NotFound
+from atelier_control.models import Webhook, WebhookDelivery, utcnow
+from atelier_control.ssrf import AllowList, check_url
+from atelier_runtime.settings import Settings
+from atelier_sdk.webhooks import WEBHOOK_EVENTS
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session

@@ -9,7 +9,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from atelier_shared.plans import PlannerInfo
+from atelier_contracts.plans import PlannerInfo
 
 RULES_PLANNER = PlannerInfo(backend="rules", model="rules-v1", prompt_version="rules-1")
 SEED_MODULUS = 2**31

@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from atelier_shared.plans import LayoutPlan, RegionalPlan, split_ratio_to_boxes
-from atelier_shared.settings import Settings
+from atelier_contracts.plans import LayoutPlan, RegionalPlan, split_ratio_to_boxes
+from atelier_runtime.settings import Settings
 from PIL import Image
 
+from .backends.llm import vlm_engine
 from .llm.engines import Engine
 from .llm.errors import LLMError
 from .llm.images import crop, data_url, open_image
@@ -135,6 +136,4 @@ def critique(image: bytes | Image.Image, plan: LayoutPlan | RegionalPlan, *, vlm
 
 def critic_from_settings(settings: Settings, **kwargs: Any) -> Engine | None:
     """The VLM the critic uses (``ATELIER_VLM_MODEL`` on ``ATELIER_VLM_BASE_URL``/``ATELIER_LLM_BASE_URL``), or None."""
-    from .backends.llm import vlm_engine
-
     return vlm_engine(settings, **kwargs)

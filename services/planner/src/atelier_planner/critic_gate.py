@@ -1,4 +1,5 @@
-"""The ``gate.critic`` stage (queue ``planning``): does each region of an ad background show its caption?
+"""What the ``gate.critic`` stage (``stages/gate_critic.py``) is made of: does each region of an ad background
+show its caption?
 
 It follows ``gpu.background[<size>-v<k>]`` and judges that background — the image generated from the size's
 ``LayoutPlan`` (``plan.ad_layout``), before the renderer draws text, logo and CTA over it — with the VLM critic
@@ -28,16 +29,15 @@ stored next to it (``gate.critic/1080x1080-v0.r1.json`` for regeneration 1).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from atelier_shared.errors import StageError
-from atelier_shared.plans import AdPlan, LayoutPlan, RegionalPlan
-from atelier_shared.stage_runner import StageContext, WorkerResources, stage_task
-from atelier_shared.tasks import S_AD_LAYOUT, S_AD_PROMPTS, S_BACKGROUND, S_GATE_CRITIC
-from pydantic import ValidationError
+from atelier_contracts import items
+from atelier_contracts.catalogue import S_GATE_CRITIC
+from atelier_contracts.errors import StageError
+from atelier_contracts.plans import AdPlan, LayoutPlan, RegionalPlan
+from atelier_runtime.stage_runner import WorkerResources
 
-from .critic import CRITIC_ROLES, CriticReport, critic_from_settings, critique
+from .critic import CRITIC_ROLES, CriticReport, critic_from_settings
 from .llm.engines import Engine
 from .llm.errors import EngineUnavailable
 
@@ -107,10 +107,10 @@ def background_plan(recipe: str | None, layout: LayoutPlan, regional: dict[str, 
 
 def variant_layout(plan: AdPlan, item: str) -> LayoutPlan:
     """The ``LayoutPlan`` of item ``<size>-v<k>`` (one layout per size; the variants differ by seed)."""
-    size, sep, variant = item.rpartition("-v")
-    if not sep or not size or not variant.isdigit():
-        raise StageError(f"{S_GATE_CRITIC}: item {item!r} is not '<size>-v<variant>', e.g. '1080x1080-v0'",
-                         retryable=False, field="item")
+    try:
+        size, _ = items.parse_size_variant(item)
+    except ValueError as exc:
+        raise StageError(f"{S_GATE_CRITIC}: {exc}", retryable=False, field="item") from exc
     for v in plan.variants:
         if v.target.name == size:
             return v.layout
@@ -132,51 +132,3 @@ def worker_vlm(res: WorkerResources) -> Engine | EngineUnavailable | None:
             except EngineUnavailable as exc:  # kept, not retried per task: settings do not change
                 res.extras[VLM_KEY] = exc
         return res.extras[VLM_KEY]  # type: ignore[no-any-return]
-
-
-def _item_output(ctx: StageContext, stage: str) -> dict[str, Any] | None:
-    up = ctx.task.upstream.get(stage)
-    if isinstance(up, dict) and isinstance(up.get(ctx.task.item), dict):
-        up = up[ctx.task.item]
-    return up if isinstance(up, dict) else None
-
-
-def _store(ctx: StageContext, out: dict[str, Any]) -> dict[str, Any]:
-    name = ctx.task.item if not ctx.task.regeneration else f"{ctx.task.item}.r{ctx.task.regeneration}"
-    ctx.put(name=name, data=json.dumps(out, sort_keys=True, indent=2).encode(), ext="json",
-            content_type="application/json", kind="gate_report",
-            meta={"gate": GATE_NAME, "score": out["score"], "passed": out["passed"],
-                  "regeneration": ctx.task.regeneration, "background_key": out["artifact_key"]})
-    return out
-
-
-@stage_task(S_GATE_CRITIC)
-def critic_gate(ctx: StageContext) -> dict[str, Any]:
-    """Judge one ad background region by region; ask for a regeneration when a region does not match."""
-    bg = _item_output(ctx, S_BACKGROUND)
-    extra: dict[str, Any] = {"regeneration": ctx.task.regeneration}
-    if bg is not None and bg.get("skipped"):  # nothing was generated (the graph skips the gate then, too)
-        return gate_output(CriticReport(status="ok", passed=None), artifact_key=None, extra=extra,
-                           not_judged=f"{S_BACKGROUND} was skipped ({bg['skipped']})")
-    if bg is None or not bg.get("background_key"):
-        raise StageError(f"{S_GATE_CRITIC}: upstream {S_BACKGROUND} has no background_key", retryable=False,
-                         field="upstream")
-    key = str(bg["background_key"])
-    try:
-        ad_plan = AdPlan.model_validate((ctx.task.upstream.get(S_AD_LAYOUT) or {}).get("plan"))
-        prompts = ctx.task.upstream.get(S_AD_PROMPTS)
-        regional = prompts.get("regional") if isinstance(prompts, dict) else None
-        plan, roles, checked = background_plan(bg.get("recipe"), variant_layout(ad_plan, ctx.task.item),
-                                               regional if isinstance(regional, dict) else None)
-    except ValidationError as exc:
-        raise StageError(f"{S_GATE_CRITIC}: upstream plan is invalid: {exc}", retryable=False) from exc
-    extra.update({"recipe": bg.get("recipe"), "checked": checked, "plan_id": plan.plan_id})
-    vlm = worker_vlm(ctx.res)
-    if isinstance(vlm, EngineUnavailable):
-        report = CriticReport(status="error", passed=None, min_confidence=MIN_CONFIDENCE,
-                              reason=f"the VLM is unavailable: {vlm}")
-    else:
-        ctx.check_canceled()
-        report = critique(ctx.get_image(key, "background").convert("RGB"), plan, vlm=vlm, roles=roles, min_confidence=MIN_CONFIDENCE,
-                          max_side=ctx.settings.vlm_max_image_side)
-    return _store(ctx, gate_output(report, artifact_key=key, extra=extra))

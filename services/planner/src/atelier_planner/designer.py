@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atelier_shared.plans import Box, LayoutPlan, PlannerInfo
+from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo
 
 from .common import RULES_PLANNER, clean_text, load_data
 from .layout import (

@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from atelier_shared.plans import Box, CastMember, Character, LayoutPlan, PlannerInfo, Scene, StoryPlan
-from atelier_shared.specs import StorySpec
+from atelier_contracts.plans import Box, CastMember, Character, LayoutPlan, PlannerInfo, Scene, StoryPlan
+from atelier_contracts.specs import StorySpec
 
 from .common import (
     RULES_PLANNER,

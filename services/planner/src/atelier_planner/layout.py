@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from atelier_shared.plans import Box
+from atelier_contracts.plans import Box
 
 from .common import load_data
 

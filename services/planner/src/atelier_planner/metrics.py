@@ -26,7 +26,7 @@ from fractions import Fraction
 from itertools import combinations
 from typing import Any
 
-from atelier_shared.plans import Box, LayoutPlan, RegionalPlan
+from atelier_contracts.plans import Box, LayoutPlan, RegionalPlan
 
 from .layout import GRAPHIC_ROLES, TEXT_ROLES, BBox, SafeZone, area, intersection
 from .rpg import split_ratio_cells

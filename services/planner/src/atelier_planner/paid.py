@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from atelier_shared.plans import (
+from atelier_contracts.colors import WCAG_AA, best_pair, black_or_white, contrast_ratio, first_passing
+from atelier_contracts.plans import (
     AdPlan,
     AdPrompts,
     AdVariant,
@@ -45,10 +46,10 @@ from atelier_shared.plans import (
     Target,
     TextStyle,
 )
-from atelier_shared.specs import Brand, CampaignSpec, parse_size
+from atelier_contracts.specs import Brand, CampaignSpec, parse_size
 
 from . import rpg
-from .colors import WCAG_AA, best_pair, black_or_white, color_name, contrast_ratio, first_passing, palette_mood
+from .colors import color_name, palette_mood
 from .common import RULES_PLANNER, clean_text, load_data, plan_id_for, seed_for, stable_index, truncate_words
 from .designer import Draft, place_in_free_space, repair_drafts, size_prior
 from .layout import (

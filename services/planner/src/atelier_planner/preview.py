@@ -18,9 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from atelier_shared.plans import StoryPlan
-from atelier_shared.specs import CampaignSpec, StorySpec
-from atelier_shared.tasks import (
+from atelier_contracts.catalogue import (
     S_AD_LAYOUT,
     S_AD_PROMPTS,
     S_CHARACTERS,
@@ -29,15 +27,20 @@ from atelier_shared.tasks import (
     S_SCENES,
     S_STORY,
 )
-from celery import Celery
+from atelier_contracts.errors import NotFound, StorageError
+from atelier_contracts.keys import upload_key
+from atelier_contracts.plans import StoryPlan
+from atelier_contracts.specs import CampaignSpec, StorySpec
+from atelier_contracts.tasks import PREVIEW_REPLY_PREFIX, Q_PLANNING, T_PREVIEW
+from atelier_runtime.stage_runner import resources
+from celery import Celery, shared_task
 from pydantic import ValidationError
 
 from .backends import PlannerBackend
+from .worker import worker_backend
 
 log = logging.getLogger(__name__)
 
-T_PREVIEW = "atelier.planner.preview"  # the API sends it by this name (services never import each other)
-REPLY_PREFIX = "atelier.preview.reply."
 
 
 def preview_id(kind: str, spec: dict[str, Any]) -> str:
@@ -91,9 +94,25 @@ def answer_preview(app: Celery, backend: PlannerBackend, request: dict[str, Any]
         log.exception("preview failed")
         body = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc) or repr(exc), "retryable": True}}
     reply_to = str(request["reply_to"])
-    if not reply_to.startswith(REPLY_PREFIX):
-        raise ValueError(f"reply_to must start with {REPLY_PREFIX!r}")
+    if not reply_to.startswith(PREVIEW_REPLY_PREFIX):
+        raise ValueError(f"reply_to must start with {PREVIEW_REPLY_PREFIX!r}")
     with app.producer_or_acquire() as producer:
         # the default exchange routes by queue name: nothing is declared, so a caller that gave up leaves no binding
         producer.publish(body, exchange="", routing_key=reply_to, serializer="json", retry=True)
     return body
+
+
+@shared_task(name=T_PREVIEW, bind=True, acks_late=True, ignore_result=True, queue=Q_PLANNING)
+def preview(self: Any, request: dict[str, Any]) -> None:
+    """``POST /v1/plans:preview``: plan a spec without a job and reply on the request's reply queue."""
+    res = resources(self.app)
+    tenant = str(request.get("tenant_id", ""))
+
+    def image(upload_id: str) -> bytes | None:
+        try:
+            return res.store.get(upload_key(tenant, upload_id))
+        except (NotFound, StorageError):
+            return None
+
+    backend = worker_backend(res)
+    answer_preview(self.app, backend, request, product_image=image if getattr(backend, "vlm", None) else None)

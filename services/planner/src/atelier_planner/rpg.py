@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from atelier_shared.plans import PlannerInfo, Region, RegionalPlan, parse_split_ratio
+from atelier_contracts.plans import PlannerInfo, Region, RegionalPlan, parse_split_ratio
 
 from .common import RULES_PLANNER, clean_text
 
@@ -189,7 +189,7 @@ Cell = tuple[int, int, tuple[Fraction, Fraction, Fraction, Fraction]]
 def ratio_grid(split_ratio: str) -> list[tuple[Fraction, list[Fraction]]]:
     """RPG grammar → ``[(row height, [cell widths])]`` as exact fractions, each level normalised to sum 1.
 
-    Same reading as :func:`atelier_shared.plans.parse_split_ratio` (``;`` rows, ``,`` cells, the first
+    Same reading as :func:`atelier_contracts.plans.parse_split_ratio` (``;`` rows, ``,`` cells, the first
     number of a row is its height when there is more than one row), without floating-point error."""
     parse_split_ratio(split_ratio)  # same validation and error messages as the shared contract
     rows: list[tuple[Fraction, list[Fraction]]] = []

@@ -16,6 +16,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from fpdf import FPDF
 from PIL import Image
 
 from .fonts import detect_script, font_path, is_rtl
@@ -61,8 +62,6 @@ def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
 
 def build_pdf(book: Book, *, created: datetime | None = None) -> bytes:
     """The storybook as PDF bytes: cover + one page per scene, fonts embedded (subset), text shaped."""
-    from fpdf import FPDF
-
     W, H = PDF_PAGE_PT
     text = book.all_text
     regular, bold = font_path(text), font_path(text, bold=True)

@@ -17,48 +17,24 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from atelier_shared.plans import AdVariant, Box, Tagline, TextStyle
+from atelier_contracts.colors import (
+    RGB,
+    WCAG_AA,
+    contrast_ratio,
+    hex_to_rgb,
+    luminance_contrast,
+    relative_luminance,
+)
+from atelier_contracts.plans import AdVariant, Box, Tagline, TextStyle
 from PIL import Image, ImageDraw, ImageFilter
 
 from .fonts import Font, is_rtl, load_font
 
-WCAG_AA = 4.5
-RGB = tuple[int, int, int]
 PLAIN_BORDER_SPREAD = 40.0  # 90th-percentile RGB distance of border pixels from their median
 MIN_FOREGROUND = 0.01  # keying that would leave less than this share of pixels is not applied
 
 
 # ---------------------------------------------------------------- colour
-
-
-def hex_to_rgb(value: str) -> RGB:
-    v = value.lstrip("#")
-    return int(v[0:2], 16), int(v[2:4], 16), int(v[4:6], 16)
-
-
-def rgb_to_hex(rgb: RGB) -> str:
-    return "#{:02X}{:02X}{:02X}".format(*rgb)
-
-
-def _lin(c: float) -> float:
-    s = c / 255.0
-    return s / 12.92 if s <= 0.03928 else ((s + 0.055) / 1.055) ** 2.4
-
-
-def relative_luminance(rgb: RGB) -> float:
-    return 0.2126 * _lin(rgb[0]) + 0.7152 * _lin(rgb[1]) + 0.0722 * _lin(rgb[2])
-
-
-def _ratio(l1: float, l2: float) -> float:
-    hi, lo = max(l1, l2), min(l1, l2)
-    return (hi + 0.05) / (lo + 0.05)
-
-
-def contrast_ratio(rgb1: RGB | str, rgb2: RGB | str) -> float:
-    """WCAG 2.x contrast ratio of two colours (RGB tuples or ``#RRGGBB``), 1..21."""
-    a = hex_to_rgb(rgb1) if isinstance(rgb1, str) else rgb1
-    b = hex_to_rgb(rgb2) if isinstance(rgb2, str) else rgb2
-    return _ratio(relative_luminance(a), relative_luminance(b))
 
 
 def luminance_map(img: Image.Image) -> np.ndarray:
@@ -82,7 +58,7 @@ def min_contrast(color: RGB | str, region: Image.Image | tuple[float, float]) ->
     c = hex_to_rgb(color) if isinstance(color, str) else color
     lc = relative_luminance(c)
     dark, light = background_extremes(region) if isinstance(region, Image.Image) else region
-    return min(_ratio(lc, dark), _ratio(lc, light))
+    return min(luminance_contrast(lc, dark), luminance_contrast(lc, light))
 
 
 def _candidates(palette: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
+from fontTools.ttLib import TTFont
 from PIL import ImageFont, features
 
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"))
@@ -100,8 +101,6 @@ def _find(stem_prefix: str, bold: bool) -> Path | None:
 @lru_cache(maxsize=64)
 def _cmap(path: str) -> frozenset[int]:
     try:
-        from fontTools.ttLib import TTFont
-
         font = TTFont(path, fontNumber=0, lazy=True) if path.lower().endswith(".ttc") else TTFont(path, lazy=True)
         cmap = font.getBestCmap() or {}
         font.close()

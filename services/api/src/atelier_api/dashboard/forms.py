@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from atelier_shared.specs import JobRequest
+from atelier_contracts.specs import JobRequest
 from starlette.datastructures import FormData, UploadFile
 
 from ..schemas import FieldError

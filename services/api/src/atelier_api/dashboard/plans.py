@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from atelier_shared.jobs import get_job
-from atelier_shared.models import Stage
-from atelier_shared.plans import AdPlan, Box, LayoutPlan, RegionalPlan, StoryPlan, split_ratio_to_boxes
-from atelier_shared.tasks import S_AD_LAYOUT, S_AD_PROMPTS, S_SCENE_LAYOUT, S_SCENES
+from atelier_contracts.catalogue import S_AD_LAYOUT, S_AD_PROMPTS, S_SCENE_LAYOUT, S_SCENES
+from atelier_contracts.plans import AdPlan, Box, LayoutPlan, RegionalPlan, StoryPlan, split_ratio_to_boxes
+from atelier_control.jobs import get_job
+from atelier_control.models import Stage
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session

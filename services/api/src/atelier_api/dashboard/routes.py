@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 from uuid import uuid4
 
-from atelier_shared.errors import AtelierError, Conflict, InvalidInput, NotFound, Unauthorized
-from atelier_shared.models import JOB_STATUSES, Event, Job
+from atelier_contracts.errors import AtelierError, Conflict, InvalidInput, NotFound, Unauthorized
+from atelier_control.models import JOB_STATUSES, Event, Job
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import func, select
 from starlette.responses import RedirectResponse, Response, StreamingResponse

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atelier_shared.auth import authenticate, hash_key
-from atelier_shared.models import ApiKey, Tenant
-from atelier_shared.settings import Settings
+from atelier_control.auth import authenticate, hash_key
+from atelier_control.models import ApiKey, Tenant
+from atelier_runtime.settings import Settings
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.requests import Request

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from atelier_shared.models import Artifact, Event, Job, Stage
-from atelier_shared.settings import Settings
-from atelier_shared.tasks import ALL_QUEUES
+import redis
+from atelier_contracts.tasks import ALL_QUEUES
+from atelier_control.models import Artifact, Event, Job, Stage
+from atelier_runtime.settings import Settings
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -89,8 +90,6 @@ def queue_depths(settings: Settings, *, client: Any = None) -> Queues:
         return Queues(mode="unknown", error=f"queue depths are read from Redis; the broker is {url.split(':')[0]}")
     try:
         if client is None:
-            import redis
-
             client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         pipe = client.pipeline(transaction=False)
         for q in ALL_QUEUES:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from atelier_shared.models import Event, Stage
+from atelier_control.models import Event, Stage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-from atelier_shared.errors import AtelierError
+from atelier_contracts.errors import AtelierError
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.templating import Jinja2Templates
@@ -16,8 +16,8 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
-from .. import __version__
 from ..deps import SessionDep, SettingsDep
+from ..version import __version__
 from .session import CSRF_FIELD, CSRF_HEADER, Viewer, csrf_ok, read_session, viewer_from
 from .timeline import duration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from atelier_shared.specs import JobRequest
+from atelier_contracts.specs import JobRequest
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from .. import artifacts as artifact_service

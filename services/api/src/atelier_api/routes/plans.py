@@ -19,9 +19,9 @@ import time
 import uuid
 from typing import Any
 
-from atelier_shared.errors import AtelierError, InvalidInput
-from atelier_shared.specs import JobRequest
-from atelier_shared.tasks import Q_PLANNING
+from atelier_contracts.errors import AtelierError, InvalidInput
+from atelier_contracts.specs import JobRequest
+from atelier_contracts.tasks import PREVIEW_REPLY_PREFIX, Q_PLANNING, T_PREVIEW
 from celery import Celery
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["plans"], responses=problem_responses(401, 422))
 
 # the planner registers the task under this name (services send tasks by name, never import each other)
-T_PREVIEW = "atelier.planner.preview"
-REPLY_PREFIX = "atelier.preview.reply."
 
 
 class PlanPreview(BaseModel):
@@ -67,7 +65,7 @@ class PlannerFailed(AtelierError):
 def request_preview(celery: Celery, *, kind: str, spec: dict[str, Any], tenant_id: str,
                     timeout_s: float) -> dict[str, Any]:
     """Send a preview request to the planning queue and wait for its reply (declared first, so none is lost)."""
-    reply_to = REPLY_PREFIX + uuid.uuid4().hex
+    reply_to = PREVIEW_REPLY_PREFIX + uuid.uuid4().hex
     try:
         conn = celery.connection_for_read()
         conn.ensure_connection(max_retries=1)

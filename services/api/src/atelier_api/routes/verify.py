@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from atelier_shared.verify import verify_image
+from atelier_provenance.verify import verify_image
 from fastapi import APIRouter, File, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import SessionDep, SettingsDep, TenantDep
 from ..problems import problem_responses
 from ..uploads import read_limited
+from ..verify import SessionTenantRecords
 
 router = APIRouter(prefix="/v1/verify", tags=["verify"])
 
@@ -26,7 +27,7 @@ async def verify(
     """Watermark decision at the stated false-positive rate, C2PA validity (trusted/untrusted/invalid/absent) and
     claims (job, model, time); the mark's job reference is looked up among the caller's jobs only."""
     data = await run_in_threadpool(read_limited, file.file, settings.upload_max_bytes)
-    report = await run_in_threadpool(verify_image, data, settings=settings, session=session,
-                                     tenant_id=principal.tenant_id)
+    report = await run_in_threadpool(verify_image, data, settings=settings,
+                                     tenant=SessionTenantRecords(session, principal.tenant_id))
     session.rollback()  # read-only; end the transaction before answering
     return report

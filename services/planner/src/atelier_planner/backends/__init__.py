@@ -12,55 +12,17 @@ carries ``planner`` (which backend, engine, model and prompt version made it, an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 
-from atelier_shared.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec, StorySpec
+from atelier_runtime.settings import Settings
 
-T = TypeVar("T")
+from .base import Planned, PlannerBackend
+from .llm import llm_backend
+from .rules import RulesBackend
+
+__all__ = ["BACKEND_NAMES", "Planned", "PlannerBackend", "RulesBackend", "backend_from_settings", "get_backend"]
+
 BACKEND_NAMES = ("rules", "openai", "transformers", "vllm")
-
-
-@dataclass
-class Planned(Generic[T]):
-    """A plan and how it was made (``run`` is the stage output's ``planner`` entry)."""
-
-    value: T
-    run: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-
-class PlannerBackend(Protocol):
-    """One method per planning stage (returning the stage's JSON output), plus RPG and the designer."""
-
-    name: str
-    info: PlannerInfo
-
-    def recaption(self, prompt: str, *, plan_id: str, seed: int, width: int, height: int,
-                  negative_prompt: str = "") -> Planned[RegionalPlan]: ...
-
-    def design_layout(self, prompt: str, *, width: int = 1024, height: int = 1024,
-                      points: list[dict[str, Any]] | None = None, boxes: list[Box] | None = None,
-                      plan_id: str = "design", seed: int = 0) -> Planned[LayoutPlan]: ...
-
-    def ad_prompts(self, spec: CampaignSpec, *, job_id: str, product_image: bytes | None = None) -> dict[str, Any]: ...
-
-    def ad_layout(self, spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any] | None) -> dict[str, Any]: ...
-
-    def culture(self, spec: StorySpec, *, job_id: str) -> dict[str, Any]: ...
-
-    def story(self, spec: StorySpec, *, job_id: str, culture_output: dict[str, Any] | None) -> dict[str, Any]: ...
-
-    def characters(self, spec: StorySpec, *, job_id: str, story_output: dict[str, Any] | None,
-                   culture_output: dict[str, Any] | None) -> dict[str, Any]: ...
-
-    def scenes(self, spec: StorySpec, *, job_id: str, story_output: dict[str, Any] | None,
-               characters_output: dict[str, Any] | None, culture_output: dict[str, Any] | None) -> dict[str, Any]: ...
-
-    def scene_layouts(self, plan: StoryPlan, *, sheets: dict[str, str], job_id: str,
-                      require_sheets: bool = True) -> dict[str, Any]: ...
 
 
 def get_backend(name: str = "rules", settings: Settings | None = None, **kwargs: Any) -> PlannerBackend:
@@ -69,11 +31,7 @@ def get_backend(name: str = "rules", settings: Settings | None = None, **kwargs:
         raise ValueError(f"unknown planner backend {name!r}; known: {list(BACKEND_NAMES)}")
     settings = settings or Settings()
     if name == "rules":
-        from .rules import RulesBackend
-
         return RulesBackend()
-    from .llm import llm_backend
-
     return llm_backend(name, settings, **kwargs)
 
 

@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from atelier_shared.plans import AdPrompts, Box, Character, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
-from atelier_shared.settings import Settings
-from atelier_shared.specs import CampaignSpec, StorySpec, parse_size
+from atelier_contracts.plans import AdPrompts, Box, Character, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
+from atelier_contracts.specs import CampaignSpec, StorySpec, parse_size
+from atelier_runtime.settings import Settings
 
 from .. import kahani, paid
 from ..common import RULES_PLANNER, derived_seed, plan_id_for, seed_for
@@ -36,7 +36,7 @@ from ..llm.prompts import load_prompt
 from ..llm.runner import Result, run_task
 from ..llm.schema import Limits
 from ..metrics import layout_metrics, regional_metrics
-from . import Planned
+from .base import Planned
 from .rules import RulesBackend, layout_output, rules_run, scenes_metrics
 
 log = logging.getLogger(__name__)

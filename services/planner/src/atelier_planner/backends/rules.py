@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from atelier_shared.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
-from atelier_shared.specs import CampaignSpec, StorySpec
+from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
+from atelier_contracts.specs import CampaignSpec, StorySpec
 
 from .. import designer, kahani, paid, rpg
 from ..common import RULES_PLANNER
 from ..llm.kahani import story_metrics
 from ..metrics import layout_metrics, regional_metrics
-from . import Planned
+from .base import Planned
 
 RULES_RUN: dict[str, Any] = {"backend": "rules", "engine": "rules", "model": RULES_PLANNER.model,
                              "prompt_version": RULES_PLANNER.prompt_version, "fallback": None}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atelier_shared.plans import Box, LayoutPlan, PlannerInfo, Scene
+from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo, Scene
 
 from ..designer import Draft, repair_drafts
 from ..layout import MAX_BOXES, Z_ENTITY

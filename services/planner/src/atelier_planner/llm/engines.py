@@ -106,7 +106,7 @@ class TransformersEngine:
         if self._loaded is not None:
             return self._loaded
         try:
-            import xgrammar as xgr
+            import xgrammar as xgr  # the optional transformers extra (heavy): loaded when this engine is built
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:
             raise EngineUnavailable("the transformers backend needs torch, transformers and xgrammar "
@@ -143,7 +143,7 @@ class TransformersEngine:
     def generate(self, request: JsonRequest) -> Generated:
         if has_images(request.messages):
             raise EngineUnavailable("the transformers backend reads no images (configure a VLM on the openai backend)")
-        import torch
+        import torch  # heavy (torch): loaded on first use
 
         with self._lock:
             previous = torch.get_num_threads()
@@ -155,7 +155,7 @@ class TransformersEngine:
                 torch.set_num_threads(previous)
 
     def _decode(self, request: JsonRequest) -> Generated:
-        import torch
+        import torch  # the optional transformers extra (heavy): loaded when this engine is built
         import xgrammar as xgr
 
         tokenizer, model, compiler, info = self._load()
@@ -209,7 +209,7 @@ class VLLMEngine:
     @staticmethod
     def import_vllm() -> Any:
         try:
-            import vllm
+            import vllm  # the optional vllm extra: GPU planner hosts only
         except ImportError as exc:
             raise EngineUnavailable("vllm is not installed: it is an optional extra for GPU planner hosts "
                                     "(pip install 'atelier-planner[vllm]'); use the openai backend against "
@@ -226,11 +226,11 @@ class VLLMEngine:
         vllm = self.import_vllm()
         kwargs: dict[str, Any] = {"temperature": self.temperature, "max_tokens": max_tokens or self.max_tokens}
         try:  # vLLM >= 0.11
-            from vllm.sampling_params import StructuredOutputsParams
+            from vllm.sampling_params import StructuredOutputsParams  # the optional vllm extra: GPU planner hosts only
 
             return vllm.SamplingParams(structured_outputs=StructuredOutputsParams(json=schema), **kwargs)
         except ImportError:  # older vLLM: guided decoding
-            from vllm.sampling_params import GuidedDecodingParams
+            from vllm.sampling_params import GuidedDecodingParams  # the optional vllm extra: GPU planner hosts only
 
             return vllm.SamplingParams(guided_decoding=GuidedDecodingParams(json=schema), **kwargs)
 

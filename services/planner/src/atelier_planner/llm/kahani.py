@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from atelier_shared.plans import CastMember, Character, PlannerInfo, Scene, StoryPlan
-from atelier_shared.specs import StorySpec
+from atelier_contracts.plans import CastMember, Character, PlannerInfo, Scene, StoryPlan
+from atelier_contracts.specs import StorySpec
 
 from .. import kahani
 from ..common import load_data, plan_id_for, truncate_words

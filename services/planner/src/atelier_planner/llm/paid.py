@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from atelier_shared.specs import CampaignSpec, parse_size
+from atelier_contracts.specs import CampaignSpec, parse_size
 
 from .. import paid
 from ..colors import color_name, palette_mood

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from atelier_shared.plans import PlannerInfo, Region, RegionalPlan
+from atelier_contracts.plans import PlannerInfo, Region, RegionalPlan
 
 from ..common import clean_text
-from ..rpg import DEFAULT_BASE_RATIO, MAX_REGIONS, grid_split_ratio
+from ..rpg import DEFAULT_BASE_RATIO, MAX_REGIONS, grid_split_ratio, ratio_grid
 from .engines import Engine
 from .runner import Problem, Result, Task, run_task
 from .schema import Limits, array, boolean, integer, obj, string
@@ -47,7 +47,6 @@ def recaption_task(caption: str, *, limits: Limits, plan_id: str, seed: int, wid
 
     def last_resort(plan: RegionalPlan) -> tuple[RegionalPlan, list[str]]:
         # keep whole rows, top first, while they fit; a first row that alone is too wide keeps its first cells
-        from ..rpg import ratio_grid
 
         grid = ratio_grid(plan.split_ratio)
         kept: list[tuple[Any, list[Any]]] = []

@@ -1,0 +1,255 @@
+"""The ``atelier`` command: serve, worker, migrate, tenants, models, demo, verify, and the client commands."""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from atelier_contracts.errors import AtelierError, Conflict
+from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES, Q_ORCHESTRATOR
+from atelier_provenance.verify import verify_image
+from atelier_runtime.settings import Settings
+from celery.signals import worker_ready, worker_shutdown
+
+from .app import build_api
+from .app import migrate as migrate_database
+from .delivery_cli import register as register_delivery_commands
+from .supervise import supervise as run_supervised
+from .watchdog import watchdog_step
+from .workers import role_modules, worker_app
+
+app = typer.Typer(help="Atelier: campaign and story content pipeline.", no_args_is_help=True, add_completion=False)
+tenants_app = typer.Typer(help="Manage tenants and API keys.", no_args_is_help=True)
+models_app = typer.Typer(help="Manage the local model folder.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(models_app, name="models")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema to the latest migration."""
+    migrate_database(_settings())
+    typer.echo("database is at head")
+
+
+@tenants_app.command("create")
+def tenants_create(name: str) -> None:
+    """Create a tenant and print its API key (shown once; only its hash is stored)."""
+    # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
+    from atelier_control.auth import create_tenant
+    from atelier_control.db import engine_from_settings, session_factory, session_scope
+
+    settings = _settings()
+    if settings.embedded:
+        migrate_database(settings)
+    factory = session_factory(engine_from_settings(settings))
+    try:
+        with session_scope(factory) as session:
+            tenant, key = create_tenant(session, name)
+    except Conflict as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"tenant {tenant.id} ({name})")
+    typer.echo(f"api key (store it now, it is not shown again): {key}")
+
+
+@models_app.command("init-tiny")
+def models_init_tiny(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the tiny model folders and models.yaml into.")],
+    bench: Annotated[bool, typer.Option(help="Also write the bench-sized random SDXL.")] = False,
+    identity: Annotated[bool, typer.Option(help="Also write tiny random InstantID weights (face model, IdentityNet, "
+                                                "ip-adapter.bin) for sdxl-tiny under DEST/identity and print the "
+                                                "ATELIER_IDENTITY_* settings that use them.")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild folders that already exist.")] = False,
+) -> None:
+    """Write tiny random-init SDXL and FLUX pipelines (save_pretrained) and a models.yaml, for tests and demos."""
+    from atelier_gpu import tiny  # a development facility of the GPU package (torch, diffusers): atelier[gpu]
+
+    path = tiny.init_tiny(dest, bench=bench, force=force)
+    typer.echo(f"wrote {path}")
+    if identity:
+        settings = tiny.init_tiny_instantid(dest / "identity", dest / "sdxl-tiny", force=force)
+        typer.echo("tiny InstantID weights (random: they exercise the path, they do not keep a face); use them with:")
+        for name, value in settings.items():
+            typer.echo(f"{name}={Path(value).resolve()}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default ATELIER_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ATELIER_API_PORT).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="API processes (services mode only: the embedded mode runs its "
+                                                     "workers inside its one process).")] = 1,
+    forwarded_allow_ips: Annotated[str | None, typer.Option(
+        help="Proxies whose X-Forwarded-Proto/For headers are trusted (comma-separated IPs or '*'; default "
+             "uvicorn's: $FORWARDED_ALLOW_IPS or 127.0.0.1).")] = None,
+) -> None:
+    """Run the API (and dashboard). Without ATELIER_BROKER_URL, jobs run in this same process."""
+    import uvicorn  # comes with atelier[api]
+
+    settings = _settings()
+    options: dict[str, Any] = {"host": host or settings.api_host, "port": port or settings.api_port,
+                               "log_level": "info", "timeout_graceful_shutdown": 30, "proxy_headers": True,
+                               "forwarded_allow_ips": forwarded_allow_ips}
+    if settings.embedded:
+        if workers > 1:
+            typer.echo("error: --workers needs a broker (ATELIER_BROKER_URL): in the embedded mode jobs run inside "
+                       "the one API process", err=True)
+            raise typer.Exit(2)
+        uvicorn.run(build_api(settings), **options)
+    elif workers > 1:  # each process builds its own app from the environment
+        uvicorn.run("atelier_api.app:app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(build_api(settings), **options)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help=f"Comma-separated queues: {','.join(ALL_QUEUES)}")] = ",".join(ALL_QUEUES),
+    pool: Annotated[str | None, typer.Option(help="Celery pool: solo (default with a GPU queue), threads, prefork.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks at once (GPU queues: 1).")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    supervise: Annotated[bool, typer.Option(help="Run the Celery worker as a child process and restart it if it "
+                                                 "dies (not on a shutdown signal or a clean exit).")] = True,
+) -> None:
+    """Run a Celery worker for one or more roles (queues) against the configured broker.
+
+    ``kill -USR2 <pid>`` (or to the process group) writes every thread's stack to the log (faulthandler:
+    works even while a thread is stuck in C code); Celery's own SIGUSR1 dump needs the main thread free.
+    """
+    faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
+
+    settings = _settings()
+    qs = [q.strip() for q in queues.split(",") if q.strip()]
+    if settings.embedded:
+        typer.echo("error: set ATELIER_BROKER_URL (e.g. redis://127.0.0.1:6379/0); without a broker, "
+                   "`atelier serve` runs the workers in-process", err=True)
+        raise typer.Exit(2)
+    try:
+        if not qs:
+            raise ValueError(f"no queue given; known: {sorted(ALL_QUEUES)}")
+        role_modules(qs)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if supervise:
+        logging.basicConfig(level=logging.WARNING)
+        child = [sys.executable, "-m", "atelier.cli", "worker", "--queues", ",".join(qs),
+                 "--loglevel", loglevel, "--no-supervise"]
+        for flag, value in (("--pool", pool), ("--concurrency", concurrency), ("--name", name)):
+            if value is not None:
+                child += [flag, str(value)]
+        raise typer.Exit(run_supervised(child))
+
+
+    try:
+        celery_app = worker_app(settings, qs)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if settings.worker_loop_stall_s > 0:
+        celery_app.steps["consumer"].add(watchdog_step(settings.worker_loop_stall_s))
+    gpu = any(q in GPU_QUEUES for q in qs)
+    pool = pool or ("solo" if gpu else "threads")
+    concurrency = concurrency or (1 if gpu or pool == "solo" else 4)
+    if Q_ORCHESTRATOR in qs:
+        # the reconciler and the webhook dispatcher run beside the orchestrator's tasks (installed with them)
+        from atelier_orchestrator.background import start_background
+
+        worker_ready.connect(lambda **_: start_background(celery_app), weak=False)
+    argv = ["worker", "-Q", ",".join(qs), "-P", pool, "-c", str(concurrency), "-l", loglevel,
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-n", name or f"{'+'.join(qs)}@{os.uname().nodename}-{os.getpid()}"]
+    # Exit with the worker's own code: Celery's worker_main/start drop it (click's non-standalone mode returns it
+    # instead of raising), so an "Unrecoverable error" exited 0 and the supervisor took it for a clean shutdown.
+    codes: list[int] = []
+    worker_shutdown.connect(lambda sender=None, **_: codes.append(getattr(sender, "exitcode", None) or 0), weak=False)
+    celery_app.worker_main(argv)
+    raise typer.Exit(codes[-1] if codes else 0)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where summary.json goes.")] = Path("out/demo"),
+    home: Annotated[Path, typer.Option(help="Embedded database, artifacts and tiny models.")] = Path("var/demo"),
+) -> None:
+    """Run one campaign (3 sizes x 2 variants) and one story (4 pages) end to end in this process."""
+    from .demo import run_demo  # every role in this process and the tiny models: atelier[all]
+
+    logging.basicConfig(level=logging.WARNING)
+    env = {k: v for k, v in os.environ.items() if k.startswith("ATELIER_")}
+    settings = Settings(**{"home": home, "broker_url": None, "storage": "local", "database_url": None,
+                           "gen_max_side": int(env.get("ATELIER_GEN_MAX_SIDE", "128"))})
+    ok = run_demo(settings, out)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def verify(
+    image: Annotated[Path, typer.Argument(help="The file to check (PNG, JPEG, WebP).", exists=True, dir_okay=False)],
+    api_url: Annotated[str | None, typer.Option(help="Ask this Atelier API instead (POST /v1/verify); with "
+                                                     "--api-key it also names the job, within your tenant.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Tenant API key for --api-url (default ATELIER_API_KEY).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+) -> None:
+    """Is IMAGE ours? Invisible watermark (decision at the stated false-positive rate) + C2PA manifest.
+
+    Exits 0 when the watermark is found and the content credentials verify, 1 otherwise.
+    """
+    settings = _settings()
+    data = image.read_bytes()
+    if api_url:
+        key = api_key or os.environ.get("ATELIER_API_KEY")
+        if not key:
+            typer.echo("error: --api-url needs --api-key (or ATELIER_API_KEY)", err=True)
+            raise typer.Exit(2)
+        resp = httpx.post(api_url.rstrip("/") + "/v1/verify", files={"file": (image.name, data)},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=120)
+        if resp.status_code != 200:
+            typer.echo(f"error: {resp.status_code} {resp.text}", err=True)
+            raise typer.Exit(2)
+        report = resp.json()
+    else:
+        try:
+            report = verify_image(data, settings=settings)
+        except AtelierError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    mark, c2pa = report["watermark"], report["c2pa"]
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        typer.echo(f"{image}: {report['verdict']}")
+        typer.echo(f"  watermark  {'found' if mark['detected'] else 'not found'} ({mark['method']}): "
+                   f"{mark['matched_bits']}/{mark['bits_read']} bits, need {mark['threshold_bits']} at FPR "
+                   f"{mark['fpr']:g}; job ref {mark['job_ref']}; {mark['geometry']}")
+        typer.echo(f"  c2pa       {c2pa['state']}; job {c2pa['job_id']}, model {c2pa['model']}, "
+                   f"seed {c2pa['seed']}, signed {c2pa['created_at']}")
+        if report.get("job"):
+            typer.echo(f"  job        {report['job']['id']} ({report['job']['kind']}, {report['job']['status']})")
+    raise typer.Exit(0 if mark["detected"] and c2pa["valid"] else 1)
+
+
+# client commands over the HTTP API (`atelier submit`, `atelier jobs ls|show|cancel`)
+register_delivery_commands(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Job specs: what a client submits. Validation errors name the field that is wrong."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+
+SIZE_RE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+MIN_SIDE, MAX_SIDE = 64, 4096
+HEX_COLOR = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """``"1080x1920"`` → ``(1080, 1920)``; raises ValueError with the reason."""
+    m = SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"size {value!r} is not WIDTHxHEIGHT, e.g. '1080x1080'")
+    w, h = int(m.group(1)), int(m.group(2))
+    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
+        raise ValueError(f"size {value!r}: each side must be between {MIN_SIDE} and {MAX_SIDE} pixels")
+    return w, h
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Brand(_Spec):
+    name: ShortText
+    palette: list[HEX_COLOR] = Field(default_factory=lambda: ["#1F2937", "#F9FAFB"], min_length=1, max_length=8)
+    font: Identifier | None = None
+    logo: Identifier | None = Field(default=None, description="Artifact id of an uploaded logo image.")
+    # filled from a brand kit (/v1/brands) when the job names ``brand_id``
+    font_artifact: Identifier | None = Field(default=None, description="Artifact id of the brand kit's TTF/OTF font.")
+    tone: ShortText | None = Field(default=None, description="Brand voice, e.g. 'warm, confident'.")
+
+
+class Product(_Spec):
+    name: ShortText
+    description: LongText
+    image: Identifier | None = Field(default=None, description="Artifact id returned by POST /v1/uploads.")
+
+
+# ControlNet kinds a campaign may steer its background with (the GPU registry's kinds)
+ControlKind = Literal["canny", "depth", "pose"]
+CONTROL_KINDS: tuple[str, ...] = get_args(ControlKind)
+MAX_CONTROLS = 3
+
+
+class BackgroundControl(_Spec):
+    """One ControlNet condition on the generated background (``gpu.background``'s ``control`` recipe).
+
+    The weights of all controls are normalised to sum 1 (Ctrl-Adapter averaging), so each ControlNet
+    acts with ``scale * weight / sum(weights)``; ``start``/``end`` bound the fraction of the denoising
+    steps during which it acts.
+    """
+
+    kind: ControlKind = Field(
+        description="canny: edges are taken from the image (any picture or sketch); depth / pose: the image "
+                    "is the map itself (a depth map, an OpenPose skeleton). The job's model needs a ControlNet "
+                    "of this kind in its models.yaml entry.")
+    image: Identifier = Field(description="Artifact id returned by POST /v1/uploads; resized to each background.")
+    weight: float = Field(default=1.0, gt=0, le=100, strict=True,
+                          description="Relative share in the average of the controls (normalised to sum 1).")
+    scale: float = Field(default=0.8, gt=0, le=2, strict=True,
+                         description="Conditioning scale: how strongly this control steers the image.")
+    start: float = Field(default=0.0, ge=0, lt=1, strict=True,
+                         description="Fraction of the denoising at which the control starts acting.")
+    end: float = Field(default=1.0, gt=0, le=1, strict=True,
+                       description="Fraction of the denoising at which it stops; must be above `start`.")
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, end: float, info: ValidationInfo) -> float:
+        start = info.data.get("start")
+        if start is not None and end <= start:
+            raise ValueError(f"end ({end}) must be greater than start ({start})")
+        return end
+
+
+class CampaignSpec(_Spec):
+    """A campaign: one product, its taglines, a brand and the ad sizes to produce."""
+
+    JOB_KIND: ClassVar[str] = "campaign"
+
+    brand: Brand
+    product: Product
+    taglines: list[ShortText] = Field(min_length=1, max_length=5)
+    cta: ShortText | None = None
+    locale: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en-US"
+    sizes: list[str] = Field(default_factory=lambda: ["1080x1080"], min_length=1, max_length=12)
+    variants: int = Field(default=1, ge=1, le=8)
+    model: Identifier | None = None
+    seed: Seed | None = None
+    # a tenant's brand kit (its fields fill ``brand`` at submission); the ad backdrop
+    brand_id: Identifier | None = Field(default=None, description="Brand kit id (/v1/brands); fills `brand` at submission.")
+    backdrop: Literal["generated", "studio"] = Field(
+        default="generated", description="generated: the GPU background; studio: a brand-palette studio sweep drawn "
+                                         "by the renderer (no GPU needed).")
+    # ControlNets steering the generated background (after `backdrop`: its validator reads it)
+    control: list[BackgroundControl] = Field(
+        default_factory=list, max_length=MAX_CONTROLS,
+        description="Up to 3 ControlNet conditions (canny, depth, pose from uploaded images) on the generated "
+                    "background, averaged with weights normalised to sum 1. With a product image, the background "
+                    "follows the controls and the product is pasted back unchanged in its box.")
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[str]) -> list[str]:
+        for s in sizes:
+            parse_size(s)
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("sizes must not repeat")
+        return sizes
+
+    @field_validator("control")
+    @classmethod
+    def _control_needs_a_generated_backdrop(cls, control: list[BackgroundControl],
+                                            info: ValidationInfo) -> list[BackgroundControl]:
+        if control and info.data.get("backdrop") == "studio":
+            raise ValueError("control steers the generated background; backdrop 'studio' has none (use 'generated')")
+        return control
+
+
+class StorySpec(_Spec):
+    """A story: a premise set in a culture, told in a language, over 1..12 illustrated pages."""
+
+    JOB_KIND: ClassVar[str] = "story"
+
+    premise: LongText
+    culture: ShortText
+    language: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
+    pages: int = Field(default=4, ge=1, le=12)
+    audience: ShortText | None = None
+    style: ShortText | None = None
+    model: Identifier | None = None
+    seed: Seed | None = None
+
+
+JobKind = Literal["campaign", "story"]
+SPEC_MODELS: dict[str, type[_Spec]] = {"campaign": CampaignSpec, "story": StorySpec}
+
+
+class JobRequest(BaseModel):
+    """Body of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: JobKind
+    spec: dict[str, object]
+
+    def parsed_spec(self) -> CampaignSpec | StorySpec:
+        model = SPEC_MODELS[self.kind]
+        return model.model_validate(self.spec)  # type: ignore[return-value]

@@ -1,0 +1,45 @@
+"""Job events: appended to the ``events`` table in the same transaction as the change they describe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import Event
+
+EVENT_TYPES = (
+    "job.created", "job.started", "job.succeeded", "job.failed", "job.canceled",
+    "stage.queued", "stage.started", "stage.progress", "stage.completed", "stage.failed", "stage.retrying",
+    "stage.redriven", "artifact.created",
+    "stage.gate", "stage.regenerating", "job.warning",  # quality gates (best-of-N) and their warnings
+)
+
+
+def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, data: dict[str, Any] | None = None) -> Event:
+    """Append one event; flushed so its id is known.
+
+    The caller must hold the job's row lock (``SELECT ... FOR UPDATE`` on ``jobs``) before its first event
+    of the transaction. Ids come from a sequence when the row is inserted, so two transactions writing
+    events for one job could otherwise commit out of id order, and an SSE client resuming with
+    ``Last-Event-ID`` (or polling ``id > last``) would skip the late-committed, lower id for good. With the
+    lock, a job's events become visible in id order. (A new job's ``job.created`` needs no lock: nobody
+    else can see the job yet.)
+    """
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}")
+    ev = Event(tenant_id=tenant_id, job_id=job_id, type=type, data=data or {})
+    session.add(ev)
+    session.flush()
+    return ev
+
+
+def events_after(session: Session, *, tenant_id: str, job_id: str, after_id: int, limit: int = 500) -> list[Event]:
+    stmt = (
+        select(Event)
+        .where(Event.tenant_id == tenant_id, Event.job_id == job_id, Event.id > after_id)
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))

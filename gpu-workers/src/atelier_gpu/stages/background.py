@@ -1,0 +1,160 @@
+"""``gpu.background`` (PAID stage 3): one ad background per size and variant (item ``<size>-v<variant>``),
+generated so the product's pixels stay exact. The recipe, in order of preference:
+
+* ``control`` when the spec has ``control``: the model's ControlNets of those kinds on the uploaded control
+  images; a product image is then pasted back unchanged into its box (``product_mode: "pasted"``), because the
+  control recipe takes no mask. The output records each condition, its ControlNet and effective scale;
+* ``inpaint`` around the product when the campaign has a product image (box from the variant's layout);
+* ``layout`` on the variant's layout (background objects and, without an image, the product in its box);
+* ``regional``: the RPG plan of ``plan.ad_prompts``;
+* ``text_to_image`` otherwise (and for families without regional attention).
+
+Batched with compatible queued backgrounds and character sheets (``atelier_gpu.serving``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atelier_contracts import items
+from atelier_contracts.catalogue import S_BACKGROUND
+from atelier_contracts.errors import StageError
+from atelier_contracts.keys import upload_key
+from atelier_contracts.specs import BackgroundControl
+from atelier_contracts.stage_io import BackgroundInputs, BackgroundOutput
+from atelier_runtime.stage_runner import StageContext, stage_task
+from PIL import Image
+from pydantic import ValidationError
+
+from .. import serving
+from ..generation import REGIONAL_FAMILIES, model_and_size, registry, request
+from ..recipes import control as control_recipe
+from ..recipes import identity as identity_recipe
+from ..recipes import inpaint as inpaint_recipe
+from ..recipes import layout as layout_recipe
+from ..serving import GenRequest
+
+
+def background_seed(plan_seed: int, variant_index: int, size_index: int) -> int:
+    return (plan_seed + 1000 * variant_index + size_index) % 2**32
+
+
+def control_params(ctx: StageContext, model_id: str, spec: Any, raw: Any
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The control recipe's params for the spec's ``control`` list, and what the output records of it.
+
+    Each condition takes the model's ControlNet of its kind (the first by name when there are several).
+    The recipe averages by ``weight`` alone and scales the average by one ``conditioning_scale``, so a
+    per-control ``scale`` goes in as weight ``w_i * s_i`` with ``conditioning_scale = sum(w*s) / sum(w)``:
+    the recipe's ``cs * w_i s_i / sum(w*s)`` is then exactly ``s_i * w_i / sum(w)`` (recorded as
+    ``effective_scale``), and equal scales ``s`` are plain Ctrl-Adapter averaging with total strength ``s``.
+    """
+    if spec.family not in control_recipe.FAMILIES:
+        families = " or ".join(control_recipe.FAMILIES)
+        raise StageError(f"gpu.background: spec.control needs a model with ControlNets (family {families}); "
+                         f"model {model_id} is {spec.family}", retryable=False, field="spec.control")
+    if not isinstance(raw, list):
+        raise StageError("gpu.background: spec.control must be a list", retryable=False, field="spec.control")
+    controls: list[BackgroundControl] = []
+    for i, c in enumerate(raw):
+        try:
+            controls.append(BackgroundControl.model_validate(c))
+        except ValidationError as exc:
+            raise StageError(f"spec.control.{i} is not a valid BackgroundControl: {exc}", retryable=False,
+                             field=f"spec.control.{i}") from exc
+    entries, record = [], []
+    total = sum(c.weight for c in controls)
+    for i, c in enumerate(controls):
+        names = sorted(n for n, cn in spec.controlnets.items() if cn.kind == c.kind)
+        if not names:
+            have = ", ".join(f"{n} ({cn.kind})" for n, cn in sorted(spec.controlnets.items())) or "none"
+            raise StageError(f"gpu.background: model {model_id} has no {c.kind} ControlNet in models.yaml "
+                             f"(spec.control.{i}.kind; its ControlNets: {have})", retryable=False,
+                             field=f"spec.control.{i}.kind")
+        key = upload_key(ctx.task.tenant_id, c.image)
+        if not ctx.store.exists(key):  # before any GPU time: the API checked it, but an upload can be deleted
+            raise StageError(f"gpu.background: control image {c.image!r} (spec.control.{i}.image) is not in "
+                             f"storage ({key})", retryable=False, field=f"spec.control.{i}.image")
+        # canny edges are taken from any picture; a depth or pose upload is the map itself
+        entries.append({"name": names[0], "kind": c.kind, "image_key": key,
+                        "use_as_is": c.kind != "canny", "weight": c.weight * c.scale, "start": c.start, "end": c.end})
+        record.append({"kind": c.kind, "image": c.image, "controlnet": names[0], "weight": c.weight,
+                       "scale": c.scale, "start": c.start, "end": c.end,
+                       "effective_scale": round(c.scale * c.weight / total, 6)})
+    params = {"controls": entries, "conditioning_scale": sum(c.weight * c.scale for c in controls) / total}
+    return params, record
+
+
+def _with_control_output(req: GenRequest, record: list[dict[str, Any]], product: tuple[str, list[float]] | None
+                         ) -> GenRequest:
+    """Wrap ``req.finish``: paste the product back (when there is one) and record the controls."""
+    store = req.finish
+    assert store is not None
+
+    def finish(c: StageContext, image: Image.Image, extra: dict[str, Any]) -> dict[str, Any]:
+        extra = {**extra, "control": record}
+        if product is not None:
+            key, box = product
+            photo = c.get_image(key, "product image")
+            placement = inpaint_recipe.place_product(inpaint_recipe.product_cutout(photo), box, image.width,
+                                                     image.height)
+            image = inpaint_recipe.paste_back(image, placement)
+            extra.update(product_rect=list(placement.rect), product_mode="pasted")
+        return store(c, image, extra)
+
+    req.finish = finish
+    return req
+
+
+@serving.batchable(S_BACKGROUND)
+def prepare_background(ctx: StageContext) -> GenRequest:
+    """One ad background's request: control, else inpaint around the product, else layout, else text-to-image."""
+    up = ctx.inputs(BackgroundInputs)
+    plan = up.ad_layout.plan
+    try:
+        size_name, variant_index = items.parse_size_variant(ctx.task.item)
+    except ValueError as exc:
+        raise StageError(f"gpu.background: {exc}", retryable=False, field="item") from exc
+    index = next((i for i, v in enumerate(plan.variants) if v.target.name == size_name), None)
+    if index is None:
+        known = ", ".join(v.target.name for v in plan.variants)
+        raise StageError(f"gpu.background: the ad plan has no variant for size {size_name!r} (has: {known})",
+                         retryable=False, field="item")
+    variant = plan.variants[index]
+    # a gate's regeneration (gate.critic) offsets the seed as a scene's does, so a retry paints a new image
+    seed = identity_recipe.scene_seed(background_seed(plan.seed, variant_index, index), ctx.task.regeneration)
+    model_id, spec, _, _ = model_and_size(ctx, (variant.target.w, variant.target.h))
+    product_id = (ctx.task.spec.get("product") or {}).get("image")
+    product_box = next((b for b in variant.layout.boxes if b.role == "product"), None)
+    layout_json = variant.layout.model_dump(mode="json")
+    regional = up.ad_prompts.regional if up.ad_prompts is not None else None
+    target = (variant.target.w, variant.target.h)
+    if ctx.task.spec.get("control"):
+        # the controls steer the whole background; the control recipe has no mask, so a product image is
+        # pasted back unchanged into its box afterwards instead of being inpainted around
+        params, record = control_params(ctx, model_id, spec, ctx.task.spec["control"])
+        req = request(ctx, recipe="control", target=target, seed=seed, prompt=plan.prompts.background,
+                      negative_prompt=plan.negative_prompt, params=params, kind="background",
+                      output_key="background_key")
+        product = (upload_key(ctx.task.tenant_id, product_id), list(product_box.bbox)) \
+            if product_id and product_box is not None else None
+        return _with_control_output(req, record, product)
+    if spec.family in REGIONAL_FAMILIES and product_id and product_box is not None:
+        recipe, params = "inpaint", {"product_key": upload_key(ctx.task.tenant_id, product_id),
+                                     "product_box": list(product_box.bbox), "plan": layout_json}
+    elif spec.family in REGIONAL_FAMILIES and layout_recipe.grounded_boxes(variant.layout):
+        recipe, params = "layout", {"plan": layout_json}
+    elif spec.family in REGIONAL_FAMILIES and regional is not None and regional.regions:
+        # the RPG plan of the background caption, when plan.ad_prompts is among this stage's upstreams
+        recipe, params = "regional", {"plan": regional.model_dump(mode="json")}
+    else:
+        recipe, params = "text_to_image", {}
+    return request(ctx, recipe=recipe, target=target, seed=seed, prompt=plan.prompts.background,
+                   negative_prompt=plan.negative_prompt, params=params, kind="background",
+                   output_key="background_key")
+
+
+@stage_task(S_BACKGROUND)
+def background(ctx: StageContext) -> BackgroundOutput:
+    """One ad background for one size x variant, batched when it can be."""
+    return BackgroundOutput.model_validate(serving.serve(ctx, registry=registry(ctx.res)))

@@ -1,0 +1,178 @@
+"""Settings for every Atelier process, read from ``ATELIER_*`` environment variables.
+
+Build them in a factory (``Settings()``) and pass them down; nothing reads them at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the system; defaults give the embedded laptop mode."""
+
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", extra="ignore")
+
+    # where things live
+    home: Path = Field(default=Path("var"), description="Folder for the embedded database, artifacts and models.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file in home.")
+    broker_url: str | None = Field(default=None, description="Celery broker (redis://...); unset = embedded in-process worker.")
+    storage: Literal["local", "s3"] = "local"
+    storage_root: Path | None = Field(default=None, description="Local artifact folder; default home/artifacts.")
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_bucket: str = "atelier"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+
+    # models
+    models_dir: Path | None = Field(default=None, description="Folder of local model folders; default home/models.")
+    models_file: Path | None = Field(default=None, description="models.yaml; default models_dir/models.yaml.")
+    default_model: str = "sdxl-tiny"
+    gen_max_side: int = Field(default=1024, ge=32, le=4096, description="Longest side generated; renderer scales up to the target.")
+    gen_steps: int | None = Field(default=None, ge=1, le=200, description="Override the model preset's step count.")
+    model_cache_size: int = Field(default=2, ge=1, description="Warm pipelines kept resident per worker.")
+    # GPU diffusion worker
+    model_memory_gb: float | None = Field(default=None, gt=0, description="Memory budget of a GPU worker's warm "
+                                          "pipelines and ControlNets; least recently used evicted beyond it.")
+    gpu_max_batch: int = Field(default=4, ge=1, le=64, description="Compatible diffusion requests (same model, "
+                               "recipe, size, steps, conditioning) run in one pipeline call, up to this many.")
+    gpu_drain: bool = Field(default=True, description="A diffusion worker takes up to gpu_max_batch-1 more queued "
+                            "diffusion tasks from the broker to batch with the one it runs.")
+
+    # orchestration
+    stage_max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    visibility_timeout_s: int = Field(default=3600, ge=1)
+    unacked_restore_interval_s: float = Field(default=60.0, gt=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    stall_after_s: float = Field(default=60.0, gt=0, description="A running stage with no heartbeat for this long is re-driven.")
+    worker_loop_stall_s: float = Field(default=120.0, ge=0, description=(
+        "A worker whose Celery event loop has not turned for this long while it runs no task exits, so `atelier "
+        "worker`'s supervisor restarts it (kombu 5.7 can block the loop on a Redis pub/sub read after a Redis "
+        "restart); 0 turns the watchdog off."))
+    queued_stall_s: float = Field(default=900.0, gt=0, description="A queued stage no worker has touched for this long is re-sent.")
+    start_stall_s: float = Field(default=30.0, gt=0, description="A job still queued this long after submission is started again.")
+    reconcile_interval_s: float = Field(default=10.0, gt=0)
+    worker_name: str | None = None
+
+    # api
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    upload_max_pixels: int = Field(default=40_000_000, ge=1)
+    sse_poll_s: float = Field(default=0.25, gt=0)
+
+    # dashboard sessions
+    session_secret: SecretStr | None = Field(
+        default=None, description="Signs dashboard session cookies; unset = generated once and kept in "
+                                  "home/session_secret (set it when several API processes serve the dashboard).")
+    session_max_age_s: int = Field(default=7 * 24 * 3600, ge=60, description="Dashboard sign-in lifetime.")
+
+    # planner backends: which backend plans, the OpenAI-compatible LLM/VLM server, local model folders
+    planner_backend: Literal["rules", "openai", "transformers", "vllm"] = Field(
+        default="rules", description="rules (offline, deterministic) | openai (any OpenAI-compatible server: vLLM, "
+                                     "llama.cpp, Ollama) | transformers (local folder, in-process) | vllm (in-process).")
+    planner_fallback: bool = Field(default=True, description="A failed LLM plan falls back to the rules backend "
+                                                             "(and records it); false fails the stage instead.")
+    planner_allow_occlude: bool = Field(default=False, description="PAID allow_occlude default: graphics may cover "
+                                                                   "part of the product.")
+    llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint, e.g. http://vllm:8000/v1.")
+    llm_model: str | None = Field(default=None, description="Model name the server serves (vLLM --served-model-name).")
+    llm_api_key: SecretStr | None = Field(default=None, description="Bearer key of the LLM server, if it wants one.")
+    llm_timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout of one chat completion.")
+    llm_max_retries: int = Field(default=2, ge=0, le=10, description="Retries after timeouts, 429 and 5xx answers.")
+    llm_retry_backoff_s: float = Field(default=0.5, ge=0, description="First retry delay; doubles, with jitter.")
+    llm_temperature: float = Field(default=0.2, ge=0, le=2)
+    llm_max_tokens: int = Field(default=2048, ge=16, le=131072)
+    llm_structured_output: Literal["auto", "response_format", "vllm", "vllm_legacy", "json_object"] = Field(
+        default="auto", description="auto: response_format json_schema, plus vLLM's structured_outputs (or "
+                                    "guided_json before 0.11) when the server is vLLM.")
+    vlm_model: str | None = Field(default=None, description="Vision-language model for PAID prompts and the critic; "
+                                                            "unset = no VLM (the critic reports itself absent).")
+    vlm_base_url: str | None = Field(default=None, description="Endpoint of the VLM; default llm_base_url.")
+    vlm_max_image_side: int = Field(default=768, ge=64, le=4096, description="Images sent to the VLM are scaled to fit.")
+    transformers_model_dir: Path | None = Field(default=None, description="Local causal-LM folder for the "
+                                                                          "transformers backend (no downloads).")
+    transformers_device: str = Field(default="cpu", description="torch device of the transformers backend.")
+    transformers_max_new_tokens: int = Field(default=1024, ge=16, le=32768)
+    vllm_model_dir: Path | None = Field(default=None, description="Local model folder for the in-process vllm backend.")
+    vllm_gpu_memory_utilization: float = Field(default=0.45, gt=0, le=1)
+    plan_preview_timeout_s: float = Field(default=120.0, gt=0, description="POST /v1/plans:preview waits this long "
+                                                                            "for a planner worker.")
+
+    # rendering and delivery: ad checks, webhooks and their SSRF guard, the CLI/SDK's API
+    render_ocr: bool = Field(default=True, description="OCR every rendered text box (Tesseract) as a gate score.")
+    render_ocr_max_cer: float = Field(default=0.05, ge=0, le=1, description="Character error rate an OCR gate passes at.")
+    webhook_poll_s: float = Field(default=1.0, gt=0, description="How often the webhook dispatcher looks for work.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per-request timeout of one webhook delivery.")
+    webhook_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles per attempt, jittered.")
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="Longest delay between two attempts.")
+    webhook_retry_for_s: float = Field(default=24 * 3600.0, gt=0, description="A delivery is retried this long, "
+                                                                             "then marked failed.")
+    webhook_concurrency: int = Field(default=4, ge=1, le=64, description="Deliveries sent at once per dispatcher.")
+    ssrf_allow: str = Field(default="", description="Comma-separated hosts or CIDRs that webhook URLs may target even "
+                                                    "though they are loopback/private/link-local (e.g. 127.0.0.1/32).")
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Where `atelier submit`/`jobs` and the SDK "
+                                                                      "find the API.")
+    api_key: SecretStr | None = Field(default=None, description="API key the CLI client sends (ATELIER_API_KEY).")
+
+    # identity, watermark and provenance
+    identity_face_model_dir: Path | None = Field(default=None, description="InstantID face analysis folder (antelopev2-"
+                                                 "style: detector + ArcFace ONNX); unset = no InstantID.")
+    identity_controlnet_dir: Path | None = Field(default=None, description="InstantID IdentityNet ControlNet "
+                                                 "(diffusers folder).")
+    identity_ip_adapter_path: Path | None = Field(default=None, description="InstantID image-projection weights "
+                                                  "(ip-adapter.bin/.safetensors: Resampler + to_k_ip/to_v_ip).")
+    identity_reference_adapter_dir: Path | None = Field(
+        default=None, description="IP-Adapter folder (weights + image_encoder/) for the fallback: the character "
+                                  "sheet as a reference image when InstantID is not configured.")
+    identity_embedder_path: Path | None = Field(default=None, description="Face embedder for the identity score: an "
+                                                "ArcFace-style ONNX (OpenCV dnn) or TorchScript (.pt) model.")
+    identity_cascade_path: Path | None = Field(default=None, description="Haar cascade XML for face detection; default "
+                                               "OpenCV's frontal-face cascade (Debian opencv-data).")
+    identity_threshold: float = Field(default=0.5, ge=-1, le=1, description="Cosine an identity gate passes at.")
+    identity_gate_strict: bool = Field(default=False, description="Fail the job when a scene ends without passing "
+                                                                  "its identity gate (no face found included).")
+    gate_max_regenerations: int = Field(default=4, ge=0, le=100, description="Regenerations all gates of one job "
+                                                                             "may ask for together (best-of-N budget).")
+    gate_max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per gated item (N of best-of-N).")
+    watermark_backend: Literal["dwtdctsvd", "vine"] = "dwtdctsvd"
+    watermark_vine_dir: Path | None = Field(default=None, description="TorchScript encoder.pt/decoder.pt of VINE.")
+    watermark_fpr: float = Field(default=1e-3, gt=0, lt=1, description="False-positive rate detection decides at.")
+    c2pa_cert_path: Path | None = Field(default=None, description="Production signing chain (PEM, leaf first); unset ="
+                                        " a development CA + certificate made on first use under home/c2pa.")
+    c2pa_key_path: Path | None = Field(default=None, description="Private key (PEM) of c2pa_cert_path.")
+    c2pa_trust_anchors_path: Path | None = Field(default=None, description="PEM roots whose signatures read as "
+                                                 "trusted (default: the development CA when it is in use).")
+    c2pa_tsa_url: str | None = Field(default=None, description="RFC 3161 time-stamp authority for signatures.")
+
+    # rate limits and quotas per tenant: 429 with Retry-After; 0 = off (the k8s ConfigMap turns them on)
+    rate_limit_jobs_per_minute: int = Field(default=0, ge=0, description="Jobs a tenant may submit in any 60 s "
+                                                                         "(sliding window; Redis-shared); 0 = no limit.")
+    quota_gpu_seconds_per_day: float = Field(default=0.0, ge=0, description="GPU-seconds a tenant's jobs of the last "
+                                             "24 h may use before new submissions are refused; 0 = no quota.")
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: one process runs API, orchestrator and workers."""
+        return not self.broker_url
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'atelier.db').resolve()}"
+
+    def resolved_storage_root(self) -> Path:
+        return (self.storage_root or self.home / "artifacts").resolve()
+
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.home / "models").resolve()
+
+    def resolved_models_file(self) -> Path:
+        return (self.models_file or self.resolved_models_dir() / "models.yaml").resolve()

@@ -1,0 +1,43 @@
+"""What a tenant's records add to verifying a file (``POST /v1/verify``): its jobs and delivered asset sizes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atelier_control.models import Artifact, Job
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+MAX_CANDIDATE_JOBS = 2000
+MAX_CANDIDATE_SIZES = 4
+
+
+class SessionTenantRecords:
+    """``atelier_provenance.verify.TenantRecords`` read from the database, within one tenant."""
+
+    def __init__(self, session: Session, tenant_id: str) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def jobs(self) -> list[tuple[str, str]]:
+        rows = self.session.execute(select(Job.id, Job.kind).where(Job.tenant_id == self.tenant_id)
+                                    .order_by(Job.created_at.desc()).limit(MAX_CANDIDATE_JOBS)).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def asset_sizes(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Sizes of the tenant's delivered assets with this image's aspect ratio (within 2%), most common first."""
+        rows = self.session.execute(select(Artifact.width, Artifact.height).where(
+            Artifact.tenant_id == self.tenant_id, Artifact.kind == "asset", Artifact.width.is_not(None))).all()
+        ratio = size[0] / size[1]
+        counts: dict[tuple[int, int], int] = {}
+        for w, h in rows:
+            if w and h and abs(w / h - ratio) / ratio < 0.02 and (w, h) != size:
+                counts[(w, h)] = counts.get((w, h), 0) + 1
+        return [s for s, _ in sorted(counts.items(), key=lambda kv: -kv[1])][:MAX_CANDIDATE_SIZES]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        job = self.session.get(Job, job_id)
+        if job is None or job.tenant_id != self.tenant_id:
+            return None
+        return {"id": job.id, "kind": job.kind, "status": job.status,
+                "created_at": job.created_at.isoformat() if job.created_at else None}

@@ -1,0 +1,18 @@
+"""``plan.scenes`` (KAHANI): the story plan — one scene per page with narration, backdrop, cast and prompt."""
+
+from __future__ import annotations
+
+from atelier_contracts.catalogue import S_SCENES
+from atelier_contracts.stage_io import ScenesInputs, ScenesOutput
+from atelier_runtime.stage_runner import StageContext, stage_task
+
+from ..worker import backend_for, plan, story_spec, upstream_json
+
+
+@stage_task(S_SCENES)
+def scenes(ctx: StageContext) -> ScenesOutput:
+    up = ctx.inputs(ScenesInputs)
+    spec = story_spec(ctx)
+    return plan(ctx, ScenesOutput, lambda: backend_for(ctx).scenes(
+        spec, job_id=ctx.task.job_id, story_output=upstream_json(up.story),
+        characters_output=upstream_json(up.characters), culture_output=upstream_json(up.culture)))

@@ -1,0 +1,95 @@
+"""What the planning worker's stages share: the process's backend, the job spec, storing a plan.
+
+The backend comes from settings (``ATELIER_PLANNER_BACKEND``) and is built once per worker process. Every
+planning stage stores its output as a JSON artifact (kind ``plan``) named after the stage without the
+``plan.`` prefix, e.g. ``tenants/t/jobs/j/plan.ad_layout/ad_layout.json``; the artifact's meta carries the
+output's ``planner`` (backend, engine, model, prompt version, fallback) and ``metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from atelier_contracts.errors import NotFound, StageError, StorageError
+from atelier_contracts.keys import upload_key
+from atelier_contracts.specs import CampaignSpec, StorySpec
+from atelier_contracts.stage_io import StageOutput, read_output
+from atelier_runtime.stage_runner import StageContext, WorkerResources
+from pydantic import ValidationError
+
+from .backends import PlannerBackend, backend_from_settings
+from .llm.errors import EngineUnavailable, LLMError
+
+BACKEND_KEY = "atelier_planner.backend"
+O = TypeVar("O", bound=StageOutput)  # noqa: E741
+
+
+def worker_backend(res: WorkerResources) -> PlannerBackend:
+    """This process's backend (built once from its settings; a test may put its own under BACKEND_KEY)."""
+    with res.lock:
+        backend = res.extras.get(BACKEND_KEY)
+        if backend is None:
+            backend = backend_from_settings(res.settings)
+            res.extras[BACKEND_KEY] = backend
+    return backend  # type: ignore[no-any-return]
+
+
+def backend_for(ctx: StageContext) -> PlannerBackend:
+    """The backend a stage uses: the worker's, from settings."""
+    return worker_backend(ctx.res)
+
+
+def campaign_spec(ctx: StageContext) -> CampaignSpec:
+    try:
+        return CampaignSpec.model_validate(ctx.task.spec)
+    except ValidationError as exc:
+        raise StageError(f"campaign spec is invalid: {exc}", retryable=False) from exc
+
+
+def story_spec(ctx: StageContext) -> StorySpec:
+    try:
+        return StorySpec.model_validate(ctx.task.spec)
+    except ValidationError as exc:
+        raise StageError(f"story spec is invalid: {exc}", retryable=False) from exc
+
+
+def plan_json(data: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys, UTF-8): the same plan always writes the same bytes."""
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+def plan(ctx: StageContext, model: type[O], call: Callable[[], dict[str, Any]]) -> O:
+    """Run a backend call, read its JSON as the stage's output ``model`` and store it as the stage's plan artifact.
+
+    LLM failures that reach here (fallback disabled) become stage errors: retryable unless the engine is
+    unavailable (a setting, which a retry does not change).
+    """
+    try:
+        raw = call()
+    except EngineUnavailable as exc:
+        raise StageError(f"{ctx.task.stage}: {exc}", retryable=False) from exc
+    except LLMError as exc:
+        raise StageError(f"{ctx.task.stage}: {exc}", retryable=True) from exc
+    output = read_output(model, raw, stage=ctx.task.stage)
+    data = output.to_json()
+    meta = {"planner": data.get("planner"), "metrics": data.get("metrics")}
+    ctx.put(name=ctx.task.stage.removeprefix("plan."), data=plan_json(data), ext="json",
+            content_type="application/json", kind="plan", meta={k: v for k, v in meta.items() if v is not None})
+    return output
+
+
+def upstream_json(output: StageOutput | None) -> dict[str, Any] | None:
+    """An upstream output as the JSON the backends chain their stages with (None when it is absent)."""
+    return output.to_json() if output is not None else None
+
+
+def product_image(ctx: StageContext, spec: CampaignSpec) -> bytes | None:
+    """The product photo for a VLM, read from storage (None without one, or when it cannot be read)."""
+    if not spec.product.image:
+        return None
+    try:
+        return ctx.get(upload_key(ctx.task.tenant_id, spec.product.image))
+    except (NotFound, StorageError):
+        return None
