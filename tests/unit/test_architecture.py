@@ -85,17 +85,23 @@ def imports(module: str) -> Iterator[tuple[str, ast.AST, bool]]:
 
 
 def test_every_stage_has_one_handler_file_named_after_it_under_a_stages_folder() -> None:
+    from atelier_runtime.celeryapp import make_celery
+    from atelier_runtime.settings import Settings
+
+    app = make_celery(Settings(), include=queue_modules(ALL_QUEUES))  # what a worker of every role loads
+    for module in queue_modules(ALL_QUEUES):
+        importlib.import_module(module)
     for decl in CATALOGUE:
         package, _, stem = decl.handler.rpartition(".")
         assert package.endswith(".stages"), f"{decl.name}: {decl.handler} is not in a stages/ folder"
         assert stem == handler_stem(decl.name), f"{decl.name}: handler file {stem}.py, expected {handler_stem(decl.name)}.py"
         path = MODULES.get(decl.handler)
         assert path is not None and path.parent.name == "stages" and path.is_file(), f"{decl.name}: no {decl.handler}"
-        task = importlib.import_module(decl.handler).__dict__
-        registered = [t for t in task.values() if getattr(t, "name", None) == stage_task_name(decl.name)]
-        assert len(registered) == 1, f"{decl.handler} does not register {stage_task_name(decl.name)}"
+        task = app.tasks[stage_task_name(decl.name)]
+        handler = type(task).handler
+        assert handler.__module__ == decl.handler, f"{stage_task_name(decl.name)} is registered by {handler.__module__}"
         assert issubclass(decl.inputs, StageInputs) and issubclass(decl.output, StageOutput)
-        assert decl.output.__name__ in registered[0].handler.__annotations__["return"], \
+        assert decl.output.__name__ in str(handler.__annotations__["return"]), \
             f"{decl.name}'s handler does not return {decl.output.__name__}"
 
 
@@ -336,6 +342,8 @@ def test_the_sdk_is_httpx_and_pydantic_only() -> None:
     ("atelier-planner", (), {"torch", "diffusers", "sqlalchemy"}),
     ("atelier-renderer", (), {"torch", "diffusers", "sqlalchemy"}),
     ("atelier-runtime", (), {"sqlalchemy", "torch", "c2pa-python"}),
+    ("atelier", ("planner",), {"torch", "sqlalchemy", "c2pa-python"}),
+    ("atelier", ("orchestrator",), {"torch", "diffusers", "c2pa-python"}),
 ])
 def test_each_role_installs_only_what_it_needs(package: str, extras: tuple[str, ...], forbidden: set[str]) -> None:
     pulled = closure(package, extras=extras)

@@ -15,7 +15,6 @@ import httpx
 import typer
 from atelier_contracts.errors import AtelierError, Conflict
 from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES, Q_ORCHESTRATOR
-from atelier_provenance.verify import verify_image
 from atelier_runtime.settings import Settings
 from celery.signals import worker_ready, worker_shutdown
 
@@ -223,6 +222,13 @@ def verify(
             raise typer.Exit(2)
         report = resp.json()
     else:
+        try:
+            # the provenance package comes with the api, renderer and gpu extras; --api-url needs none of it
+            from atelier_provenance.verify import verify_image
+        except ModuleNotFoundError as exc:
+            typer.echo("error: verifying here needs the provenance package (pip install 'atelier[api]'), "
+                       "or ask a server with --api-url", err=True)
+            raise typer.Exit(2) from exc
         try:
             report = verify_image(data, settings=settings)
         except AtelierError as exc:

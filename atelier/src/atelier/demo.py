@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import threading
@@ -16,6 +15,7 @@ from atelier_control.auth import create_tenant, issue_key
 from atelier_control.db import engine_from_settings, session_factory, session_scope
 from atelier_control.models import Tenant
 from atelier_gpu.tiny import init_tiny
+from atelier_runtime.images import png_bytes
 from atelier_runtime.settings import Settings
 from atelier_runtime.storage import LocalStore
 from PIL import Image, ImageDraw
@@ -52,9 +52,7 @@ def product_png() -> bytes:
     d.rectangle((95, 40, 145, 150), fill=(59, 36, 22, 255))
     d.rectangle((90, 20, 150, 50), fill=(200, 16, 46, 255))
     d.rectangle((70, 250, 170, 350), fill=(245, 230, 211, 255))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(img)
 
 
 def _free_port() -> int:

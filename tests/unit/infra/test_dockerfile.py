@@ -90,7 +90,8 @@ def test_each_image_installs_only_its_roles(stages: dict[str, list[str]]) -> Non
     assert '"atelier[api,orchestrator,planner,renderer]"' in cpu
     assert '"atelier[gpu]"' in gpu and "*.whl" not in gpu
     extras = (ROOT / "atelier" / "pyproject.toml").read_text()
-    assert re.search(r'^gpu = \["atelier-gpu"\]$', extras, re.M), "the gpu extra is the GPU package alone"
+    gpu_extra = re.search(r'^gpu = \[(.*)\]$', extras, re.M)
+    assert gpu_extra and set(re.findall(r'"([^"]+)"', gpu_extra.group(1))) == {"atelier-gpu", "atelier-provenance"}
 
 
 def test_no_torchvision_anywhere() -> None:

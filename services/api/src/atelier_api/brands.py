@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from atelier_contracts.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
+from atelier_contracts.keys import font_key
 from atelier_contracts.specs import HEX_COLOR, CampaignSpec, JobRequest
 from atelier_control.models import Artifact, BrandKit, new_id
 from atelier_runtime.storage import ArtifactStore
@@ -35,11 +36,6 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whit
 Word = Annotated[str, StringConstraints(min_length=1, max_length=60, strip_whitespace=True)]
 Family = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 Ref = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-
-
-def font_key(tenant_id: str, font_id: str) -> str:
-    """Where a brand font lives; the renderer derives the same key from the id (a contract)."""
-    return f"tenants/{tenant_id}/fonts/{font_id}.font"
 
 
 class BrandCreate(BaseModel):

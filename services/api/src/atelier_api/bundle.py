@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from atelier_contracts import items
 from atelier_contracts.errors import Conflict
+from atelier_contracts.keys import parse_stage_key
 from atelier_control.jobs import get_job
 from atelier_control.models import Artifact
 from atelier_runtime.storage import ArtifactStore
@@ -34,8 +36,6 @@ from .views import as_utc
 
 CSV_COLUMNS = ("file", "kind", "size", "variant", "page", "width", "height", "taglines", "cta", "sha256", "bytes",
                "gates_passed", "gates", "watermark", "c2pa_state")
-_ITEM = re.compile(r"^(\d+x\d+)(?:-v(\d+))?$")
-_PAGE = re.compile(r"^s(\d+)$")
 
 
 @dataclass
@@ -73,17 +73,17 @@ def plan_bundle(session: Session, *, tenant_id: str, job_id: str) -> BundlePlan:
         meta = a.meta or {}
         render_meta = (renders.get(a.name).meta or {}) if a.name in renders else {}
         gates = list(render_meta.get("gates") or [])
-        m, p = _ITEM.match(a.name), _PAGE.match(a.name)
-        ext = a.key.rsplit(".", 1)[-1] if "." in a.key else "png"
-        row: dict[str, Any] = {"kind": "ad" if m else "page" if p else a.kind, "width": a.width, "height": a.height,
-                               "size": None, "variant": None, "page": None}
-        if m:
-            size, variant = m.group(1), int(m.group(2) or 0)
+        ad, page_index = _ad_item(a.name), _page_item(a.name)
+        ext = _ext(a.key)
+        row: dict[str, Any] = {"kind": "ad" if ad else "page" if page_index is not None else a.kind, "width": a.width,
+                               "height": a.height, "size": None, "variant": None, "page": None}
+        if ad:
+            size, variant = ad
             name = f"{size}/ad_{size}_v{variant}.{ext}"
             row.update(size=size, variant=variant, taglines=render_meta.get("taglines", spec.get("taglines", [])),
                        cta=render_meta.get("cta", spec.get("cta")))
-        elif p:
-            page = int(p.group(1)) + 1
+        elif page_index is not None:
+            page = page_index + 1
             name = f"pages/page_{page:02d}.{ext}"
             row.update(page=page, taglines=[], cta=None)
         else:
@@ -95,7 +95,7 @@ def plan_bundle(session: Session, *, tenant_id: str, job_id: str) -> BundlePlan:
                    c2pa=_c2pa(meta))
         entries.append(Entry(file=name, key=a.key, stored_sha256=a.sha256, row=row))
     for a in (a for a in arts if a.kind == "document"):
-        ext = a.key.rsplit(".", 1)[-1]
+        ext = _ext(a.key)
         row = {"kind": "document", "width": None, "height": None, "size": None, "variant": None,
                "page": None, "taglines": [], "cta": None, "gates": [], "gates_passed": None, "watermark": None,
                "c2pa": _c2pa(a.meta or {}) if ext == "pdf" else None}
@@ -110,6 +110,27 @@ def plan_bundle(session: Session, *, tenant_id: str, job_id: str) -> BundlePlan:
     label = brand.get("name") or job.kind
     return BundlePlan(job_id=job.id, filename=f"atelier_{_slug(str(label))}_{job.id}.zip", header=header,
                       entries=entries)
+
+
+def _ad_item(name: str) -> tuple[str, int] | None:
+    try:
+        return items.parse_size_variant(name)
+    except ValueError:
+        return None
+
+
+def _page_item(name: str) -> int | None:
+    try:
+        return items.parse_scene(name)
+    except ValueError:
+        return None
+
+
+def _ext(key: str) -> str:
+    try:
+        return parse_stage_key(key).ext
+    except ValueError:
+        return key.rsplit(".", 1)[-1] if "." in key else "png"
 
 
 def _natural(name: str) -> list[Any]:

@@ -8,7 +8,9 @@ import re
 from typing import BinaryIO
 
 from atelier_contracts.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from atelier_contracts.keys import upload_key
 from atelier_control.models import Artifact, new_id
+from atelier_runtime.images import png_bytes
 from atelier_runtime.storage import ArtifactStore
 from PIL import Image, ImageOps, UnidentifiedImageError
 from sqlalchemy.orm import Session
@@ -23,11 +25,6 @@ CHUNK = 64 * 1024
 FIELD = "file"
 # what Pillow raises on bad pixel data besides OSError: zlib/struct errors surface as these
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError)
-
-
-def upload_key(tenant_id: str, artifact_id: str) -> str:
-    """Storage key of an upload; workers derive it from the artifact id, so the format is a contract."""
-    return f"tenants/{tenant_id}/uploads/{artifact_id}.png"
 
 
 def read_limited(stream: BinaryIO, max_bytes: int) -> bytes:
@@ -90,12 +87,6 @@ def normalize(image: Image.Image) -> Image.Image:
     return upright if upright.mode == target else upright.convert(target)
 
 
-def encode_png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
 def safe_name(filename: str | None) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", (filename or "").rsplit("/", 1)[-1].rsplit("\\", 1)[-1])
     stem = stem.rsplit(".", 1)[0].strip("._")[:120]
@@ -110,7 +101,7 @@ def ingest_upload(session: Session, store: ArtifactStore, *, tenant_id: str, str
     try:
         upright = normalize(image)
         width, height = upright.size
-        png = encode_png(upright)
+        png = png_bytes(upright)
     finally:
         image.close()
     artifact_id = new_id("art")

@@ -10,7 +10,6 @@ A script with no installed pack, or no ``tesseract`` at all, gives a skipped gat
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from atelier_runtime.images import png_bytes
 from PIL import Image
 
 from .compose import WCAG_AA, AdReport, TextReport, hex_to_rgb
@@ -83,10 +83,8 @@ def ocr(image: Image.Image, lang: str, *, single_line: bool = False) -> str:
     exe = tesseract_path()
     if exe is None:
         raise RuntimeError("tesseract is not installed (Debian package tesseract-ocr)")
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
     env = dict(os.environ, OMP_THREAD_LIMIT="1")  # one thread: the renderer shares the machine
-    out = subprocess.run([exe, "stdin", "stdout", "-l", lang, "--psm", "7" if single_line else "6"], input=buf.getvalue(),
+    out = subprocess.run([exe, "stdin", "stdout", "-l", lang, "--psm", "7" if single_line else "6"], input=png_bytes(image),
                          capture_output=True, timeout=OCR_TIMEOUT_S, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"tesseract failed: {out.stderr.decode(errors='replace')[-300:]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+from atelier_runtime.images import png_bytes
 from PIL import Image
 
 
@@ -24,9 +25,7 @@ def data_url(image: bytes | Image.Image, *, max_side: int = 768) -> str:
     if max(img.size) > max_side:
         img = img.copy()
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
 
 
 def crop(image: Image.Image, bbox: tuple[float, float, float, float], *, pad: float = 0.05) -> Image.Image:
