@@ -47,6 +47,7 @@ from .storage import ArtifactStore, make_store
 log = logging.getLogger(__name__)
 
 I = TypeVar("I", bound=StageInputs)  # noqa: E741
+T = TypeVar("T")
 Handler = Callable[["StageContext"], StageOutput | dict[str, Any]]
 
 
@@ -108,6 +109,14 @@ class StageContext:
 
     def key(self, name: str, ext: str) -> str:
         return stage_key(self.task.key_prefix, self.task.stage, name, ext)
+
+    def parsed_item(self, parse: Callable[[str], T]) -> T:
+        """This task's item read by ``parse`` (one of ``atelier_contracts.items``' parsers); a malformed item fails
+        the stage, not retried, naming the form it should have."""
+        try:
+            return parse(self.task.item)
+        except ValueError as exc:
+            raise StageError(f"{self.task.stage}: {exc}", retryable=False, field="item") from exc
 
     def put(self, *, name: str, data: bytes, ext: str, content_type: str, kind: str,
             width: int | None = None, height: int | None = None, meta: dict[str, Any] | None = None) -> ArtifactRecord:

@@ -79,3 +79,23 @@ def test_duplicate_deliveries_do_not_run(tmp_path: Path) -> None:
     assert run_stage(app, _payload(other), fn) is None  # type: ignore[arg-type]
     # the leased copy is not dropped: it is sent again for later (the holder may have died)
     assert len(calls) == 1 and app.sent[2:] == ["atelier.stage.plan.ad_prompts"]
+
+
+def test_a_stage_reads_its_declared_inputs_and_its_parsed_item(tmp_path: Path) -> None:
+    from atelier_contracts import items
+    from atelier_contracts.errors import StageError
+    from atelier_contracts.stage_io import BackgroundInputs, SheetInputs
+    from atelier_contracts.tasks import StageTask
+    from atelier_runtime.stage_runner import StageContext, WorkerResources
+
+    task = StageTask.model_validate({**_payload("stg_io"), "stage": "gpu.background", "item": "300x250-v1"})
+    ctx = StageContext(task, WorkerResources(Settings(home=tmp_path)), _App(Settings(home=tmp_path)))
+    assert ctx.parsed_item(items.parse_size_variant) == ("300x250", 1)
+    with pytest.raises(TypeError, match="reads BackgroundInputs, not SheetInputs"):
+        ctx.inputs(SheetInputs)  # a handler reads the model its catalogue entry declares
+    with pytest.raises(StageError, match="plan.ad_layout.plan is missing"):
+        ctx.inputs(BackgroundInputs)
+    ctx.task.item = "300x250"
+    with pytest.raises(StageError, match="<size>-v<variant>") as err:
+        ctx.parsed_item(items.parse_size_variant)
+    assert err.value.field == "item" and err.value.retryable is False

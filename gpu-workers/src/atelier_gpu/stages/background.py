@@ -111,10 +111,7 @@ def prepare_background(ctx: StageContext) -> GenRequest:
     """One ad background's request: control, else inpaint around the product, else layout, else text-to-image."""
     up = ctx.inputs(BackgroundInputs)
     plan = up.ad_layout.plan
-    try:
-        size_name, variant_index = items.parse_size_variant(ctx.task.item)
-    except ValueError as exc:
-        raise StageError(f"gpu.background: {exc}", retryable=False, field="item") from exc
+    size_name, variant_index = ctx.parsed_item(items.parse_size_variant)
     index = next((i for i, v in enumerate(plan.variants) if v.target.name == size_name), None)
     if index is None:
         known = ", ".join(v.target.name for v in plan.variants)

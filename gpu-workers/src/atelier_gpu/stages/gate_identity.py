@@ -62,10 +62,7 @@ def identity_gate(ctx: StageContext) -> GateOutput:
     """Score one scene's identities against the character sheets; ask for a regeneration when they do not match."""
     up = ctx.inputs(IdentityInputs)
     scene_key = up.scene.scene_key
-    try:
-        index = items.parse_scene(ctx.task.item)
-    except ValueError:
-        index = -1
+    index = ctx.parsed_item(items.parse_scene)
     scene = next((s for s in up.scenes.plan.scenes if s.index == index), None)
     if scene is None:
         raise StageError(f"gate.identity: the story plan has no scene {ctx.task.item}", retryable=False, field="item")

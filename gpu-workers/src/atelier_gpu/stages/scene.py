@@ -45,10 +45,7 @@ def _scene_generator(layout: LayoutPlan) -> Any:
 def scene(ctx: StageContext) -> SceneOutput:
     """One story scene, sized and seeded by its layout plan."""
     up = ctx.inputs(SceneInputs)
-    try:
-        scene_index = items.parse_scene(ctx.task.item)
-    except ValueError as exc:
-        raise StageError(f"gpu.scene: {exc}", retryable=False, field="item") from exc
+    scene_index = ctx.parsed_item(items.parse_scene)
     plan = up.scenes.plan
     ordered = sorted(plan.scenes, key=lambda s: s.index)
     position = next((i for i, s in enumerate(ordered) if s.index == scene_index), None)

@@ -24,10 +24,7 @@ MAX_PIXELS = 40_000_000
 @stage_task(S_RENDER_AD)
 def render_ad(ctx: StageContext) -> RenderAdOutput:
     up = ctx.inputs(RenderAdInputs)
-    try:
-        size, variant_no = items.parse_size_variant(ctx.task.item)
-    except ValueError as exc:
-        raise StageError(f"{S_RENDER_AD}: {exc}", retryable=False, field="item") from exc
+    size, variant_no = ctx.parsed_item(items.parse_size_variant)
     plan = up.ad_layout.plan
     variant = next((v for v in plan.variants if v.target.name == size), None)
     if variant is None:

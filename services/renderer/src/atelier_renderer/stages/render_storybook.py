@@ -21,10 +21,7 @@ MAX_PIXELS = 40_000_000
 @stage_task(S_STORYBOOK)
 def render_storybook(ctx: StageContext) -> RenderPageOutput:
     up = ctx.inputs(StorybookInputs)
-    try:
-        index = items.parse_scene(ctx.task.item)
-    except ValueError as exc:
-        raise StageError(f"{S_STORYBOOK}: {exc}", retryable=False, field="item") from exc
+    index = ctx.parsed_item(items.parse_scene)
     plan = up.scenes.plan
     scene = next((s for s in plan.scenes if s.index == index), None)
     if scene is None:
