@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from atelier_contracts.catalogue import S_SCENE_LAYOUT, S_SCENES
 from atelier_contracts.plans import Box, CastMember, Character, LayoutPlan, PlannerInfo, Scene, StoryPlan
 from atelier_contracts.specs import StorySpec
 
@@ -40,8 +41,6 @@ from .common import (
 )
 from .layout import bottom_aligned_columns, full_canvas_box
 
-STAGE_CULTURE, STAGE_STORY, STAGE_CHARACTERS = "plan.culture", "plan.story", "plan.characters"
-STAGE_SCENES, STAGE_SCENE_LAYOUT = "plan.scenes", "plan.scene_layout"
 MAX_STORY_WORDS = 250
 MAX_CHARACTERS = 3
 SCENE_WIDTH, SCENE_HEIGHT = 1024, 768
@@ -519,7 +518,7 @@ def scenes_stage(spec: StorySpec, *, job_id: str, story_output: dict[str, Any] |
                   for (ch, pose, expr), box in zip(cast, boxes, strict=True)],
             scene_prompt=scene_prompt(cast, backdrop, style)))
     data = load_data("story_beats.json")
-    return StoryPlan(plan_id=plan_id_for(job_id, STAGE_SCENES), seed=seed, width=SCENE_WIDTH, height=SCENE_HEIGHT,
+    return StoryPlan(plan_id=plan_id_for(job_id, S_SCENES), seed=seed, width=SCENE_WIDTH, height=SCENE_HEIGHT,
                      negative_prompt=str(data["negative_prompt"]), planner=planner, title=str(story["title"]),
                      story=str(story["story"]), culture_notes=[str(n) for n in notes], language=spec.language,
                      characters=characters, scenes=scenes)
@@ -538,7 +537,7 @@ def scene_layouts(plan: StoryPlan, *, sheets: dict[str, str], job_id: str,
                 raise KeyError(f"no character sheet for {member.character_id}")
             boxes.append(member.box.model_copy(update={"ref_artifact": sheets.get(member.character_id)}))
         layouts.append(LayoutPlan(
-            plan_id=plan_id_for(job_id, STAGE_SCENE_LAYOUT, scene.index), seed=derived_seed(plan.seed, "scene", scene.index),
+            plan_id=plan_id_for(job_id, S_SCENE_LAYOUT, scene.index), seed=derived_seed(plan.seed, "scene", scene.index),
             width=SCENE_WIDTH, height=SCENE_HEIGHT, negative_prompt=plan.negative_prompt, planner=planner,
             global_caption=scene.scene_prompt, boxes=boxes))
     return layouts

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from atelier_contracts.catalogue import S_AD_LAYOUT, S_AD_PROMPTS
 from atelier_contracts.colors import WCAG_AA, best_pair, black_or_white, contrast_ratio, first_passing
 from atelier_contracts.plans import (
     AdPlan,
@@ -73,9 +74,6 @@ from .layout import (
     solve_ad_layout,
 )
 from .metrics import layout_metrics
-
-STAGE_PROMPTS = "plan.ad_prompts"
-STAGE_LAYOUT = "plan.ad_layout"
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ def ad_prompts(spec: CampaignSpec, *, job_id: str, planner: PlannerInfo = RULES_
     fg, bg = foreground_caption(spec), background_caption(spec, scene)
     neg = negative_prompt()
     w, h = parse_size(spec.sizes[0])
-    regional: RegionalPlan = rpg.recaption(bg, plan_id=plan_id_for(job_id, STAGE_PROMPTS), seed=seed, width=w, height=h,
+    regional: RegionalPlan = rpg.recaption(bg, plan_id=plan_id_for(job_id, S_AD_PROMPTS), seed=seed, width=w, height=h,
                                            negative_prompt=neg, planner=planner)
     return {"prompts": {"foreground": fg, "background": bg}, "negative_prompt": neg,
             "regional": regional.model_dump(mode="json"), "background_objects": list(scene.objects),
@@ -244,7 +242,7 @@ def assemble_variant(spec: CampaignSpec, *, size: str, drafts: list[Draft], colo
         elif b.role == "cta":
             styles.append(TextStyle(box_role="cta", font=spec.brand.font, color=colours.cta_text,
                                     underlay_color=colours.cta_fill, align="center"))
-    layout = LayoutPlan(plan_id=plan_id_for(job_id, STAGE_LAYOUT, size), seed=seed, width=w, height=h,
+    layout = LayoutPlan(plan_id=plan_id_for(job_id, S_AD_LAYOUT, size), seed=seed, width=w, height=h,
                         negative_prompt=negative, planner=planner, global_caption=prompts.background, boxes=boxes)
     info = {"safe_zone": safe.as_dict(), "allow_occlude": allow_occlude, "metrics": layout_metrics(boxes, safe=safe),
             "raw_metrics": raw, "repairs": fixed.notes}
@@ -327,7 +325,7 @@ def ad_layout_with_info(spec: CampaignSpec, *, job_id: str, prompts_output: dict
 def ad_plan(spec: CampaignSpec, *, job_id: str, seed: int, scene: Scene, prompts: AdPrompts, negative: str,
             planner: PlannerInfo, variants: list[AdVariant]) -> AdPlan:
     w, h = parse_size(spec.sizes[0])
-    return AdPlan(plan_id=plan_id_for(job_id, STAGE_LAYOUT), seed=seed, width=w, height=h, negative_prompt=negative,
+    return AdPlan(plan_id=plan_id_for(job_id, S_AD_LAYOUT), seed=seed, width=w, height=h, negative_prompt=negative,
                   planner=planner,
                   product={"name": spec.product.name, "description": spec.product.description, "image": spec.product.image,
                            "category": scene.category, "background_tone": scene.tone},

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from atelier_contracts.catalogue import S_AD_PROMPTS
 from atelier_contracts.plans import AdPrompts, Box, Character, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
 from atelier_contracts.specs import CampaignSpec, StorySpec, parse_size
 from atelier_runtime.settings import Settings
@@ -150,7 +151,7 @@ class LLMBackend:
         run["product_photo"] = bool(images)
         seed = seed_for(job_id, spec.seed)
         w, h = parse_size(spec.sizes[0])
-        regional = self.recaption(v["background"], plan_id=plan_id_for(job_id, paid.STAGE_PROMPTS), seed=seed, width=w,
+        regional = self.recaption(v["background"], plan_id=plan_id_for(job_id, S_AD_PROMPTS), seed=seed, width=w,
                                   height=h, negative_prompt=rules_out["negative_prompt"])
         run["regional"] = regional.run
         return {"prompts": {"foreground": v["foreground"], "background": v["background"]},

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from atelier_contracts.catalogue import S_SCENES
 from atelier_contracts.plans import CastMember, Character, PlannerInfo, Scene, StoryPlan
 from atelier_contracts.specs import StorySpec
 
@@ -246,7 +247,7 @@ def scenes_task(spec: StorySpec, *, job_id: str, seed: int, story: dict[str, Any
                                 cast=[CastMember(character_id=ch.id, pose=p, expression=e, box=b)
                                       for (ch, p, e), b in zip(cast, boxes, strict=True)],
                                 scene_prompt=kahani.scene_prompt(cast, s["backdrop"], style)))
-        return StoryPlan(plan_id=plan_id_for(job_id, kahani.STAGE_SCENES), seed=seed, width=kahani.SCENE_WIDTH,
+        return StoryPlan(plan_id=plan_id_for(job_id, S_SCENES), seed=seed, width=kahani.SCENE_WIDTH,
                          height=kahani.SCENE_HEIGHT, negative_prompt=str(load_data("story_beats.json")["negative_prompt"]),
                          planner=planner, title=str(story["title"]), story=str(story["story"]), culture_notes=notes,
                          language=spec.language, characters=characters, scenes=scenes)
