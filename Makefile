@@ -7,13 +7,14 @@ PACKAGES := contracts runtime control provenance sdk migrations orchestrator ser
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv sysdeps chaos fuzz demo test test-unit test-integration bench lint services clean
+.PHONY: help venv sysdeps chaos fuzz demo test test-unit test-integration bench lint docs services clean
 
 help:
 	@echo "make demo   - set up and run one campaign and one story on the embedded default"
 	@echo "make test   - set up and run the test suite (needs the machine's PostgreSQL and Redis)"
 	@echo "make bench  - services-mode benchmarks -> bench/results.json, bench/REPORT.md (charts in bench/report/)"
 	@echo "make lint   - ruff"
+	@echo "make docs   - regenerate README.md's 'where is it' table from the stage catalogue"
 	@echo "make fuzz   - schemathesis: 5,000 generated requests against a live API (no 5xx, responses as documented)"
 
 venv: $(STAMP)
@@ -71,6 +72,9 @@ fuzz: sysdeps venv services
 
 lint: venv
 	$(BIN)/ruff check .
+
+docs: venv
+	$(BIN)/python -m atelier.docs
 
 clean:
 	rm -rf var out .pytest_cache

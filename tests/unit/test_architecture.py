@@ -360,3 +360,18 @@ def test_the_composition_root_declares_every_other_package() -> None:
     assert project["scripts"] == {"atelier": "atelier.cli:main"}
     scripts = {n for p in local_packages().values() for n in p["project"].get("scripts", {})}
     assert scripts == {"atelier"}, "one way to start each thing: the atelier command"
+
+
+def test_serving_never_imports_the_tiny_model_writer(tmp_path: Path) -> None:
+    """Tiny random-init models are a development and test facility: ``atelier serve`` (embedded mode included, which
+    loads every role) neither imports their writer nor writes them; ``atelier demo`` and ``models init-tiny`` do."""
+    code = ("import sys\nfrom pathlib import Path\nfrom atelier.app import build_api\n"
+            "from atelier.workers import worker_app\nfrom atelier_contracts.tasks import ALL_QUEUES\n"
+            "from atelier_runtime.settings import Settings\n"
+            f"settings = Settings(home=Path({str(tmp_path)!r}), broker_url=None, database_url=None)\n"
+            "build_api(settings)\n"
+            "worker_app(settings, ALL_QUEUES)  # what the embedded mode's lifespan starts\n"
+            "print('atelier_gpu.tiny' in sys.modules, 'atelier_gpu.stages.background' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
+    assert not (tmp_path / "models").exists()
