@@ -447,6 +447,17 @@ def read_inputs(model: type[I], upstream: Mapping[str, Any], *, stage: str, item
         raise _input_error(model, exc, stage) from exc
 
 
+def as_output(model: type[O], value: O | Mapping[str, Any] | None) -> O | None:
+    """An upstream output as ``model`` — given typed, or as the JSON a stage recorded — and None as None.
+
+    For code that is handed another stage's output both ways (the planner's backends chain their own stages when
+    a plan is previewed); a value that does not fit the model raises pydantic's ValidationError.
+    """
+    if value is None or isinstance(value, model):
+        return value
+    return model.model_validate(value)
+
+
 def read_output(model: type[O], value: Any, *, stage: str) -> O:
     """A handler's return (its output model, or the same as a dict) as ``model``; a mismatch is a bug in the
     stage, reported as a non-retryable StageError."""

@@ -25,6 +25,7 @@ from typing import Any
 from atelier_contracts.catalogue import S_SCENE_LAYOUT, S_SCENES
 from atelier_contracts.plans import Box, CastMember, Character, LayoutPlan, PlannerInfo, Scene, StoryPlan
 from atelier_contracts.specs import StorySpec
+from atelier_contracts.stage_io import CharactersOutput, CultureOutput, StoryOutput, as_output
 
 from .common import (
     RULES_PLANNER,
@@ -175,9 +176,11 @@ def culture_stage(spec: StorySpec, *, job_id: str) -> dict[str, Any]:
     return {"culture_notes": culture_notes(entry, picks, spec), "culture": {**entry, "picks": picks}}
 
 
-def _culture_from(upstream: dict[str, Any] | None, spec: StorySpec, job_id: str) -> dict[str, Any]:
-    if upstream and isinstance(upstream.get("culture"), dict) and "picks" in upstream["culture"]:
-        return upstream["culture"]  # type: ignore[no-any-return]
+def _culture_from(upstream: CultureOutput | dict[str, Any] | None, spec: StorySpec, job_id: str) -> dict[str, Any]:
+    """The lexicon entry (with its picks) of ``plan.culture``'s output, or this spec's own when there is none."""
+    out = as_output(CultureOutput, upstream)
+    if out is not None and isinstance(out.culture, dict) and "picks" in out.culture:
+        return out.culture
     return culture_stage(spec, job_id=job_id)["culture"]  # type: ignore[no-any-return]
 
 
@@ -378,7 +381,8 @@ def compose_story(spec: StorySpec, culture: dict[str, Any], seed: int) -> StoryD
     return StoryDraft(title=title, language=spec.language, template_language=lang, sentences=sentences)
 
 
-def story_stage(spec: StorySpec, *, job_id: str, culture_output: dict[str, Any] | None = None) -> dict[str, Any]:
+def story_stage(spec: StorySpec, *, job_id: str, culture_output: CultureOutput | dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     """Output of ``plan.story``."""
     seed = seed_for(job_id, spec.seed)
     draft = compose_story(spec, _culture_from(culture_output, spec, job_id), seed)
@@ -411,7 +415,8 @@ def character_for(c: CastSpec, culture: dict[str, Any], spec: StorySpec, seed: i
                           place=culture["label"], style=_style(spec), seed=seed)
 
 
-def characters_stage(spec: StorySpec, *, job_id: str, culture_output: dict[str, Any] | None = None) -> dict[str, Any]:
+def characters_stage(spec: StorySpec, *, job_id: str, culture_output: CultureOutput | dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
     """Output of ``plan.characters``: <= 3 characters with ids c0, c1, ..."""
     seed = seed_for(job_id, spec.seed)
     culture = _culture_from(culture_output, spec, job_id)
@@ -474,21 +479,27 @@ def _cast_boxes(cast: list[tuple[Character, str, str]]) -> list[Box]:
             for b, (ch, pose, expr) in zip(boxes, cast, strict=True)]
 
 
-def scenes_stage(spec: StorySpec, *, job_id: str, story_output: dict[str, Any] | None = None,
-                 characters_output: dict[str, Any] | None = None, culture_output: dict[str, Any] | None = None,
+def scenes_stage(spec: StorySpec, *, job_id: str, story_output: StoryOutput | dict[str, Any] | None = None,
+                 characters_output: CharactersOutput | dict[str, Any] | None = None,
+                 culture_output: CultureOutput | dict[str, Any] | None = None,
                  planner: PlannerInfo = RULES_PLANNER) -> StoryPlan:
     """Output plan of ``plan.scenes``: a StoryPlan with exactly ``spec.pages`` scenes."""
     seed = seed_for(job_id, spec.seed)
     culture = _culture_from(culture_output, spec, job_id)
-    notes = (culture_output or {}).get("culture_notes") or culture_stage(spec, job_id=job_id)["culture_notes"]
-    story = story_output or story_stage(spec, job_id=job_id, culture_output=culture_output)
-    chars_json = (characters_output or characters_stage(spec, job_id=job_id, culture_output=culture_output))["characters"]
-    characters = [Character.model_validate(c) for c in chars_json][:MAX_CHARACTERS]
+    culture_out = as_output(CultureOutput, culture_output)
+    notes = (culture_out.culture_notes if culture_out is not None else None) \
+        or culture_stage(spec, job_id=job_id)["culture_notes"]
+    story = as_output(StoryOutput, story_output) or StoryOutput.model_validate(
+        story_stage(spec, job_id=job_id, culture_output=culture_output))
+    cast = as_output(CharactersOutput, characters_output) or CharactersOutput.model_validate(
+        characters_stage(spec, job_id=job_id, culture_output=culture_output))
+    characters = cast.characters[:MAX_CHARACTERS]
     by_slot = dict(zip(("hero", "helper", "friend"), characters, strict=False))
     style = _style(spec)
     draft = compose_story(spec, culture, seed)
-    annotated = draft.text == story["story"]
-    texts = [s.text for s in draft.sentences] if annotated else _sentences(story["story"])
+    text = story.story or ""
+    annotated = draft.text == text
+    texts = [s.text for s in draft.sentences] if annotated else _sentences(text)
     pages = spec.pages
     if len(texts) < pages:  # a foreign (LLM) story with fewer sentences than pages: split on commas too
         texts = [p for t in texts for p in re.split(r"(?<=,)\s+", t)]
@@ -519,8 +530,8 @@ def scenes_stage(spec: StorySpec, *, job_id: str, story_output: dict[str, Any] |
             scene_prompt=scene_prompt(cast, backdrop, style)))
     data = load_data("story_beats.json")
     return StoryPlan(plan_id=plan_id_for(job_id, S_SCENES), seed=seed, width=SCENE_WIDTH, height=SCENE_HEIGHT,
-                     negative_prompt=str(data["negative_prompt"]), planner=planner, title=str(story["title"]),
-                     story=str(story["story"]), culture_notes=[str(n) for n in notes], language=spec.language,
+                     negative_prompt=str(data["negative_prompt"]), planner=planner, title=str(story.title),
+                     story=text, culture_notes=[str(n) for n in notes], language=spec.language,
                      characters=characters, scenes=scenes)
 
 

@@ -48,6 +48,7 @@ from atelier_contracts.plans import (
     TextStyle,
 )
 from atelier_contracts.specs import Brand, CampaignSpec, parse_size
+from atelier_contracts.stage_io import AdPromptsOutput, as_output
 
 from . import rpg
 from .colors import color_name, palette_mood
@@ -300,16 +301,22 @@ def layout_variant(spec: CampaignSpec, *, size: str, job_id: str, seed: int, pro
     return variant, info
 
 
-def ad_layout_with_info(spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any] | None = None,
+def captions_of(output: AdPromptsOutput | dict[str, Any]) -> tuple[AdPrompts, str, list[str] | None]:
+    """What the layout reads of ``plan.ad_prompts``: the captions, the negative prompt and the background objects."""
+    out = as_output(AdPromptsOutput, output)
+    if out is None or out.prompts is None:
+        raise ValueError("the plan.ad_prompts output has no prompts")
+    negative = out.negative_prompt if out.negative_prompt is not None else negative_prompt()
+    return out.prompts, negative, out.background_objects
+
+
+def ad_layout_with_info(spec: CampaignSpec, *, job_id: str, prompts_output: AdPromptsOutput | dict[str, Any] | None = None,
                         planner: PlannerInfo = RULES_PLANNER,
                         allow_occlude: bool | None = None) -> tuple[AdPlan, dict[str, dict[str, Any]]]:
     """:func:`ad_layout` and, per size, its layout info (safe zone, arrangement, metrics, repairs)."""
     seed = seed_for(job_id, spec.seed)
     scene = pick_scene(spec, seed)
-    up = prompts_output or ad_prompts(spec, job_id=job_id, planner=planner)
-    prompts = AdPrompts.model_validate(up["prompts"])
-    negative = str(up.get("negative_prompt", negative_prompt()))
-    objects = up.get("background_objects")
+    prompts, negative, objects = captions_of(prompts_output or ad_prompts(spec, job_id=job_id, planner=planner))
     occlude = allow_occlude_of(spec) if allow_occlude is None else allow_occlude
     variants, infos = [], {}
     for s in spec.sizes:
@@ -332,7 +339,7 @@ def ad_plan(spec: CampaignSpec, *, job_id: str, seed: int, scene: Scene, prompts
                   taglines=_taglines(spec), prompts=prompts, variants=variants)
 
 
-def ad_layout(spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any] | None = None,
+def ad_layout(spec: CampaignSpec, *, job_id: str, prompts_output: AdPromptsOutput | dict[str, Any] | None = None,
               planner: PlannerInfo = RULES_PLANNER, allow_occlude: bool | None = None) -> AdPlan:
     """Output plan of ``plan.ad_layout``: an AdPlan with one variant per target size."""
     return ad_layout_with_info(spec, job_id=job_id, prompts_output=prompts_output, planner=planner,

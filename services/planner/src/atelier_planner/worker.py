@@ -80,11 +80,6 @@ def plan(ctx: StageContext, model: type[O], call: Callable[[], dict[str, Any]]) 
     return output
 
 
-def upstream_json(output: StageOutput | None) -> dict[str, Any] | None:
-    """An upstream output as the JSON the backends chain their stages with (None when it is absent)."""
-    return output.to_json() if output is not None else None
-
-
 def product_image(ctx: StageContext, spec: CampaignSpec) -> bytes | None:
     """The product photo for a VLM, read from storage (None without one, or when it cannot be read)."""
     if not spec.product.image:

@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from atelier_contracts.catalogue import S_AD_PROMPTS
-from atelier_contracts.plans import AdPrompts, Box, Character, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
+from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
 from atelier_contracts.specs import CampaignSpec, StorySpec, parse_size
+from atelier_contracts.stage_io import AdPromptsOutput, CharactersOutput, CultureOutput, StoryOutput, as_output
 from atelier_runtime.settings import Settings
 
 from .. import kahani, paid
@@ -160,13 +161,12 @@ class LLMBackend:
                 "category": v["category"], "planner": run,
                 "metrics": {"regional": regional_metrics(regional.value)}}
 
-    def ad_layout(self, spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any] | None) -> dict[str, Any]:
-        up = prompts_output or self.ad_prompts(spec, job_id=job_id)
+    def ad_layout(self, spec: CampaignSpec, *, job_id: str,
+                  prompts_output: AdPromptsOutput | dict[str, Any] | None) -> dict[str, Any]:
+        prompts, negative, objects_out = paid.captions_of(prompts_output or self.ad_prompts(spec, job_id=job_id))
         seed = seed_for(job_id, spec.seed)
         scene = paid.pick_scene(spec, seed)
-        prompts = AdPrompts.model_validate(up["prompts"])
-        negative = str(up.get("negative_prompt", paid.negative_prompt()))
-        objects = [str(o) for o in up.get("background_objects") or scene.objects]
+        objects = [str(o) for o in objects_out or scene.objects]
         colours = paid.choose_colours(list(spec.brand.palette), scene.tone)
         occlude = paid.allow_occlude_of(spec, self.allow_occlude)
         info_llm = self.plan_info("paid.ad_layout")
@@ -212,9 +212,11 @@ class LLMBackend:
             return {**rules_out, "planner": run}
         return {"culture_notes": res.value, "culture": rules_out["culture"], "planner": run}
 
-    def story(self, spec: StorySpec, *, job_id: str, culture_output: dict[str, Any] | None) -> dict[str, Any]:
-        co = culture_output or self.culture(spec, job_id=job_id)
-        notes = [str(n) for n in co.get("culture_notes") or []]
+    def story(self, spec: StorySpec, *, job_id: str, culture_output: CultureOutput | dict[str, Any] | None
+              ) -> dict[str, Any]:
+        co = as_output(CultureOutput, culture_output or self.culture(spec, job_id=job_id))
+        assert co is not None
+        notes = [str(n) for n in co.culture_notes]
         res, run = self.attempt("kahani.story", lambda: run_task(self.engine, llm_kahani.story_task(
             spec, notes, limits=self.limits)))
         if res is None:
@@ -222,12 +224,13 @@ class LLMBackend:
         return {**res.value, "planner": run, "metrics": llm_kahani.story_metrics(res.value["story"], spec.language)}
 
     @staticmethod
-    def _by_rules(output: dict[str, Any] | None) -> bool:
-        return bool(output) and (output or {}).get("planner", {}).get("backend") == "rules"
+    def _by_rules(output: StoryOutput) -> bool:
+        return (output.planner or {}).get("backend") == "rules"
 
-    def characters(self, spec: StorySpec, *, job_id: str, story_output: dict[str, Any] | None,
-                   culture_output: dict[str, Any] | None) -> dict[str, Any]:
-        story = story_output or self.story(spec, job_id=job_id, culture_output=culture_output)
+    def characters(self, spec: StorySpec, *, job_id: str, story_output: StoryOutput | dict[str, Any] | None,
+                   culture_output: CultureOutput | dict[str, Any] | None) -> dict[str, Any]:
+        story = as_output(StoryOutput, story_output or self.story(spec, job_id=job_id, culture_output=culture_output))
+        assert story is not None
         if self._by_rules(story):
             # a rules story names its cast from the premise; the rules characters are exactly that cast
             out = self.rules.characters(spec, job_id=job_id, story_output=story, culture_output=culture_output)
@@ -241,17 +244,20 @@ class LLMBackend:
                     "planner": run}
         return {"characters": [c.model_dump(mode="json") for c in res.value], "planner": run}
 
-    def scenes(self, spec: StorySpec, *, job_id: str, story_output: dict[str, Any] | None,
-               characters_output: dict[str, Any] | None, culture_output: dict[str, Any] | None) -> dict[str, Any]:
-        co = culture_output or self.culture(spec, job_id=job_id)
-        story = story_output or self.story(spec, job_id=job_id, culture_output=co)
-        chars = characters_output or self.characters(spec, job_id=job_id, story_output=story, culture_output=co)
+    def scenes(self, spec: StorySpec, *, job_id: str, story_output: StoryOutput | dict[str, Any] | None,
+               characters_output: CharactersOutput | dict[str, Any] | None,
+               culture_output: CultureOutput | dict[str, Any] | None) -> dict[str, Any]:
+        co = as_output(CultureOutput, culture_output or self.culture(spec, job_id=job_id))
+        story = as_output(StoryOutput, story_output or self.story(spec, job_id=job_id, culture_output=co))
+        chars = as_output(CharactersOutput, characters_output or self.characters(
+            spec, job_id=job_id, story_output=story, culture_output=co))
+        assert co is not None and story is not None and chars is not None
         if self._by_rules(story):
             out = self.rules.scenes(spec, job_id=job_id, story_output=story, characters_output=chars,
                                     culture_output=co)
             return {**out, "planner": rules_run(follows="the story was planned by rules")}
-        characters = [Character.model_validate(c) for c in chars["characters"]][:kahani.MAX_CHARACTERS]
-        notes = [str(n) for n in co.get("culture_notes") or []]
+        characters = chars.characters[:kahani.MAX_CHARACTERS]
+        notes = [str(n) for n in co.culture_notes]
         seed = seed_for(job_id, spec.seed)
         info = self.plan_info("kahani.scenes")
         res, run = self.attempt("kahani.scenes", lambda: run_task(self.engine, llm_kahani.scenes_task(

@@ -6,6 +6,7 @@ from typing import Any
 
 from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
 from atelier_contracts.specs import CampaignSpec, StorySpec
+from atelier_contracts.stage_io import AdPromptsOutput, CharactersOutput, CultureOutput, StoryOutput
 
 from .. import designer, kahani, paid, rpg
 from ..common import RULES_PLANNER
@@ -52,7 +53,7 @@ class RulesBackend:
         out = paid.ad_prompts(spec, job_id=job_id, planner=self.info)
         return {**out, "planner": rules_run(), "metrics": {"regional": regional_metrics(out["regional"]["split_ratio"])}}
 
-    def ad_layout(self, spec: CampaignSpec, *, job_id: str, prompts_output: dict[str, Any] | None) -> dict[str, Any]:
+    def ad_layout(self, spec: CampaignSpec, *, job_id: str, prompts_output: AdPromptsOutput | dict[str, Any] | None) -> dict[str, Any]:
         occlude = paid.allow_occlude_of(spec, self.allow_occlude)
         plan, infos = paid.ad_layout_with_info(spec, job_id=job_id, prompts_output=prompts_output, planner=self.info,
                                                allow_occlude=occlude)
@@ -61,18 +62,18 @@ class RulesBackend:
     def culture(self, spec: StorySpec, *, job_id: str) -> dict[str, Any]:
         return {**kahani.culture_stage(spec, job_id=job_id), "planner": rules_run()}
 
-    def story(self, spec: StorySpec, *, job_id: str, culture_output: dict[str, Any] | None) -> dict[str, Any]:
+    def story(self, spec: StorySpec, *, job_id: str, culture_output: CultureOutput | dict[str, Any] | None) -> dict[str, Any]:
         out = kahani.story_stage(spec, job_id=job_id, culture_output=culture_output)
         return {**out, "planner": rules_run(), "metrics": story_metrics(out["story"], spec.language)}
 
-    def characters(self, spec: StorySpec, *, job_id: str, story_output: dict[str, Any] | None,
-                   culture_output: dict[str, Any] | None) -> dict[str, Any]:
+    def characters(self, spec: StorySpec, *, job_id: str, story_output: StoryOutput | dict[str, Any] | None,
+                   culture_output: CultureOutput | dict[str, Any] | None) -> dict[str, Any]:
         # the rules backend derives the cast from the premise and culture (as the story stage did),
         # so the characters always match the story's names
         return {**kahani.characters_stage(spec, job_id=job_id, culture_output=culture_output), "planner": rules_run()}
 
-    def scenes(self, spec: StorySpec, *, job_id: str, story_output: dict[str, Any] | None,
-               characters_output: dict[str, Any] | None, culture_output: dict[str, Any] | None) -> dict[str, Any]:
+    def scenes(self, spec: StorySpec, *, job_id: str, story_output: StoryOutput | dict[str, Any] | None,
+               characters_output: CharactersOutput | dict[str, Any] | None, culture_output: CultureOutput | dict[str, Any] | None) -> dict[str, Any]:
         plan = kahani.scenes_stage(spec, job_id=job_id, story_output=story_output, characters_output=characters_output,
                                    culture_output=culture_output, planner=self.info)
         return {"plan": plan.model_dump(mode="json"), "planner": rules_run(),

@@ -21,6 +21,7 @@ from typing import Any
 from atelier_contracts.catalogue import S_SCENES
 from atelier_contracts.plans import CastMember, Character, PlannerInfo, Scene, StoryPlan
 from atelier_contracts.specs import StorySpec
+from atelier_contracts.stage_io import StoryOutput, as_output
 
 from .. import kahani
 from ..common import load_data, plan_id_for, truncate_words
@@ -195,8 +196,18 @@ def characters_schema(limits: Limits) -> dict[str, Any]:
     return obj({"characters": array(person, 1, kahani.MAX_CHARACTERS)})
 
 
-def characters_task(spec: StorySpec, story: dict[str, Any], culture: dict[str, Any], *, seed: int,
+def _story_text(story: StoryOutput | dict[str, Any]) -> str:
+    """The story's text from ``plan.story``'s output (typed or its JSON)."""
+    told = as_output(StoryOutput, story)
+    if told is None or told.story is None:
+        raise ValueError("the plan.story output has no story")
+    return told.story
+
+
+def characters_task(spec: StorySpec, story: StoryOutput | dict[str, Any], culture: dict[str, Any], *, seed: int,
                     limits: Limits) -> Task[list[Character]]:
+    text_of_story = _story_text(story)
+
     def build(a: dict[str, Any]) -> list[Character]:
         out: list[Character] = []
         seen: set[str] = set()
@@ -210,11 +221,11 @@ def characters_task(spec: StorySpec, story: dict[str, Any], culture: dict[str, A
         return out
 
     def check(chars: list[Character]) -> list[Problem]:
-        text = story["story"].lower()
+        text = text_of_story.lower()
         return [Problem(f"{c.name!r} does not appear in the story: use the story's own characters", "warning")
                 for c in chars if c.name.split()[0].lower() not in text]
 
-    data = {"story": story["story"], "culture": culture["label"], "max_characters": kahani.MAX_CHARACTERS,
+    data = {"story": text_of_story, "culture": culture["label"], "max_characters": kahani.MAX_CHARACTERS,
             "reference_dress": culture.get("dress"), "reference_skin": culture.get("skin")}
     return Task(prompt_id="kahani.characters", data=data, schema=characters_schema(limits), build=build, check=check)
 
@@ -229,8 +240,11 @@ def scenes_schema(names: list[str], pages: int, limits: Limits) -> dict[str, Any
     return obj({"scenes": array(scene, pages, pages)})
 
 
-def scenes_task(spec: StorySpec, *, job_id: str, seed: int, story: dict[str, Any], characters: list[Character],
+def scenes_task(spec: StorySpec, *, job_id: str, seed: int, story: StoryOutput | dict[str, Any], characters: list[Character],
                 notes: list[str], planner: PlannerInfo, limits: Limits) -> Task[StoryPlan]:
+    told = as_output(StoryOutput, story)
+    assert told is not None
+    text_of_story = _story_text(told)
     by_name = {c.name: c for c in characters}
     style = kahani.style_for(spec)
 
@@ -249,7 +263,7 @@ def scenes_task(spec: StorySpec, *, job_id: str, seed: int, story: dict[str, Any
                                 scene_prompt=kahani.scene_prompt(cast, s["backdrop"], style)))
         return StoryPlan(plan_id=plan_id_for(job_id, S_SCENES), seed=seed, width=kahani.SCENE_WIDTH,
                          height=kahani.SCENE_HEIGHT, negative_prompt=str(load_data("story_beats.json")["negative_prompt"]),
-                         planner=planner, title=str(story["title"]), story=str(story["story"]), culture_notes=notes,
+                         planner=planner, title=str(told.title), story=text_of_story, culture_notes=notes,
                          language=spec.language, characters=characters, scenes=scenes)
 
     def check(plan: StoryPlan) -> list[Problem]:
@@ -262,7 +276,7 @@ def scenes_task(spec: StorySpec, *, job_id: str, seed: int, story: dict[str, Any
                   for s in plan.scenes]
         return plan.model_copy(update={"scenes": scenes}), [f"narration cut to {MAX_NARRATION_WORDS} words"]
 
-    data = {"story": story["story"], "pages": spec.pages, "language": spec.language,
+    data = {"story": text_of_story, "pages": spec.pages, "language": spec.language,
             "characters": [{"name": c.name, "looks": c.description} for c in characters], "culture_notes": notes}
     return Task(prompt_id="kahani.scenes", data=data, schema=scenes_schema(list(by_name), spec.pages, limits),
                 build=build, check=check, last_resort=last_resort)

@@ -7,7 +7,7 @@ from atelier_contracts.catalogue import S_AD_LAYOUT
 from atelier_contracts.stage_io import AdLayoutInputs, AdLayoutOutput
 from atelier_runtime.stage_runner import StageContext, stage_task
 
-from ..worker import backend_for, campaign_spec, plan, upstream_json
+from ..worker import backend_for, campaign_spec, plan
 
 
 @stage_task(S_AD_LAYOUT)
@@ -15,4 +15,4 @@ def ad_layout(ctx: StageContext) -> AdLayoutOutput:
     up = ctx.inputs(AdLayoutInputs)
     spec = campaign_spec(ctx)
     return plan(ctx, AdLayoutOutput, lambda: backend_for(ctx).ad_layout(
-        spec, job_id=ctx.task.job_id, prompts_output=upstream_json(up.ad_prompts)))
+        spec, job_id=ctx.task.job_id, prompts_output=up.ad_prompts))

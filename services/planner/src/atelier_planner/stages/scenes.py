@@ -6,7 +6,7 @@ from atelier_contracts.catalogue import S_SCENES
 from atelier_contracts.stage_io import ScenesInputs, ScenesOutput
 from atelier_runtime.stage_runner import StageContext, stage_task
 
-from ..worker import backend_for, plan, story_spec, upstream_json
+from ..worker import backend_for, plan, story_spec
 
 
 @stage_task(S_SCENES)
@@ -14,5 +14,5 @@ def scenes(ctx: StageContext) -> ScenesOutput:
     up = ctx.inputs(ScenesInputs)
     spec = story_spec(ctx)
     return plan(ctx, ScenesOutput, lambda: backend_for(ctx).scenes(
-        spec, job_id=ctx.task.job_id, story_output=upstream_json(up.story),
-        characters_output=upstream_json(up.characters), culture_output=upstream_json(up.culture)))
+        spec, job_id=ctx.task.job_id, story_output=up.story,
+        characters_output=up.characters, culture_output=up.culture))
