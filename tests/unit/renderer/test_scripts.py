@@ -209,11 +209,12 @@ def test_safe_zone_keeps_text_clear_of_story_overlays() -> None:
 def test_brand_font_without_the_glyphs_falls_back_to_noto() -> None:
     dejavu = fonts.font_path("Hello")
     assert dejavu is not None
-    fonts.register_font_file("LatinOnlyBrand", dejavu)
-    assert fonts.font_path("Hello", family="LatinOnlyBrand") == dejavu
-    hindi = fonts.font_path("धीरे से", family="LatinOnlyBrand")
+    # an uploaded brand font is passed per call (font_file), never registered under a family name
+    assert fonts.font_path("Hello", family="LatinOnlyBrand", font_file=dejavu) == dejavu
+    hindi = fonts.font_path("धीरे से", family="LatinOnlyBrand", font_file=dejavu)
     assert hindi is not None and hindi.name.startswith("NotoSansDevanagari")
-    assert fonts.font_path("じっくり", family="LatinOnlyBrand").name.startswith("NotoSansCJK")  # type: ignore[union-attr]
+    cjk = fonts.font_path("じっくり", family="LatinOnlyBrand", font_file=dejavu)
+    assert cjk is not None and cjk.name.startswith("NotoSansCJK")
 
 
 def test_studio_backdrop_has_a_floor_shadow_under_the_product() -> None:

@@ -101,7 +101,8 @@ def test_render_ad_studio_backdrop_needs_no_background(make_ctx: MakeCtx) -> Non
 
 
 def test_render_ad_uses_the_brand_kit_font(make_ctx: MakeCtx) -> None:
-    """The brand font comes from the store by artifact id, is registered under the brand's family and drawn."""
+    """The brand font comes from the store by artifact id and is drawn for this job (as a file, never under a family
+    name another job could reach)."""
     src = Path("/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf")
     if not src.is_file():
         pytest.skip("DejaVu Serif (fonts-dejavu-core) is not installed")

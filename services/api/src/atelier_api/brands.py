@@ -224,7 +224,14 @@ def _words(text: str) -> list[str]:
 
 def check_campaign(session: Session, *, tenant_id: str, spec: object) -> None:
     """422 for a font that is not one of the tenant's, and for every tagline (or the CTA) that contains
-    one of the brand kit's banned words or phrases (each named by its field)."""
+    one of the brand kit's banned words or phrases (each named by its field).
+
+    An uploaded font is identified by its artifact id (``spec.brand.font_artifact``), which must be a font of
+    this tenant's; ``spec.brand.font`` is not checked against it. The renderer never maps that family name to
+    the upload (it fetches the artifact for the job under the job's tenant and draws with the file), so a
+    name equal to an installed family ("NotoSans") shadows nothing for anyone and is accepted — the kit's own
+    ``font_family`` comes from the font's name table, and uploading a real Noto or DejaVu file gives exactly
+    such a name."""
     if not isinstance(spec, CampaignSpec):
         return
     if spec.brand.font_artifact and session.scalar(select(Artifact.id).where(

@@ -14,6 +14,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -217,8 +218,12 @@ def _block(lines: list[str], font: Font, spacing: float) -> tuple[int, int, int]
 
 
 def fit_text(text: str, box_w: int, box_h: int, *, bold: bool = False, family: str | None = None,
-             min_size: int = 8, max_size: int | None = None, line_spacing: float = 1.15) -> TextFit:
+             min_size: int = 8, max_size: int | None = None, line_spacing: float = 1.15,
+             font_file: Path | None = None) -> TextFit:
     """Largest font size (binary search) whose word-wrapped ``text`` fits ``box_w`` x ``box_h``.
+
+    ``family`` names an installed family; ``font_file`` is the caller's own uploaded font, preferred when it
+    has the glyphs (see :func:`atelier_renderer.fonts.font_path`).
 
     If not even ``min_size`` fits, the lines that fit are kept and the last one ends with "…"
     (``truncated=True``) — the block never overflows the box."""
@@ -226,7 +231,7 @@ def fit_text(text: str, box_w: int, box_h: int, *, bold: bool = False, family: s
     text = " ".join(text.split())
 
     def attempt(size: int) -> tuple[bool, TextFit]:
-        font = load_font(size, text=text, bold=bold, family=family)
+        font = load_font(size, text=text, bold=bold, family=family, font_file=font_file)
         lines = wrap_text(text, font, box_w)
         w, h, pitch = _block(lines, font, line_spacing)
         return (w <= box_w and h <= box_h), TextFit(font, size, lines, pitch, w, h)
@@ -491,7 +496,8 @@ def _clamp_box(rect: tuple[int, int, int, int], safe: tuple[int, int, int, int])
 
 
 def _draw_text(canvas: Image.Image, rect: tuple[int, int, int, int], text: str, level: str, style: TextStyle | None,
-               brand: dict[str, Any], report: AdReport, max_size: int | None = None) -> None:
+               brand: dict[str, Any], report: AdReport, max_size: int | None = None,
+               font_file: Path | None = None) -> None:
     W, H = canvas.size
     x1, y1, x2, y2 = rect
     palette = [str(c) for c in brand.get("palette") or ["#1F2937", "#F9FAFB"]]
@@ -508,7 +514,8 @@ def _draw_text(canvas: Image.Image, rect: tuple[int, int, int, int], text: str, 
         _rounded(canvas, (x1, y1, x2 - 1, y2 - 1), hex_to_rgb(fill), radius=bh // 2)
         pad_x, pad_y = max(2, round(bh * 0.35)), max(1, round(bh * 0.18))
         inner = (x1 + pad_x, y1 + pad_y, x2 - pad_x, y2 - pad_y)
-        fit = fit_text(text, inner[2] - inner[0], inner[3] - inner[1], bold=True, family=family, min_size=6)
+        fit = fit_text(text, inner[2] - inner[0], inner[3] - inner[1], bold=True, family=family, min_size=6,
+                       font_file=font_file)
         block = draw_text_block(ImageDraw.Draw(canvas), fit, inner, color, align="center")
         report.texts.append(TextReport("cta", level, text, (x1, y1, x2, y2), block, fit.size, fit.lines, color,
                                        contrast_ratio(color, fill), switched, True, fit.truncated, fill,
@@ -518,7 +525,7 @@ def _draw_text(canvas: Image.Image, rect: tuple[int, int, int, int], text: str, 
     inner = (x1 + pad, y1 + pad, x2 - pad, y2 - pad)
     align = style.align if style else "center"
     fit = fit_text(text, inner[2] - inner[0], inner[3] - inner[1], bold=(level == "headline"), family=family, min_size=6,
-                   max_size=max_size)
+                   max_size=max_size, font_file=font_file)
     # where the block will land, to test the pixels really under the text
     probe = draw_text_block(ImageDraw.Draw(Image.new("RGB", (1, 1))), fit, inner, "#000000", align=align)
     region = canvas.convert("RGB").crop(probe)
@@ -604,8 +611,13 @@ def floor_shadow(canvas: Image.Image, product: Image.Image, pos: tuple[int, int]
 
 def compose_ad_with_report(*, background: Image.Image | None, product: Image.Image | None, variant: AdVariant,
                            taglines: list[Tagline], brand: dict[str, Any], logo: Image.Image | None = None,
-                           backdrop: str = "generated") -> tuple[Image.Image, AdReport]:
+                           backdrop: str = "generated",
+                           font_file: Path | None = None) -> tuple[Image.Image, AdReport]:
     """:func:`compose_ad` plus a report of every text box (size, lines, colour, contrast, underlay).
+
+    ``font_file`` is this ad's uploaded brand font (fetched for its job by the render stage): every text box
+    is drawn in it when it has the glyphs. ``brand["font"]`` and the styles' ``font`` name installed families
+    only; an uploaded font is never looked up by its family name.
 
     ``backdrop="studio"`` ignores ``background`` and draws a brand-palette studio sweep with a floor
     shadow under the product; ``"generated"`` covers the canvas with the (GPU) background."""
@@ -648,7 +660,7 @@ def compose_ad_with_report(*, background: Image.Image | None, product: Image.Ima
         cap = max(6, round(0.75 * headline)) if level == "sub" and headline else None
         if text.strip():
             rect = _clamp_box(b.to_pixels(W, H), report.safe_zone)
-            _draw_text(canvas, rect, text, level, style, brand, report, max_size=cap)
+            _draw_text(canvas, rect, text, level, style, brand, report, max_size=cap, font_file=font_file)
     for b in boxes:
         if b.role == "logo" and logo is not None:
             img, pos = fit_into(cutout(logo), b.to_pixels(W, H))
@@ -658,7 +670,7 @@ def compose_ad_with_report(*, background: Image.Image | None, product: Image.Ima
 
 def compose_ad(*, background: Image.Image | None, product: Image.Image | None, variant: AdVariant,
                taglines: list[Tagline], brand: dict[str, Any], logo: Image.Image | None = None,
-               backdrop: str = "generated") -> Image.Image:
+               backdrop: str = "generated", font_file: Path | None = None) -> Image.Image:
     """The finished ad at exactly the variant's target size (RGB)."""
     return compose_ad_with_report(background=background, product=product, variant=variant, taglines=taglines,
-                                  brand=brand, logo=logo, backdrop=backdrop)[0]
+                                  brand=brand, logo=logo, backdrop=backdrop, font_file=font_file)[0]

@@ -1,17 +1,24 @@
 """Font lookup per script: the brand's font when it has the glyphs, a Noto font for the script, DejaVu, else Pillow's.
 
 Scripts are detected from the text; Devanagari, Tamil, Arabic, Hebrew, CJK and the other Indic scripts get
-their Noto family (Debian ``fonts-noto-core`` / ``fonts-noto-cjk``). A brand font (an uploaded TTF/OTF,
-registered with :func:`register_font_file`, or an installed family) is used only when its character map
-covers every character of the text, so a Latin-only brand font never draws tofu for a Hindi tagline.
-Text is laid out by RAQM (HarfBuzz shaping, FriBiDi ordering) whenever Pillow has it.
+their Noto family (Debian ``fonts-noto-core`` / ``fonts-noto-cjk``). A brand font is used only when its
+character map covers every character of the text, so a Latin-only brand font never draws tofu for a Hindi
+tagline. Text is laid out by RAQM (HarfBuzz shaping, FriBiDi ordering) whenever Pillow has it.
+
+Two kinds of brand font, kept apart on purpose:
+
+* an **installed family** (``family="NotoSerif"``) is looked up by name among the machine's font files;
+* an **uploaded font** is a file the caller fetched for *its own job* (``font_file=``, see
+  :func:`atelier_renderer.brand.fetch_brand_font`). It is passed down on every call and never given a name
+  here: there is no process-wide table from family names to uploaded files, so one tenant's upload can
+  never answer another job's lookup of a family name (an upload called "NotoSans" does not shadow the
+  installed Noto Sans for anyone).
 """
 
 from __future__ import annotations
 
 import io
 import re
-import threading
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -44,9 +51,6 @@ RTL_SCRIPTS = frozenset({"arabic", "hebrew"})
 # characters a font need not have: joiners and marks that shaping consumes, spaces
 _IGNORABLE = frozenset({0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0xFE0F, 0x2060})
 
-_lock = threading.Lock()
-_registered: dict[str, Path] = {}
-
 
 def detect_script(text: str) -> str:
     """The first non-Latin script found in ``text`` (``latin`` when there is none)."""
@@ -58,16 +62,6 @@ def detect_script(text: str) -> str:
 
 def is_rtl(text: str) -> bool:
     return detect_script(text) in RTL_SCRIPTS
-
-
-def register_font_file(family: str, path: Path) -> None:
-    """Make a font file (an uploaded brand font) known under ``family`` for this process."""
-    with _lock:
-        _registered[_norm(family)] = Path(path)
-
-
-def registered_font(family: str) -> Path | None:
-    return _registered.get(_norm(family))
 
 
 def _norm(name: str) -> str:
@@ -121,10 +115,19 @@ def covers(path: Path, text: str) -> bool:
     return True
 
 
-def font_path(text: str = "", *, bold: bool = False, family: str | None = None) -> Path | None:
-    """Best font file for ``text``: the brand family if it covers the text, a font for the text's script, DejaVu."""
+def font_path(text: str = "", *, bold: bool = False, family: str | None = None,
+              font_file: Path | None = None) -> Path | None:
+    """Best font file for ``text``: the call's own ``font_file`` (an uploaded brand font) if it covers the text,
+    else the installed ``family`` if it covers it, else a font for the text's script, else DejaVu.
+
+    ``family`` only ever names installed fonts: an uploaded font reaches this function as ``font_file`` for the
+    one call that passes it, so its family name means nothing here."""
+    if font_file is not None:
+        upload = Path(font_file)
+        if not text or covers(upload, text):
+            return upload
     if family:
-        brand = registered_font(family) or _find(family, bold) or _find(family, False)
+        brand = _find(family, bold) or _find(family, False)
         if brand is not None and (not text or covers(brand, text)):
             return brand
     script = detect_script(text)
@@ -147,9 +150,11 @@ def _load(path: str | None, size: int) -> Font:
     return ImageFont.load_default(size)
 
 
-def load_font(size: int, *, text: str = "", bold: bool = False, family: str | None = None) -> Font:
-    """A font of ``size`` px for ``text`` (cached); Pillow's default font when no file is found."""
-    p = font_path(text, bold=bold, family=family)
+def load_font(size: int, *, text: str = "", bold: bool = False, family: str | None = None,
+              font_file: Path | None = None) -> Font:
+    """A font of ``size`` px for ``text`` (cached by file path and size); Pillow's default font when no file is
+    found. ``family`` and ``font_file`` as in :func:`font_path`."""
+    p = font_path(text, bold=bold, family=family, font_file=font_file)
     return _load(str(p) if p else None, max(1, int(size)))
 
 

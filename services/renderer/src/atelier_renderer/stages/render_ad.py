@@ -1,6 +1,10 @@
 """``render.ad`` (PAID stage 4): the ad of one size and variant — product cut-out, logo, taglines and CTA drawn
 as graphics over the background (never by the diffusion model) — then checked: OCR of every text box, contrast,
-canvas and safe-zone containment, kept as gate scores in the render's meta."""
+canvas and safe-zone containment, kept as gate scores in the render's meta.
+
+The brand kit's uploaded font (``brand.font_artifact``) is fetched for this job, under this job's tenant, and
+handed to the compositor as a file for this call only (no family name is registered for it anywhere), and
+``brand.font`` keeps naming an installed family only. The meta records which upload was drawn (``brand_font``: artifact id and SHA-256)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from atelier_contracts.stage_io import RenderAdInputs, RenderAdOutput, Skipped
 from atelier_runtime.images import png_bytes
 from atelier_runtime.stage_runner import StageContext, stage_task
 
-from ..brand import brand_font_family
+from ..brand import fetch_brand_font
 from ..checks import check_ad
 from ..compose import compose_ad_with_report
 
@@ -43,14 +47,11 @@ def render_ad(ctx: StageContext) -> RenderAdOutput:
     brand = dict(spec.get("brand") or {})
     logo = ctx.get_image(upload_key(ctx.task.tenant_id, brand["logo"]), "logo",
                          max_pixels=MAX_PIXELS) if brand.get("logo") else None
-    family = brand_font_family(ctx, brand)
-    if family:
-        brand["font"] = family
-        for style in variant.text_styles:
-            style.font = family
+    brand_font = fetch_brand_font(ctx, brand)  # this job's upload, or None: never a process-wide family name
     ctx.check_canceled()
     img, report = compose_ad_with_report(background=background, product=product, variant=variant,
-                                         taglines=plan.taglines, brand=brand, logo=logo, backdrop=backdrop)
+                                         taglines=plan.taglines, brand=brand, logo=logo, backdrop=backdrop,
+                                         font_file=brand_font.path if brand_font else None)
     ctx.progress(1, 2)
     gates = [g.as_dict() for g in check_ad(img, report, ocr_enabled=ctx.settings.render_ocr,
                                             max_cer=ctx.settings.render_ocr_max_cer)]
@@ -62,6 +63,8 @@ def render_ad(ctx: StageContext) -> RenderAdOutput:
         "taglines": [t.text for t in plan.taglines if t.level != "cta"],
         "cta": next((t.text for t in plan.taglines if t.level == "cta"), None), "gates": gates, "texts": texts,
         "safe_zone": list(report.safe_zone)}
+    if brand_font is not None:
+        meta["brand_font"] = {"artifact": brand_font.artifact_id, "sha256": brand_font.sha256}
     rec = ctx.put(name=ctx.task.item, data=png_bytes(img), ext="png", content_type="image/png", kind="render",
                   width=img.width, height=img.height, meta=meta)
     failed = [g["name"] for g in gates if g["passed"] is False]
