@@ -33,7 +33,10 @@ recorded size, centre-crop placement) the rate is divided among them (Bonferroni
 expected payload) must also Reed-Solomon-decode, which a random word does with probability ~1.4e-5.
 
 Limits: at least 256x256 pixels; flat, fully saturated images (pure white, pure blue) have no chroma
-headroom and cannot carry the mark.
+headroom and cannot carry the mark. ``detect`` reads at an expected size only up to ``MAX_READ_SCALE`` (4x)
+each side of the image as found, so a claimed size cannot make one read cost more than 16x the image's own
+pixels; callers that take the size from outside bound its area too (``atelier_provenance.verify``: the
+upload pixel cap).
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ SCALE = 48.0
 BLOCK = 4
 MIN_PIXELS = 256 * 256
 DEFAULT_FPR = 1e-3
+# An expected size is read (resized back to, or a crop placed inside) only up to this many times each side of the
+# image as found: beyond it the work would be set by whoever states the size, not by the image. The price: a copy
+# shrunk to under 1/4 of each side is no longer read at its recorded size (a 1024x1024 mark still read at 1/5).
+MAX_READ_SCALE = 4
 _WHITENING = hashlib.sha256(b"atelier watermark v1").digest()[:CODEWORD_BYTES]
 # BT.601 YUV as OpenCV computes it (what invisible-watermark's decoder reads): U = 0.492 (B - Y) + 128;
 # the inverse moves B by 2.032 dU and G by -0.395 dU, which leaves Y unchanged.
@@ -301,7 +308,9 @@ def _geometries(image: Image.Image, expected_size: tuple[int, int] | None) -> li
     size = img.size
     if expected_size is None or tuple(expected_size) == size:
         return [_Geometry("as-is", _rgb(img))] if size[0] * size[1] >= MIN_PIXELS else []
-    ew, eh = int(expected_size[0]), int(expected_size[1])
+    ew, eh = _checked_size(expected_size)
+    if _out_of_reach(size, (ew, eh)):
+        return []
     out: list[_Geometry] = []
     if ew * eh >= MIN_PIXELS:
         out.append(_Geometry(f"resized {size[0]}x{size[1]}->{ew}x{eh}",
@@ -324,6 +333,18 @@ def _geometries(image: Image.Image, expected_size: tuple[int, int] | None) -> li
     return out
 
 
+def _checked_size(expected_size: tuple[int, int]) -> tuple[int, int]:
+    ew, eh = int(expected_size[0]), int(expected_size[1])
+    if ew <= 0 or eh <= 0:
+        raise WatermarkError(f"an expected size must be positive, got {ew}x{eh}")
+    return ew, eh
+
+
+def _out_of_reach(size: tuple[int, int], expected_size: tuple[int, int]) -> bool:
+    """True when ``expected_size`` is more than ``MAX_READ_SCALE`` times the image's ``size`` on a side."""
+    return expected_size[0] > MAX_READ_SCALE * size[0] or expected_size[1] > MAX_READ_SCALE * size[1]
+
+
 def detect(image: Image.Image, *, expected_size: tuple[int, int] | None = None, expected: bytes | None = None,
            candidates: list[bytes] | None = None, fpr: float = DEFAULT_FPR, gains: tuple[float, ...] = GAINS,
            scale: float = SCALE) -> Detection:
@@ -332,7 +353,9 @@ def detect(image: Image.Image, *, expected_size: tuple[int, int] | None = None, 
     Args:
         image: the image as found.
         expected_size: (width, height) it was marked at (from its C2PA manifest or artifact record); when
-            the image has another size it is resized back, and a centre-crop placement is tried too.
+            the image has another size it is resized back, and a centre-crop placement is tried too. A size
+            more than ``MAX_READ_SCALE`` times the image on a side is not read (the result says so); a
+            non-positive one is a ``WatermarkError``.
         expected: a payload to test for (a known job); without it the read is blind (Reed-Solomon decode).
         candidates: several payloads to test for (a tenant's jobs); the rate is shared among them too.
         fpr: the false-positive rate the decision is stated at, shared out over the hypotheses tried
@@ -342,8 +365,11 @@ def detect(image: Image.Image, *, expected_size: tuple[int, int] | None = None, 
     geometries = _geometries(image, expected_size)
     plan = [(g, gain) for gain in gains for g in geometries]
     if not plan:
-        return Detection(False, None, 0.0, 0, 0, CODEWORD_BITS + 1, fpr, 1.0, "too small", expected=expected,
-                         hypotheses=0)
+        why = "too small"
+        if expected_size is not None and _out_of_reach(image.size, _checked_size(expected_size)):
+            why = (f"expected size {int(expected_size[0])}x{int(expected_size[1])} is over {MAX_READ_SCALE}x the "
+                   f"image's {image.width}x{image.height} on a side; not read")
+        return Detection(False, None, 0.0, 0, 0, CODEWORD_BITS + 1, fpr, 1.0, why, expected=expected, hypotheses=0)
     tests = list(candidates) if candidates else ([expected] if expected is not None else [])
     share = fpr / len(plan) / max(1, len(tests))
     wants = np.stack([bits_of(codeword(p)) for p in tests]) if tests else None

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from atelier_control.models import Artifact, Job
-from sqlalchemy import select
+from atelier_provenance.verify import MAX_CANDIDATE_SIZES
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 MAX_CANDIDATE_JOBS = 2000
-MAX_CANDIDATE_SIZES = 4
+MAX_DISTINCT_SIZES = 500  # the most common delivered sizes considered
 
 
 class SessionTenantRecords:
@@ -26,13 +27,17 @@ class SessionTenantRecords:
 
     def asset_sizes(self, size: tuple[int, int]) -> list[tuple[int, int]]:
         """Sizes of the tenant's delivered assets with this image's aspect ratio (within 2%), most common first."""
-        rows = self.session.execute(select(Artifact.width, Artifact.height).where(
-            Artifact.tenant_id == self.tenant_id, Artifact.kind == "asset", Artifact.width.is_not(None))).all()
+        # one row per distinct size (the database counts), so the read is bounded by the sizes, not the history
+        rows = self.session.execute(
+            select(Artifact.width, Artifact.height, func.count()).where(
+                Artifact.tenant_id == self.tenant_id, Artifact.kind == "asset", Artifact.width.is_not(None),
+                Artifact.height.is_not(None))
+            .group_by(Artifact.width, Artifact.height).order_by(func.count().desc()).limit(MAX_DISTINCT_SIZES)).all()
         ratio = size[0] / size[1]
         counts: dict[tuple[int, int], int] = {}
-        for w, h in rows:
+        for w, h, n in rows:
             if w and h and abs(w / h - ratio) / ratio < 0.02 and (w, h) != size:
-                counts[(w, h)] = counts.get((w, h), 0) + 1
+                counts[(w, h)] = int(n)
         return [s for s, _ in sorted(counts.items(), key=lambda kv: -kv[1])][:MAX_CANDIDATE_SIZES]
 
     def job(self, job_id: str) -> dict[str, Any] | None:
