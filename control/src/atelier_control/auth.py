@@ -1,16 +1,23 @@
-"""Tenants and API keys. A key is ``atl_<prefix>_<secret>``; only its SHA-256 is stored."""
+"""Tenants, API keys and dashboard sessions. A key is ``atl_<prefix>_<secret>``; only its SHA-256 is stored.
+
+Revoking a key stops it at the next request and ends the dashboard sessions signed in with it."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
+from datetime import timedelta
 
-from atelier_contracts.errors import Conflict, Unauthorized
-from sqlalchemy import select
+from atelier_contracts.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from .models import ApiKey, Tenant
+from .models import ApiKey, DashboardSession, Tenant, utcnow
+
+MAX_ACTIVE_KEYS = 100  # per tenant: a leaked key cannot mint keys without bound
+KEY_NAME_MAX = 200
 
 
 def hash_key(key: str) -> str:
@@ -28,15 +35,91 @@ def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
 
 
 def issue_key(session: Session, tenant_id: str, name: str = "default") -> str:
+    """A new key for the system's own callers (tenant creation, the demo): no cap on active keys."""
+    return create_key(session, tenant_id, name, capped=False)[1]
+
+
+def create_key(session: Session, tenant_id: str, name: str = "default", *,
+               capped: bool = True) -> tuple[ApiKey, str]:
+    """A new key of the tenant: its row and the key itself (returned once, never stored).
+
+    ``capped``: refuse when the tenant already has ``MAX_ACTIVE_KEYS`` active keys (InvalidInput)."""
+    name = name.strip()
+    if not name or len(name) > KEY_NAME_MAX:
+        raise InvalidInput(f"a key name is 1 to {KEY_NAME_MAX} characters", field="name")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidInput("a key name cannot hold control characters", field="name")
+    if capped:
+        active = session.scalar(select(func.count()).select_from(ApiKey)
+                                .where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))) or 0
+        if active >= MAX_ACTIVE_KEYS:
+            raise InvalidInput(f"a tenant may have at most {MAX_ACTIVE_KEYS} active API keys: revoke one first",
+                               field="name")
     prefix = secrets.token_hex(4)
     key = f"atl_{prefix}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKey(tenant_id=tenant_id, prefix=prefix, hash=hash_key(key), name=name))
+    row = ApiKey(tenant_id=tenant_id, prefix=prefix, hash=hash_key(key), name=name)
+    session.add(row)
     session.flush()
-    return key
+    return row, key
+
+
+def list_keys(session: Session, tenant_id: str) -> Sequence[ApiKey]:
+    """The tenant's keys, revoked ones included, oldest first."""
+    return session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id)
+                           .order_by(ApiKey.created_at, ApiKey.id)).all()
+
+
+def revoke_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
+    """Revoke one of the tenant's keys and end the dashboard sessions signed in with it.
+
+    Another tenant's key is NotFound, exactly like a key that does not exist. Revoking a revoked key
+    changes nothing (its first ``revoked_at`` stays)."""
+    row = session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id))
+    if row is None:
+        raise NotFound(f"API key {key_id} not found")
+    now = utcnow()
+    if row.revoked_at is None:
+        row.revoked_at = now
+    session.execute(update(DashboardSession)
+                    .where(DashboardSession.key_id == row.id, DashboardSession.revoked_at.is_(None))
+                    .values(revoked_at=now))
+    session.flush()
+    return row
+
+
+def find_tenant(session: Session, id_or_name: str) -> Tenant:
+    """A tenant by id or by name (what the CLI takes); NotFound otherwise."""
+    tenant = session.scalar(select(Tenant).where(or_(Tenant.id == id_or_name, Tenant.name == id_or_name)))
+    if tenant is None:
+        raise NotFound(f"no tenant with id or name {id_or_name!r}", field="tenant")
+    return tenant
+
+
+def start_dashboard_session(session: Session, key: ApiKey, *, max_age_s: int) -> DashboardSession:
+    """Record a dashboard sign-in made with ``key``; expired sessions (anyone's) are dropped on the way."""
+    now = utcnow()
+    session.execute(delete(DashboardSession).where(DashboardSession.expires_at < now))
+    row = DashboardSession(tenant_id=key.tenant_id, key_id=key.id, created_at=now,
+                           expires_at=now + timedelta(seconds=max_age_s))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def end_dashboard_session(session: Session, session_id: str) -> None:
+    """Sign-out: the session stays on record, revoked, until it expires."""
+    session.execute(update(DashboardSession)
+                    .where(DashboardSession.id == session_id, DashboardSession.revoked_at.is_(None))
+                    .values(revoked_at=utcnow()))
 
 
 def authenticate(session: Session, key: str) -> Tenant:
     """The tenant that owns ``key``; Unauthorized for anything else."""
+    return authenticate_key(session, key)[0]
+
+
+def authenticate_key(session: Session, key: str) -> tuple[Tenant, ApiKey]:
+    """The tenant that owns ``key`` and the key's row; Unauthorized for anything else."""
     parts = key.split("_")
     if len(parts) < 3 or parts[0] != "atl":
         raise Unauthorized("malformed API key")
@@ -46,5 +129,5 @@ def authenticate(session: Session, key: str) -> Tenant:
         if hmac.compare_digest(row.hash, digest):
             tenant = session.get(Tenant, row.tenant_id)
             if tenant is not None:
-                return tenant
+                return tenant, row
     raise Unauthorized("unknown or revoked API key")

@@ -60,6 +60,21 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class DashboardSession(Base):
+    """A dashboard sign-in, made with one API key; the signed cookie carries only its id.
+
+    It ends when it expires, on sign-out (``revoked_at``), or when its key is revoked."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dss"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

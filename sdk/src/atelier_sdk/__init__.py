@@ -5,6 +5,7 @@ Depends on httpx and pydantic only.
 
 from .client import (
            ApiError,
+           ApiKeyInfo,
            Artifact,
            AtelierClient,
            BrandKit,
@@ -18,5 +19,6 @@ from .client import (
 )
 from .webhooks import WEBHOOK_EVENTS, WebhookVerificationError, sign_webhook, verify_webhook
 
-__all__ = ["WEBHOOK_EVENTS", "ApiError", "Artifact", "AtelierClient", "BrandKit", "Event", "Job", "JobPage", "Stage",
-           "Upload", "Webhook", "WebhookDelivery", "WebhookVerificationError", "sign_webhook", "verify_webhook"]
+__all__ = ["WEBHOOK_EVENTS", "ApiError", "ApiKeyInfo", "Artifact", "AtelierClient", "BrandKit", "Event", "Job",
+           "JobPage", "Stage", "Upload", "Webhook", "WebhookDelivery", "WebhookVerificationError", "sign_webhook",
+           "verify_webhook"]

@@ -130,6 +130,21 @@ class WebhookDelivery(_Model):
     last_error: str | None = None
 
 
+class ApiKeyInfo(_Model):
+    """One of the tenant's API keys. ``key`` (``atl_...``) is only in :meth:`AtelierClient.create_key`'s answer."""
+
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    key: str | None = Field(default=None, description="The key itself: returned once, when it is created.")
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
 class ApiError(Exception):
     """An RFC 9457 problem answered by the API."""
 
@@ -269,6 +284,19 @@ class AtelierClient:
                     fh.write(chunk)
         tmp.replace(dest)
         return dest
+
+    # API keys
+    def create_key(self, name: str) -> ApiKeyInfo:
+        """Issue a new key of this tenant; ``.key`` holds it, shown this once: store it now."""
+        return ApiKeyInfo.model_validate(self._call("POST", "/v1/keys", json={"name": name}))
+
+    def keys(self) -> list[ApiKeyInfo]:
+        """The tenant's keys, revoked ones included (no secrets)."""
+        return [ApiKeyInfo.model_validate(k) for k in self._call("GET", "/v1/keys")["items"]]
+
+    def revoke_key(self, key_id: str) -> ApiKeyInfo:
+        """Revoke a key (this client's own too): refused from the next request on; its dashboard sessions end."""
+        return ApiKeyInfo.model_validate(self._call("POST", f"/v1/keys/{key_id}/revoke"))
 
     # brand kits
     def create_brand(self, **fields: Any) -> BrandKit:

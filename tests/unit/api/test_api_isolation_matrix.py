@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from api_testkit import TenantCtx, add_artifact, add_stages, campaign_spec, emit_events, png_bytes
 from atelier_api import create_app
-from atelier_control.auth import create_tenant
+from atelier_control.auth import create_key, create_tenant
 from atelier_control.db import session_scope
 from atelier_runtime.settings import Settings
 from atelier_runtime.state import MemoryRuntime
@@ -205,6 +205,13 @@ def make_brand(w: World, owner: TenantCtx) -> dict[str, str]:
         return {"brand_id": brand.id}
 
 
+def make_key(w: World, owner: TenantCtx) -> dict[str, str]:
+    """A second API key of the owner's (its client keeps using the first)."""
+    with session_scope(w.factory) as s:
+        row, _key = create_key(s, owner.id, f"key-{uuid.uuid4().hex[:6]}")
+        return {"key_id": row.id}
+
+
 # path parameter -> how to create, as a given tenant, the object it names (returns every parameter it fills)
 FACTORIES: dict[str, Callable[[World, TenantCtx], dict[str, str]]] = {
     "job_id": make_job,
@@ -212,6 +219,7 @@ FACTORIES: dict[str, Callable[[World, TenantCtx], dict[str, str]]] = {
     "webhook_id": make_webhook,
     "delivery_id": make_delivery,
     "brand_id": make_brand,
+    "key_id": make_key,
 }
 # (method, path) -> a valid JSON body, for routes whose body has required fields
 BODIES: dict[tuple[str, str], dict[str, Any]] = {}
@@ -342,6 +350,8 @@ def test_other_tenants_objects_are_404_and_untouched(world: World, case: RouteCa
         pytest.skip(EXEMPT[case.path])
     values = fill(world, case, world.a)
     world.made = {k: v for k, v in values.items() if k == "job_id"}
+    if case.path.startswith(DASHBOARD + "/") and "b" not in world.csrf:  # signing in records a session row
+        world.csrf["b"] = dashboard_sign_in(world.client_b, world.b)
     before = world_snapshot(world)
 
     r = call(world, "b", case, values)

@@ -1,9 +1,11 @@
-"""Dashboard sessions: an API key is exchanged for a signed, HTTP-only cookie; forms carry a CSRF token.
+"""Dashboard sessions: an API key is exchanged for a server-side session and a signed, HTTP-only cookie.
 
-The cookie holds ``{tenant, key id, csrf token, issued at}`` signed with HMAC-SHA256 — never the key
-itself. Every request re-checks that the key still exists and is not revoked, so revoking a key signs
-its sessions out. Anonymous visitors get a session too (CSRF token only), so the sign-in form is
-protected against login CSRF; signing in rotates the token.
+Signing in records a ``dashboard_sessions`` row (tenant, key, expiry); the cookie holds
+``{session id, csrf token, issued at}`` signed with HMAC-SHA256 — never the key itself. Every request
+re-checks the row (there, not signed out, not expired) and its key (there, not revoked), so signing
+out, or revoking the key, ends the session on the server: a copied cookie stops working too.
+Anonymous visitors get a cookie with a CSRF token only (no row), so the sign-in form is protected
+against login CSRF; signing in rotates the token.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from atelier_control.auth import authenticate, hash_key
-from atelier_control.models import ApiKey, Tenant
+from atelier_control.auth import authenticate_key, end_dashboard_session, start_dashboard_session
+from atelier_control.models import ApiKey, DashboardSession, Tenant
 from atelier_runtime.settings import Settings
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
@@ -107,19 +109,21 @@ class Viewer:
     key_id: str
     key_prefix: str
     csrf: str
+    session_id: str
 
 
 @dataclass(frozen=True)
 class SessionData:
+    """What the cookie carries: a CSRF token, and once signed in the id of a ``dashboard_sessions`` row."""
+
     csrf: str
-    tenant_id: str | None = None
-    key_id: str | None = None
+    session_id: str | None = None
     issued_at: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"c": self.csrf, "iat": int(self.issued_at)}
-        if self.tenant_id and self.key_id:
-            out.update(t=self.tenant_id, k=self.key_id)
+        if self.session_id:
+            out["s"] = self.session_id
         return out
 
 
@@ -143,46 +147,67 @@ def read_session(request: Request, *, max_age_s: int) -> SessionData | None:
         return None
     if data["iat"] + max_age_s < time.time() or data["iat"] > time.time() + 300:
         return None
-    tenant, key = data.get("t"), data.get("k")
-    return SessionData(csrf=data["c"], tenant_id=tenant if isinstance(tenant, str) else None,
-                       key_id=key if isinstance(key, str) else None, issued_at=float(data["iat"]))
+    sid = data.get("s")
+    return SessionData(csrf=data["c"], session_id=sid if isinstance(sid, str) else None, issued_at=float(data["iat"]))
 
 
-def new_session(*, tenant_id: str | None = None, key_id: str | None = None) -> SessionData:
-    return SessionData(csrf=secrets.token_urlsafe(24), tenant_id=tenant_id, key_id=key_id, issued_at=time.time())
+def new_session(*, session_id: str | None = None) -> SessionData:
+    return SessionData(csrf=secrets.token_urlsafe(24), session_id=session_id, issued_at=time.time())
+
+
+def cookie_secure(request: Request) -> bool:
+    """Secure when the request came over https, or always with ``ATELIER_COOKIE_SECURE=true`` (TLS proxy)."""
+    settings: Settings = request.app.state.settings
+    return bool(settings.cookie_secure) or request.url.scheme == "https"
 
 
 def write_session(request: Request, response: Response, data: SessionData, *, max_age_s: int) -> None:
-    """Set the cookie: HTTP-only, SameSite=Lax, Secure when the request came over https."""
+    """Set the cookie: HTTP-only, SameSite=Lax, Secure over https (or always, see ``cookie_secure``)."""
     response.set_cookie(
         COOKIE, signer_for(request).dumps(data.to_json()), max_age=max_age_s, path="/", httponly=True,
-        samesite="lax", secure=request.url.scheme == "https",
+        samesite="lax", secure=cookie_secure(request),
     )
 
 
 def clear_session(request: Request, response: Response) -> None:
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=cookie_secure(request))
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored in UTC), PostgreSQL aware ones."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def viewer_from(session: Session, data: SessionData | None) -> Viewer | None:
-    """The signed-in viewer, or None when the session is anonymous or its key was revoked or deleted."""
-    if data is None or data.tenant_id is None or data.key_id is None:
+    """The signed-in viewer, or None when the cookie is anonymous, or its session was signed out, expired or
+    deleted, or the session's key was revoked or deleted."""
+    if data is None or data.session_id is None:
         return None
-    row = session.get(ApiKey, data.key_id)
-    if row is None or row.revoked_at is not None or row.tenant_id != data.tenant_id:
+    row = session.get(DashboardSession, data.session_id)
+    if row is None or row.revoked_at is not None or _utc(row.expires_at) <= datetime.now(UTC):
+        return None
+    key = session.get(ApiKey, row.key_id)
+    if key is None or key.revoked_at is not None or key.tenant_id != row.tenant_id:
         return None
     tenant = session.get(Tenant, row.tenant_id)
     if tenant is None:
         return None
-    return Viewer(tenant_id=tenant.id, tenant_name=tenant.name, key_id=row.id, key_prefix=row.prefix, csrf=data.csrf)
+    return Viewer(tenant_id=tenant.id, tenant_name=tenant.name, key_id=key.id, key_prefix=key.prefix,
+                  csrf=data.csrf, session_id=row.id)
 
 
-def sign_in(session: Session, api_key: str) -> SessionData:
-    """Check the key exactly as the JSON API does (``authenticate``); Unauthorized otherwise."""
-    tenant = authenticate(session, api_key.strip())
-    key_id = session.scalar(select(ApiKey.id).where(ApiKey.hash == hash_key(api_key.strip())))
-    assert key_id is not None  # authenticate found this very row
-    return new_session(tenant_id=tenant.id, key_id=key_id)
+def sign_in(session: Session, api_key: str, *, max_age_s: int) -> SessionData:
+    """Check the key exactly as the JSON API does (``authenticate``) and record a session; Unauthorized
+    otherwise. The caller commits."""
+    _tenant, key = authenticate_key(session, api_key.strip())
+    row = start_dashboard_session(session, key, max_age_s=max_age_s)
+    return new_session(session_id=row.id)
+
+
+def sign_out(session: Session, session_id: str | None) -> None:
+    """End a server-side session (every copy of its cookie is signed out); the caller commits."""
+    if session_id is not None:
+        end_dashboard_session(session, session_id)
 
 
 def csrf_ok(expected: str | None, given: str | None) -> bool:
