@@ -4,7 +4,9 @@ A URL passes when its scheme is http or https, it carries no credentials, and ev
 resolves to is a public (globally routable) unicast address: no loopback, private (RFC 1918, ULA),
 link-local (cloud metadata at 169.254.169.254), CGNAT, multicast, reserved, unspecified or
 IPv4-mapped/6to4/NAT64 forms of those. Operators may allow-list hosts or networks (``ATELIER_SSRF_ALLOW``:
-comma-separated host names, IPs or CIDRs), e.g. an internal receiver or a loopback test server.
+comma-separated host names, IPs or CIDRs), e.g. an internal receiver or a loopback test server, and may restrict
+the ports URLs can name (``ATELIER_WEBHOOK_ALLOWED_PORTS``, e.g. ``443,8443``; empty: any port). The port rule
+applies to allow-listed hosts too.
 
 The check runs at registration and again at send time, and the sender connects to the very address
 that was checked (see :func:`resolve_checked`), so a DNS answer that changes in between (rebinding)
@@ -70,6 +72,20 @@ class AllowList:
         return any(ip.version == n.version and ip in n for n in self.networks)
 
 
+def parse_ports(value: str | Iterable[int | str] | None) -> frozenset[int]:
+    """The ports of a comma-separated list such as ``"443, 8443"`` (empty: no restriction)."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    ports: set[int] = set()
+    for raw in items:
+        item = str(raw).strip()
+        if not item:
+            continue
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ValueError(f"not a TCP port: {item!r}")
+        ports.add(int(item))
+    return frozenset(ports)
+
+
 def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address stands for (mapped, compatible, 6to4, NAT64), if any."""
     if ip.ipv4_mapped is not None:
@@ -108,8 +124,10 @@ class CheckedUrl:
 
 
 def check_url(url: str, *, allow: AllowList | None = None, resolver: Resolver | None = None,
-              field: str = "url") -> CheckedUrl:
-    """Raise :class:`UnsafeUrl` (naming ``field``) unless ``url`` may be called; returns the vetted addresses."""
+              field: str = "url", ports: frozenset[int] | None = None) -> CheckedUrl:
+    """Raise :class:`UnsafeUrl` (naming ``field``) unless ``url`` may be called; returns the vetted addresses.
+
+    ``ports``, when not empty, are the only ports the URL may use (its explicit port, else 443/80)."""
     allow = allow or AllowList()
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeUrl(f"the URL is longer than {MAX_URL_LENGTH} characters", field=field)
@@ -127,6 +145,10 @@ def check_url(url: str, *, allow: AllowList | None = None, resolver: Resolver | 
     if not host:
         raise UnsafeUrl("the URL has no host", field=field)
     port = port or (443 if scheme == "https" else 80)
+    if ports and port not in ports:
+        allowed = ", ".join(str(p) for p in sorted(ports))
+        raise UnsafeUrl(f"port {port} is not allowed; webhook URLs may only use the ports {allowed} "
+                        "(ATELIER_WEBHOOK_ALLOWED_PORTS)", field=field)
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
     except ValueError:
@@ -155,6 +177,7 @@ def check_url(url: str, *, allow: AllowList | None = None, resolver: Resolver | 
     return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=tuple(addresses))
 
 
-def resolve_checked(url: str, *, allow: AllowList | None = None, resolver: Resolver | None = None) -> CheckedUrl:
+def resolve_checked(url: str, *, allow: AllowList | None = None, resolver: Resolver | None = None,
+                    ports: frozenset[int] | None = None) -> CheckedUrl:
     """:func:`check_url` at send time; connect to ``addresses[0]`` so the checked address is the one used."""
-    return check_url(url, allow=allow, resolver=resolver)
+    return check_url(url, allow=allow, resolver=resolver, ports=ports)

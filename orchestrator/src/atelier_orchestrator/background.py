@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from .reconciler import Reconciler
+from .reconciler import Reconciler, ReconcileReport, resend_unfinished
 from .tasks import orchestrator
 from .webhooks import WebhookDispatcher
 
@@ -28,3 +28,9 @@ def start_webhook_dispatcher(app: Celery) -> WebhookDispatcher:
 def start_background(app: Celery) -> list[Reconciler | WebhookDispatcher]:
     """Start both; each has a ``stop()``."""
     return [start_reconciler(app), start_webhook_dispatcher(app)]
+
+
+def resend_after_restart(app: Celery) -> ReconcileReport:
+    """Re-send at once everything the database says is unfinished (for a broker that starts empty)."""
+    ctx = orchestrator(app)
+    return resend_unfinished(ctx.factory, ctx.send)

@@ -83,6 +83,38 @@ def reconcile_once(factory: sessionmaker[Session], runtime: RuntimeState, send: 
     return report
 
 
+def resend_unfinished(factory: sessionmaker[Session], send: engine.Send, *, now: datetime | None = None
+                      ) -> ReconcileReport:
+    """Send every queued or running stage again, and start every job still queued — at once.
+
+    For a process whose broker starts empty by construction (the embedded mode's in-memory transport): whatever
+    the database says is queued or running was lost with the previous process, so waiting for the stall timers
+    (``queued_stall_s``, ``stall_after_s``) would only leave jobs idle. Services mode keeps its broker's messages
+    across restarts and leaves this to the reconciler's timers.
+    """
+    now = now or datetime.now(UTC)
+    report = ReconcileReport()
+    with factory() as session:
+        stage_ids = list(session.scalars(
+            select(Stage.id).join(Job, Job.id == Stage.job_id)
+            .where(Stage.status.in_(("queued", "running")), Job.status == "running")))
+        queued_jobs = list(session.scalars(select(Job.id).where(Job.status == "queued")))
+    for sid in stage_ids:
+        def _redrive(s: Session, o: engine.Outbox, stage_id: str = sid) -> bool:
+            return engine.redrive(s, stage_id, o, reason="the process restarted with an empty broker", not_since=now,
+                                  now=now)
+
+        if engine.run_in_tx(factory, send, _redrive):
+            report.stages_redriven += 1
+    for job_id in queued_jobs:
+        send(T_START_JOB, [job_id], None)
+        report.jobs_restarted += 1
+    if report.stages_redriven or report.jobs_restarted:
+        log.warning("re-sent %d unfinished stage(s) and started %d queued job(s) after a restart",
+                    report.stages_redriven, report.jobs_restarted)
+    return report
+
+
 class Reconciler(threading.Thread):
     """Runs :func:`reconcile_once` every ``reconcile_interval_s`` until stopped."""
 

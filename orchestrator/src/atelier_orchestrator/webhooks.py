@@ -5,12 +5,22 @@
    (endpoint, event), unique in the database: however many dispatchers run, an event is queued once
    per endpoint. A cursor (``webhook_cursor``) remembers how far the events were read; it only moves past
    events older than a grace period, so an event whose transaction committed late is still seen.
-2. **Send** — due rows are claimed in a transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
-   serialises writers) by pushing ``next_attempt_at`` out by a lease, then sent outside it. The URL passes
-   the SSRF guard again at send time and the request goes to the address that was checked; redirects are
-   not followed. A 2xx ends the delivery; anything else is retried with exponential backoff and full
-   jitter until ``webhook_retry_for_s`` (24 h) after the event, then the delivery is marked failed.
-3. **Signing** — Standard Webhooks: ``webhook-id`` (the same on every retry of a message),
+2. **Claim** — due rows are claimed in a transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
+   serialises writers) by pushing ``next_attempt_at`` out by a lease, fairly: round-robin across tenants,
+   each endpoint's oldest rows first, at most ``webhook_max_in_flight`` per tenant in flight, and only as many
+   as the worker pool (``webhook_concurrency``) has free workers. A pass never waits for a send.
+3. **Send** — in a worker thread, outside any transaction. The URL passes the SSRF guard again at send time
+   (addresses and ``webhook_allowed_ports``) and the request goes to the address that was checked; redirects
+   are not followed. One attempt has a total deadline (``webhook_send_deadline_s``: connect, send, read the
+   answer; every socket operation is cut to what is left of it, so a receiver trickling bytes is cut off) and
+   reads at most 1 KB of the answer. The lease is longer than the deadline by a margin at both ends and the send
+   stops that margin before the lease runs out, so no other pass sends the same delivery while it is in flight.
+   A 2xx (its answer complete, or 1 KB of it, within the deadline) ends the delivery; anything else is retried
+   with exponential backoff and full jitter until ``webhook_retry_for_s`` (24 h) after the event, then the
+   delivery is marked failed. A sanitized excerpt of a failing answer (at most 1 KB) goes to the delivery row
+   (``last_error``; the attempts log keeps its first 200 characters) for the tenant's ``GET .../deliveries``;
+   process logs never carry receiver-supplied text.
+4. **Signing** — Standard Webhooks: ``webhook-id`` (the same on every retry of a message),
    ``webhook-timestamp`` (Unix seconds) and ``webhook-signature: v1,<base64 HMAC-SHA256 of
    "{id}.{timestamp}.{body}">`` keyed with the endpoint's ``whsec_`` secret.
 """
@@ -20,23 +30,27 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpcore
 import httpx
 from atelier_control.models import Event, Webhook, WebhookCursor, WebhookDelivery, new_id, utcnow
-from atelier_control.ssrf import AllowList, Resolver, UnsafeUrl, resolve_checked
+from atelier_control.ssrf import AllowList, Resolver, UnsafeUrl, parse_ports, resolve_checked
 from atelier_runtime.settings import Settings
 from atelier_sdk.webhooks import WEBHOOK_EVENTS, sign_webhook
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -44,7 +58,12 @@ log = logging.getLogger(__name__)
 ENQUEUE_BATCH = 500
 CURSOR_GRACE_S = 30.0
 LOG_KEEP = 30
+LOG_ENTRY_CHARS = 200  # of an attempt's error, kept in its entry of the attempts log (last_error keeps it all)
 USER_AGENT = "Atelier-Webhooks/0.1"
+RESPONSE_READ_MAX = 1024  # bytes of a receiver's answer that are read at all
+LEASE_MARGIN_S = 15.0  # a send ends this long before its lease; as long again covers recording and clock skew
+MIN_SEND_S = 0.05  # a claim with less time than this left is not sent
+CANDIDATES_MIN = 200  # due rows read per claim, at least
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -161,31 +180,164 @@ def enqueue_events(factory: sessionmaker[Session], *, now: datetime | None = Non
 
 # ---------------------------------------------------------------- send
 
+_deadline = threading.local()
+
+
+def _bounded(timeout: float | None) -> float | None:
+    """A socket operation's timeout, cut to what is left of the calling thread's send deadline (if one is set)."""
+    end = getattr(_deadline, "at", None)
+    if end is None:
+        return timeout
+    left = max(end - time.monotonic(), 0.001)
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every read, write and TLS handshake ends by the send deadline: a receiver that
+    trickles bytes (headers or body) cannot keep a send alive past it, as a per-read timeout would let it."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, _bounded(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, _bounded(timeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self.inner.start_tls(ssl_context, server_hostname, _bounded(timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self.inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self.inner.connect_tcp(host, port, _bounded(timeout), local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self.inner.connect_unix_socket(path, _bounded(timeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+def _httpx_error(exc: httpcore.NetworkError | httpcore.TimeoutException | httpcore.ProtocolError | Exception
+                 ) -> httpx.TransportError:
+    """httpx's exception of the same name (ReadTimeout, ConnectError, RemoteProtocolError, ...)."""
+    kind = getattr(httpx, type(exc).__name__, None)
+    if isinstance(kind, type) and issubclass(kind, httpx.TransportError):
+        return kind(str(exc))
+    return httpx.TransportError(str(exc))
+
+
+class _DeadlineResponseStream(httpx.SyncByteStream):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.inner
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise _httpx_error(exc) from exc
+
+    def close(self) -> None:
+        if hasattr(self.inner, "close"):
+            self.inner.close()
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """An httpx transport on an httpcore connection pool whose sockets honour the calling thread's send deadline
+    (httpcore's public ``network_backend``: every connect, read, write and TLS handshake is cut to what is left)."""
+
+    def __init__(self) -> None:
+        self.pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(trust_env=False),
+                                            network_backend=_DeadlineBackend(), max_connections=100,
+                                            max_keepalive_connections=20, keepalive_expiry=5.0)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        req = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host, port=request.url.port,
+                             target=request.url.raw_path),
+            headers=request.headers.raw, content=request.stream, extensions=request.extensions)
+        try:
+            resp = self.pool.handle_request(req)
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise _httpx_error(exc) from exc
+        return httpx.Response(status_code=resp.status, headers=resp.headers, stream=_DeadlineResponseStream(resp.stream),
+                              extensions=resp.extensions)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def sanitize(text: bytes | str, limit: int = RESPONSE_READ_MAX) -> str:
+    """Receiver-supplied text fit for the delivery log: printable characters, whitespace runs collapsed, at most
+    ``limit`` UTF-8 bytes."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attempt: ``error`` is None when it was delivered. ``error`` may end with a sanitized excerpt of the
+    receiver's answer (at most :data:`RESPONSE_READ_MAX` bytes, for the tenant's own delivery log); ``summary``
+    never carries receiver-supplied text and is what process logs get."""
+
+    status_code: int | None
+    error: str | None = None
+    summary: str | None = None
+
 
 class Sender:
-    """Sends one signed message to one endpoint, connecting only to the address the SSRF guard approved."""
+    """Sends one signed message to one endpoint, connecting only to the address the SSRF guard approved.
+
+    An attempt ends by its deadline (``webhook_send_deadline_s`` from its start, or earlier when the caller says
+    so): connecting, sending and reading the answer all count, and a receiver still answering then is cut off.
+    At most :data:`RESPONSE_READ_MAX` bytes of the answer are read (streamed; the rest is never downloaded)."""
 
     def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None,
                  resolver: Resolver | None = None) -> None:
         self.settings = settings
         self.allow = AllowList.parse(settings.ssrf_allow)
+        self.ports = parse_ports(settings.webhook_allowed_ports)
         self.resolver = resolver
-        self.client = httpx.Client(transport=transport, follow_redirects=False, trust_env=False,
-                                   timeout=settings.webhook_timeout_s, headers={"User-Agent": USER_AGENT})
+        self.client = httpx.Client(transport=transport or DeadlineTransport(), follow_redirects=False,
+                                   trust_env=False, timeout=settings.webhook_timeout_s,
+                                   headers={"User-Agent": USER_AGENT})
 
     def close(self) -> None:
         self.client.close()
 
-    def send(self, url: str, secret: str, msg_id: str, body: bytes, *, timestamp: int | None = None
-             ) -> tuple[int | None, str | None]:
-        """(HTTP status or None, error or None) of one attempt."""
+    def send(self, url: str, secret: str, msg_id: str, body: bytes, *, timestamp: int | None = None,
+             deadline: float | None = None) -> Outcome:
+        """One attempt; ``deadline`` is a ``time.monotonic()`` instant (default: the setting from now)."""
+        start = time.monotonic()
+        end = start + self.settings.webhook_send_deadline_s if deadline is None else deadline
         try:
-            checked = resolve_checked(url, allow=self.allow, resolver=self.resolver)
+            checked = resolve_checked(url, allow=self.allow, resolver=self.resolver, ports=self.ports)
         except UnsafeUrl as exc:
-            return None, f"refused by the SSRF guard: {exc.detail}"
+            return Outcome(None, f"refused by the SSRF guard: {exc.detail}", "refused by the SSRF guard")
+        if time.monotonic() >= end:
+            return Outcome(None, f"no answer within {end - start:.3g} s (name resolution took it all)",
+                           "deadline exceeded")
         ts = int(timestamp if timestamp is not None else time.time())
-        headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(ts),
-                   "webhook-signature": sign_webhook(secret, msg_id, ts, body)}
+        headers = {"content-type": "application/json", "accept-encoding": "identity", "webhook-id": msg_id,
+                   "webhook-timestamp": str(ts), "webhook-signature": sign_webhook(secret, msg_id, ts, body)}
         parts = urlsplit(url)
         ip = checked.addresses[0]
         host_ip = f"[{ip}]" if ":" in ip else ip
@@ -193,50 +345,133 @@ class Sender:
         target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         headers["host"] = parts.netloc.rsplit("@", 1)[-1]
         extensions = {"sni_hostname": checked.host} if checked.scheme == "https" else {}
+        outer, _deadline.at = getattr(_deadline, "at", None), end
         try:
-            resp = self.client.post(target, content=body, headers=headers, extensions=extensions)
-        except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"
-        if 200 <= resp.status_code < 300:
-            return resp.status_code, None
-        excerpt = resp.text[:200] if resp.content else ""
-        if 300 <= resp.status_code < 400:
-            return resp.status_code, f"redirects are not followed (Location: {resp.headers.get('location', '')})"
-        return resp.status_code, f"HTTP {resp.status_code}: {excerpt}".strip()
+            with self.client.stream("POST", target, content=body, headers=headers, extensions=extensions) as resp:
+                head = _read_capped(resp, end)
+        except httpx.TimeoutException as exc:
+            if time.monotonic() >= end - 0.05:
+                return Outcome(None, f"no complete answer within {end - start:.3g} s: cut off at the deadline",
+                               "deadline exceeded")
+            return Outcome(None, f"{type(exc).__name__}: {sanitize(str(exc))}", type(exc).__name__)
+        except httpx.HTTPError as exc:  # its text may quote what the receiver sent (a bad status line, say)
+            return Outcome(None, f"{type(exc).__name__}: {sanitize(str(exc))}", type(exc).__name__)
+        finally:
+            _deadline.at = outer
+        code = resp.status_code
+        if 200 <= code < 300:
+            return Outcome(code)
+        if 300 <= code < 400:
+            location = sanitize(resp.headers.get("location", ""), 200)
+            return Outcome(code, f"redirects are not followed (Location: {location})", f"HTTP {code} (not followed)")
+        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+        excerpt = sanitize(head) if encoding in ("", "identity") else f"({sanitize(encoding, 40)}-encoded answer)"
+        return Outcome(code, f"HTTP {code}: {excerpt}".strip(), f"HTTP {code}")
+
+
+def _read_capped(resp: httpx.Response, end: float) -> bytes:
+    """The first :data:`RESPONSE_READ_MAX` bytes of the body, streamed; raises a timeout past ``end``."""
+    buf = bytearray()
+    for chunk in resp.iter_raw():
+        buf += chunk[:RESPONSE_READ_MAX - len(buf)]
+        if len(buf) >= RESPONSE_READ_MAX:
+            break  # closing the response now drops the connection: the rest is never read
+        if time.monotonic() >= end:
+            raise httpx.ReadTimeout("the send deadline passed", request=resp.request)
+    return bytes(buf)
+
+
+# ---------------------------------------------------------------- claim and record
+
+
+def lease_for(settings: Settings) -> float:
+    """Seconds a claim holds a delivery: the send deadline plus a margin at both ends (the sender stops
+    ``LEASE_MARGIN_S`` before the lease ends; the rest covers recording the result and clock skew)."""
+    return settings.webhook_send_deadline_s + 2 * LEASE_MARGIN_S
+
+
+def _round_robin(rows: Sequence[Any], limit: int, busy: Mapping[str, int], cap: int,
+                 turns: Mapping[str, int]) -> list[str]:
+    """Pick up to ``limit`` candidate ids, one tenant at a time: the tenant with the fewest deliveries in flight
+    (then the one served longest ago) goes next, and no tenant goes past ``cap`` in flight."""
+    queues: dict[str, deque[str]] = {}
+    for row in rows:
+        queues.setdefault(row.tenant_id, deque()).append(row.id)
+    load = {t: busy.get(t, 0) for t in queues}
+    picked: list[str] = []
+    while len(picked) < limit:
+        ready = [t for t, q in queues.items() if q and load[t] < cap]
+        if not ready:
+            break
+        tenant = min(ready, key=lambda t: (load[t], turns.get(t, -1), t))
+        picked.append(queues[tenant].popleft())
+        load[tenant] += 1
+    return picked
 
 
 def claim_due(factory: sessionmaker[Session], *, settings: Settings, now: datetime | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
-    """Claim due deliveries of enabled endpoints (a lease, so no other dispatcher sends them meanwhile)."""
+              limit: int = 50, busy: Mapping[str, int] | None = None, per_tenant: int | None = None,
+              lease_s: float | None = None, turns: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """Claim due deliveries of enabled endpoints, fairly across tenants (a lease, so no other dispatcher sends
+    them meanwhile).
+
+    ``busy`` counts each tenant's deliveries already in flight here, ``per_tenant`` caps that count (default: no
+    cap) and ``turns`` says when each tenant was last served (lower: longer ago). Candidates are read without
+    locks (each endpoint's oldest due rows first, so one endpoint's backlog cannot crowd out the others), locked
+    and re-checked (``SKIP LOCKED`` on PostgreSQL: another dispatcher's are skipped), then picked round-robin
+    across tenants; the candidates not picked are released at commit."""
     now = now or utcnow()
-    lease = timedelta(seconds=2 * settings.webhook_timeout_s + 30)
+    lease = timedelta(seconds=lease_for(settings) if lease_s is None else lease_s)
+    busy = busy or {}
+    cap = per_tenant or limit
+    full = [t for t, n in busy.items() if n >= cap]
+    due = (WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now, Webhook.enabled.is_(True))
     with factory() as session, session.begin():
+        rank = func.row_number().over(partition_by=WebhookDelivery.webhook_id,
+                                      order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id)).label("rank")
+        ranked = (select(WebhookDelivery.id, WebhookDelivery.tenant_id, WebhookDelivery.next_attempt_at, rank)
+                  .join(Webhook, Webhook.id == WebhookDelivery.webhook_id).where(*due))
+        if full:
+            ranked = ranked.where(WebhookDelivery.tenant_id.not_in(full))
+        sub = ranked.subquery()
+        rows = session.execute(select(sub.c.id, sub.c.tenant_id).where(sub.c.rank <= min(cap, limit))
+                               .order_by(sub.c.rank, sub.c.next_attempt_at, sub.c.id)
+                               .limit(max(CANDIDATES_MIN, 8 * limit))).all()
+        if not rows:
+            return []
+        # lock every candidate still due (another dispatcher's are skipped), then pick among those: dispatchers
+        # claiming at once get disjoint picks rather than racing for the same few rows
         stmt = (select(WebhookDelivery, Webhook).join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
-                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
-                       Webhook.enabled.is_(True))
-                .order_by(WebhookDelivery.next_attempt_at).limit(limit))
+                .where(WebhookDelivery.id.in_([r.id for r in rows]), *due))
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True, of=WebhookDelivery)
+        locked = {d.id: (d, h) for d, h in session.execute(stmt).all()}
+        picked = _round_robin([r for r in rows if r.id in locked], limit, busy, cap, turns or {})
         claimed = []
-        for d, h in session.execute(stmt).all():
+        for delivery_id in picked:
+            d, h = locked[delivery_id]
             d.attempts += 1
             d.next_attempt_at = now + lease
             d.last_attempt_at = now
             claimed.append({"id": d.id, "attempt": d.attempts, "url": h.url, "secret": h.secret,
-                            "message_id": d.message_id, "payload": d.payload, "created_at": _aware(d.created_at)})
+                            "message_id": d.message_id, "payload": d.payload, "created_at": _aware(d.created_at),
+                            "tenant_id": d.tenant_id, "webhook_id": d.webhook_id, "lease_until": now + lease})
         return claimed
 
 
 def record_result(factory: sessionmaker[Session], claim: dict[str, Any], status: int | None, error: str | None, *,
                   settings: Settings, seconds: float, now: datetime | None = None,
                   rng: random.Random | None = None) -> str:
-    """Store one attempt's outcome; returns the delivery's new status."""
+    """Store one attempt's outcome; returns the delivery's new status. Only the claim's holder records: a result
+    that comes after the delivery was claimed again (its lease ran out), redelivered as finished or finished by
+    someone else is dropped."""
     now = now or utcnow()
     with factory() as session, session.begin():
         d = session.get(WebhookDelivery, claim["id"])
         if d is None or d.attempts != claim["attempt"] or d.status != "pending":
             return d.status if d is not None else "gone"  # redelivered or finished by someone else meanwhile
-        entry = {"attempt": d.attempts, "at": now.isoformat(), "status_code": status, "error": error,
+        entry = {"attempt": d.attempts, "at": now.isoformat(), "status_code": status,
+                 "error": error if error is None or len(error) <= LOG_ENTRY_CHARS else error[:LOG_ENTRY_CHARS] + "…",
                  "ms": round(seconds * 1000, 1)}
         d.log = [*(d.log or []), entry][-LOG_KEEP:]
         d.last_status_code, d.last_error = status, error
@@ -251,48 +486,120 @@ def record_result(factory: sessionmaker[Session], claim: dict[str, Any], status:
         return d.status
 
 
+# ---------------------------------------------------------------- dispatch
+
+
 class WebhookDispatcher(threading.Thread):
-    """Enqueue and send webhook deliveries every ``webhook_poll_s`` until stopped."""
+    """Enqueue and send webhook deliveries every ``webhook_poll_s`` until stopped.
+
+    A pass never waits for a send: it claims as many deliveries as the pool (``webhook_concurrency``) has free
+    workers, round-robin across tenants and at most ``webhook_max_in_flight`` per tenant, hands each to a worker
+    and returns; a worker records its result when its send ends and wakes the loop for the next claim. A send
+    ends by its deadline, and by ``lease_margin_s`` before its claim's lease runs out, so no other pass can claim
+    (and send) the same delivery while it is still in flight."""
 
     def __init__(self, factory: sessionmaker[Session], settings: Settings, *,
                  transport: httpx.BaseTransport | None = None, resolver: Resolver | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, lease_s: float | None = None,
+                 lease_margin_s: float = LEASE_MARGIN_S) -> None:
         super().__init__(daemon=True, name="atelier-webhooks")
         self.factory, self.settings, self.clock = factory, settings, clock
+        self.lease_s = lease_for(settings) if lease_s is None else lease_s
+        self.lease_margin_s = lease_margin_s
         self.sender = Sender(settings, transport=transport, resolver=resolver)
         self.stop_event = threading.Event()
+        self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=settings.webhook_concurrency, thread_name_prefix="atelier-webhook")
+        self.lock = threading.Lock()
+        self.in_flight: dict[str, dict[str, Any]] = {}
+        self.turns: dict[str, int] = {}
+        self.turn = 0
         self.sent = 0
 
     def _send_one(self, claim: dict[str, Any]) -> str:
-        t0 = time.monotonic()
-        status, error = self.sender.send(claim["url"], claim["secret"], claim["message_id"], body_bytes(claim["payload"]))
-        result = record_result(self.factory, claim, status, error, settings=self.settings,
-                               seconds=time.monotonic() - t0, now=self.clock())
-        if error:
-            log.info("webhook %s attempt %d to %s failed: %s", claim["message_id"], claim["attempt"], claim["url"], error)
-        return result
+        try:
+            t0 = time.monotonic()
+            end = min(t0 + self.settings.webhook_send_deadline_s, claim["lease_ends"] - self.lease_margin_s)
+            if end - t0 < MIN_SEND_S:
+                outcome = Outcome(None, "abandoned before sending: its lease was about to run out", "abandoned")
+            else:
+                outcome = self.sender.send(claim["url"], claim["secret"], claim["message_id"],
+                                           body_bytes(claim["payload"]), deadline=end)
+            if outcome.error:
+                log.info("webhook %s attempt %d to endpoint %s failed: %s", claim["message_id"], claim["attempt"],
+                         claim.get("webhook_id", "?"), outcome.summary or "error")
+            return self._record(claim, outcome, time.monotonic() - t0)
+        except Exception:  # noqa: BLE001 - the lease runs out and another pass tries again
+            log.exception("webhook %s attempt %d: could not send or record", claim["message_id"], claim["attempt"])
+            return "pending"
+        finally:
+            with self.lock:
+                self.in_flight.pop(claim["id"], None)
+            self.wake.set()
+
+    def _record(self, claim: dict[str, Any], outcome: Outcome, seconds: float) -> str:
+        """Store the result, retrying a failing database a few times (until the lease nears its end): a result
+        that is never stored means the delivery is sent again once the lease is over."""
+        for wait in (0.2, 1.0, 3.0, None):
+            try:
+                return record_result(self.factory, claim, outcome.status_code, outcome.error, settings=self.settings,
+                                     seconds=seconds, now=self.clock())
+            except SQLAlchemyError:
+                if wait is None or time.monotonic() + wait >= claim["lease_ends"] or self.stop_event.is_set():
+                    raise
+                log.warning("webhook %s: recording attempt %d failed; retrying", claim["message_id"], claim["attempt"])
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def run_once(self) -> int:
-        """One pass: enqueue new events, send what is due; returns the number of attempts made."""
+        """One pass: enqueue new events, claim what is due for the free workers and hand it to them (without
+        waiting for the sends); returns the number of deliveries claimed."""
         enqueue_events(self.factory, now=self.clock())
-        claims = claim_due(self.factory, settings=self.settings, now=self.clock())
-        if claims:
-            list(self.pool.map(self._send_one, claims))
-        self.sent += len(claims)
+        with self.lock:
+            free = self.settings.webhook_concurrency - len(self.in_flight)
+            if free <= 0 or self.stop_event.is_set():
+                return 0
+            busy = Counter(c["tenant_id"] for c in self.in_flight.values())
+            claimed_at = time.monotonic()
+            claims = claim_due(self.factory, settings=self.settings, now=self.clock(), limit=free, busy=busy,
+                               per_tenant=self.settings.webhook_max_in_flight, lease_s=self.lease_s, turns=self.turns)
+            for c in claims:
+                c["lease_ends"] = claimed_at + self.lease_s
+                self.in_flight[c["id"]] = c
+                self.turn += 1
+                self.turns[c["tenant_id"]] = self.turn
+                self.pool.submit(self._send_one, c)
+            self.sent += len(claims)
         return len(claims)
+
+    def idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no send is in flight; False when ``timeout`` passed first."""
+        end = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if not self.in_flight:
+                    return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.01)
 
     def run(self) -> None:
         while not self.stop_event.is_set():
+            self.wake.clear()
             try:
                 busy = self.run_once()
             except Exception:  # noqa: BLE001 - the next pass tries again
                 log.exception("webhook dispatch pass failed")
                 busy = 0
             if not busy:
-                self.stop_event.wait(self.settings.webhook_poll_s)
+                self.wake.wait(self.settings.webhook_poll_s)  # a finished send or stop() wakes it early
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming and wait (up to ``timeout``, default the send deadline and a second) for the sends in
+        flight: each ends by its deadline and records its result."""
+        with self.lock:
+            self.stop_event.set()
+        self.wake.set()
+        self.idle(self.settings.webhook_send_deadline_s + 1.0 if timeout is None else timeout)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.sender.close()

@@ -1,6 +1,7 @@
 """Webhook endpoints and their delivery log (the service behind ``/v1/webhooks``).
 
-Registration passes the SSRF guard (``atelier_control.ssrf``) and creates a ``whsec_`` secret, shown on
+Registration passes the SSRF guard (``atelier_control.ssrf``: public addresses, and only the ports of
+``webhook_allowed_ports`` when that is set) and creates a ``whsec_`` secret, shown on
 creation and rotation only. Deliveries are written and sent by the orchestrator's dispatcher
 (``atelier_orchestrator.webhooks``); here they are listed and re-queued.
 """
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from atelier_contracts.errors import InvalidInput, NotFound
 from atelier_control.models import Webhook, WebhookDelivery, utcnow
-from atelier_control.ssrf import AllowList, check_url
+from atelier_control.ssrf import AllowList, check_url, parse_ports
 from atelier_runtime.settings import Settings
 from atelier_sdk.webhooks import WEBHOOK_EVENTS
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -127,7 +128,8 @@ def delivery_view(d: WebhookDelivery) -> DeliveryView:
 
 
 def _guard(url: str, settings: Settings) -> None:
-    check_url(url, allow=AllowList.parse(settings.ssrf_allow), field="url")
+    check_url(url, allow=AllowList.parse(settings.ssrf_allow), ports=parse_ports(settings.webhook_allowed_ports),
+              field="url")
 
 
 def get_webhook(session: Session, *, tenant_id: str, webhook_id: str) -> Webhook:
