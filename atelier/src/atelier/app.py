@@ -18,7 +18,7 @@ def migrate(settings: Settings) -> None:
     from atelier_migrations import upgrade  # optional extra: atelier[api] / atelier[orchestrator]
 
     if settings.resolved_database_url().startswith("sqlite:///"):
-        settings.home.mkdir(parents=True, exist_ok=True)
+        settings.home_dir()
     upgrade(settings.resolved_database_url())
 
 
@@ -26,6 +26,7 @@ def build_api(settings: Settings) -> Any:
     """The API app; with no broker it also runs the embedded worker in the same process."""
     from atelier_api.app import create_app  # optional extra: atelier[api]
 
+    settings.home_dir()
     if not settings.embedded:
         return create_app(settings)
     from .embedded import embedded_worker  # every role in this process: atelier[all]

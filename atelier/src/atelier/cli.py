@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +38,17 @@ def _settings() -> Settings:
     return Settings()
 
 
+def refuse_insecure_secrets(settings: Settings) -> None:
+    """Services mode does not start with a placeholder or short secret (unless ATELIER_ALLOW_PLACEHOLDER_SECRETS)."""
+    problems = settings.insecure_secrets()
+    if settings.embedded or not problems or settings.allow_placeholder_secrets:
+        return
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    typer.echo("set real secrets (or ATELIER_ALLOW_PLACEHOLDER_SECRETS=true for a local trial)", err=True)
+    raise typer.Exit(2)
+
+
 @app.command()
 def migrate() -> None:
     """Bring the database schema to the latest migration."""
@@ -62,6 +75,83 @@ def tenants_create(name: str) -> None:
         raise typer.Exit(1) from exc
     typer.echo(f"tenant {tenant.id} ({name})")
     typer.echo(f"api key (store it now, it is not shown again): {key}")
+
+
+# ---------------------------------------------------------------- keys: on the database, like `tenants create`
+
+keys_app = typer.Typer(help="Issue, list and revoke a tenant's API keys (on the database directly).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+TenantOption = Annotated[str, typer.Option("--tenant", help="The tenant's id or name.")]
+
+
+@contextmanager
+def _control_session() -> Iterator[Any]:
+    """A session on ATELIER_DATABASE_URL (the embedded SQLite file is migrated first), committed at the end;
+    an Atelier error (unknown tenant or key, bad name) is printed and exits 1."""
+    # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
+    from atelier_control.db import engine_from_settings, session_factory, session_scope
+
+    settings = _settings()
+    if settings.embedded:
+        migrate_database(settings)
+    engine = engine_from_settings(settings)
+    try:
+        with session_scope(session_factory(engine)) as session:
+            yield session
+    except AtelierError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Argument(help="What the key is for (e.g. ci).")],
+                tenant: TenantOption) -> None:
+    """Issue a new API key and print it (shown once; only its hash is stored)."""
+    # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
+    from atelier_control.auth import create_key, find_tenant
+
+    with _control_session() as session:
+        owner = find_tenant(session, tenant)
+        row, key = create_key(session, owner.id, name)
+        key_id, key_name, owner_name = row.id, row.name, owner.name
+    typer.echo(f"key {key_id} ({key_name}) of tenant {owner_name}")
+    typer.echo(f"api key (store it now, it is not shown again): {key}")
+
+
+@keys_app.command("ls")
+def keys_ls(tenant: TenantOption,
+            as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False) -> None:
+    """List the tenant's keys, revoked ones included (never a secret)."""
+    # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
+    from atelier_control.auth import find_tenant, list_keys
+
+    with _control_session() as session:
+        rows = [{"id": r.id, "name": r.name, "prefix": r.prefix, "created_at": r.created_at.isoformat(),
+                 "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
+                for r in list_keys(session, find_tenant(session, tenant).id)]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'id':<38}  {'prefix':<8}  {'created':<19}  {'status':<26}  name")
+    for r in rows:
+        status = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else "active"
+        typer.echo(f"{r['id']:<38}  {r['prefix']:<8}  {r['created_at'][:19]:<19}  {status:<26}  {r['name']}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...), from `atelier keys ls`.")],
+                tenant: TenantOption) -> None:
+    """Revoke a key: refused from the next request on; the dashboard sessions signed in with it end."""
+    # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
+    from atelier_control.auth import find_tenant, revoke_key
+
+    with _control_session() as session:
+        row = revoke_key(session, find_tenant(session, tenant).id, key_id)
+        name = row.name
+    typer.echo(f"revoked key {key_id} ({name}); its dashboard sessions are signed out")
 
 
 @models_app.command("init-tiny")
@@ -93,15 +183,16 @@ def serve(
                                                      "workers inside its one process).")] = 1,
     forwarded_allow_ips: Annotated[str | None, typer.Option(
         help="Proxies whose X-Forwarded-Proto/For headers are trusted (comma-separated IPs or '*'; default "
-             "uvicorn's: $FORWARDED_ALLOW_IPS or 127.0.0.1).")] = None,
+             "ATELIER_FORWARDED_ALLOW_IPS, else uvicorn's: $FORWARDED_ALLOW_IPS or 127.0.0.1).")] = None,
 ) -> None:
     """Run the API (and dashboard). Without ATELIER_BROKER_URL, jobs run in this same process."""
     import uvicorn  # comes with atelier[api]
 
     settings = _settings()
+    refuse_insecure_secrets(settings)
     options: dict[str, Any] = {"host": host or settings.api_host, "port": port or settings.api_port,
                                "log_level": "info", "timeout_graceful_shutdown": 30, "proxy_headers": True,
-                               "forwarded_allow_ips": forwarded_allow_ips}
+                               "forwarded_allow_ips": forwarded_allow_ips or settings.forwarded_allow_ips}
     if settings.embedded:
         if workers > 1:
             typer.echo("error: --workers needs a broker (ATELIER_BROKER_URL): in the embedded mode jobs run inside "
@@ -133,6 +224,7 @@ def worker(
 
     settings = _settings()
     qs = [q.strip() for q in queues.split(",") if q.strip()]
+    refuse_insecure_secrets(settings)
     if settings.embedded:
         typer.echo("error: set ATELIER_BROKER_URL (e.g. redis://127.0.0.1:6379/0); without a broker, "
                    "`atelier serve` runs the workers in-process", err=True)

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES
-from atelier_orchestrator.background import start_background
+from atelier_orchestrator.background import resend_after_restart, start_background
 from atelier_runtime.settings import Settings
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
@@ -22,6 +22,9 @@ def embedded_worker(settings: Settings, *, concurrency: int = 2) -> Iterator[Cel
     The GPU queues get a pool of their own with one thread, as GPU workers have everywhere (one task at a
     time: two diffusion tasks on one cached pipeline would race on its scheduler); the other queues share
     ``concurrency`` threads, so the orchestrator records progress while a diffusion task runs.
+
+    The in-memory broker starts empty, so whatever an earlier process left queued or running is sent again at
+    once rather than after the reconciler's stall timers.
     """
     if not settings.embedded:
         raise ValueError("embedded_worker needs the in-memory broker (unset ATELIER_BROKER_URL)")
@@ -32,6 +35,7 @@ def embedded_worker(settings: Settings, *, concurrency: int = 2) -> Iterator[Cel
     with start_worker(app, concurrency=concurrency, queues=cpu_queues, hostname="cpu@embedded", **common), \
             start_worker(app, concurrency=1, queues=list(GPU_QUEUES), hostname="gpu@embedded", **common):
         background = start_background(app)
+        resend_after_restart(app)
         try:
             yield app
         finally:

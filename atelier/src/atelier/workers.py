@@ -32,6 +32,7 @@ def role_modules(queues: Sequence[str]) -> list[str]:
 def worker_app(settings: Settings, queues: Sequence[str]) -> Celery:
     """The Celery app of a worker consuming ``queues``, with their tasks registered."""
     modules = role_modules(queues)
+    settings.home_dir()
     app = make_celery(settings, include=modules)
     for module in modules:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,9 +12,24 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
+def _private_file(url: str) -> None:
+    """Create a SQLite database file readable by its owner only (SQLite gives its -wal and -shm files the same mode);
+    it holds webhook secrets and key hashes."""
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if not path or path.startswith(":memory:") or "mode=memory" in url:
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # its folder does not exist: SQLite will say so when it connects
+        pass
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine tuned for the backend: WAL + busy timeout on SQLite, pre-ping on PostgreSQL."""
     if url.startswith("sqlite"):
+        _private_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")

@@ -5,11 +5,27 @@ Build them in a factory (``Settings()``) and pass them down; nothing reads them 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# secrets services mode refuses to start with: the placeholders of our own templates and MinIO's default
+PLACEHOLDER_SECRETS = frozenset({"minioadmin", "change-me", "change-me-too", "atelier-change-me", "changeme",
+                                 "password", "secret", "atelier"})
+MIN_SECRET_CHARS = 12
+MIN_SESSION_SECRET_CHARS = 32
+
+
+def _placeholder(value: str) -> bool:
+    return value.lower() in PLACEHOLDER_SECRETS or "change-me" in value.lower()
+
+
+# services mode (a broker is set): defaults of the settings the environment leaves unset
+SERVICES_DEFAULTS: dict[str, float | int] = {"rate_limit_jobs_per_minute": 120, "quota_gpu_seconds_per_day": 86400.0}
 
 
 class Settings(BaseSettings):
@@ -64,6 +80,12 @@ class Settings(BaseSettings):
     # api
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    forwarded_allow_ips: str | None = Field(default=None, description=(
+        "Proxies whose X-Forwarded-Proto/For the API trusts (comma-separated addresses or '*'); unset = uvicorn's "
+        "default (127.0.0.1). `atelier serve --forwarded-allow-ips` overrides it."))
+    allow_placeholder_secrets: bool = Field(default=False, description=(
+        "Let services mode start with a placeholder or short secret (the trial docker-compose defaults); never in "
+        "production."))
     upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     upload_max_pixels: int = Field(default=40_000_000, ge=1)
     sse_poll_s: float = Field(default=0.25, gt=0)
@@ -73,6 +95,9 @@ class Settings(BaseSettings):
         default=None, description="Signs dashboard session cookies; unset = generated once and kept in "
                                   "home/session_secret (set it when several API processes serve the dashboard).")
     session_max_age_s: int = Field(default=7 * 24 * 3600, ge=60, description="Dashboard sign-in lifetime.")
+    cookie_secure: bool | None = Field(
+        default=None, description="Always set Secure on the dashboard cookie (true: behind a TLS-terminating "
+                                  "proxy); unset = only when the request itself came over https.")
 
     # planner backends: which backend plans, the OpenAI-compatible LLM/VLM server, local model folders
     planner_backend: Literal["rules", "openai", "transformers", "vllm"] = Field(
@@ -110,12 +135,21 @@ class Settings(BaseSettings):
     render_ocr: bool = Field(default=True, description="OCR every rendered text box (Tesseract) as a gate score.")
     render_ocr_max_cer: float = Field(default=0.05, ge=0, le=1, description="Character error rate an OCR gate passes at.")
     webhook_poll_s: float = Field(default=1.0, gt=0, description="How often the webhook dispatcher looks for work.")
-    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per-request timeout of one webhook delivery.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of each network operation of a webhook "
+                                     "delivery (connect, one read, one write), within webhook_send_deadline_s.")
     webhook_backoff_s: float = Field(default=5.0, gt=0, description="First retry delay; doubles per attempt, jittered.")
     webhook_backoff_max_s: float = Field(default=3600.0, gt=0, description="Longest delay between two attempts.")
     webhook_retry_for_s: float = Field(default=24 * 3600.0, gt=0, description="A delivery is retried this long, "
                                                                              "then marked failed.")
     webhook_concurrency: int = Field(default=4, ge=1, le=64, description="Deliveries sent at once per dispatcher.")
+    webhook_send_deadline_s: float = Field(default=10.0, gt=0, le=300, description="Total time one delivery may "
+                                           "take (connect, send, read the answer); a receiver still answering then "
+                                           "is cut off and the attempt counts as failed.")
+    webhook_max_in_flight: int = Field(default=2, ge=1, le=64, description="Deliveries of one tenant in flight at "
+                                                                           "once per dispatcher (fair share).")
+    webhook_allowed_ports: str = Field(default="", pattern=r"^\s*(\d{1,5}\s*(,\s*\d{1,5}\s*)*)?$",
+                                       description="Comma-separated ports webhook URLs may use (e.g. 443,8443); "
+                                                   "empty: any port.")
     ssrf_allow: str = Field(default="", description="Comma-separated hosts or CIDRs that webhook URLs may target even "
                                                     "though they are loopback/private/link-local (e.g. 127.0.0.1/32).")
     api_url: str = Field(default="http://127.0.0.1:8000", description="Where `atelier submit`/`jobs` and the SDK "
@@ -152,11 +186,68 @@ class Settings(BaseSettings):
                                                  "trusted (default: the development CA when it is in use).")
     c2pa_tsa_url: str | None = Field(default=None, description="RFC 3161 time-stamp authority for signatures.")
 
-    # rate limits and quotas per tenant: 429 with Retry-After; 0 = off (the k8s ConfigMap turns them on)
-    rate_limit_jobs_per_minute: int = Field(default=0, ge=0, description="Jobs a tenant may submit in any 60 s "
-                                                                         "(sliding window; Redis-shared); 0 = no limit.")
+    # rate limits and quotas per tenant: 429 with Retry-After; 0 = off. Off by default in the embedded mode; in
+    # services mode (a broker is set) what the environment leaves unset takes SERVICES_DEFAULTS
+    rate_limit_jobs_per_minute: int = Field(default=0, ge=0, description="Jobs a tenant may submit (or retry) in any "
+                                            "60 s (sliding window; Redis-shared); 0 = no limit. Services mode: 120.")
     quota_gpu_seconds_per_day: float = Field(default=0.0, ge=0, description="GPU-seconds a tenant's jobs of the last "
-                                             "24 h may use before new submissions are refused; 0 = no quota.")
+                                             "24 h may use or hold reserved before new submissions are refused; "
+                                             "0 = no quota. Services mode: 86400 (one GPU-day).")
+    quota_gpu_seconds_per_megapixel_step: float = Field(default=0.15, ge=0, description=(
+        "How a submission's GPU work is estimated and reserved against the quota until its job ends: generated "
+        "megapixels x denoising steps x this (0.15: SDXL on a data-centre GPU)."))
+    tenant_max_streams: int = Field(default=20, ge=0, description="Server-Sent Event streams a tenant may hold open "
+                                                                  "at once per API process; 0 = no cap.")
+    tenant_max_previews: int = Field(default=2, ge=0, description="Plan previews a tenant may run at once per API "
+                                                                  "process; 0 = no cap.")
+    tenant_max_verifies: int = Field(default=2, ge=0, description="Verifications a tenant may run at once per API "
+                                                                  "process; 0 = no cap.")
+    tenant_max_uploads: int = Field(default=8, ge=0, description="Uploads a tenant may send at once per API process; "
+                                                                 "0 = no cap.")
+
+    @field_validator("webhook_allowed_ports")
+    @classmethod
+    def _ports_in_range(cls, value: str) -> str:
+        bad = [p for p in (x.strip() for x in value.split(",")) if p and not 1 <= int(p) <= 65535]
+        if bad:
+            raise ValueError(f"ports must be 1..65535, got {', '.join(bad)}")
+        return value
+
+    @model_validator(mode="after")
+    def _services_defaults(self) -> Settings:
+        """Limits a multi-tenant deployment should not run without, unless the environment says otherwise."""
+        if self.broker_url:
+            for name, value in SERVICES_DEFAULTS.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, value)
+        return self
+
+    def home_dir(self) -> Path:
+        """``home``, created private (0700) when it does not exist yet: it holds the SQLite file (webhook secrets
+        in it), the session secret and the development CA's key."""
+        if not self.home.exists():
+            self.home.mkdir(parents=True, mode=0o700)
+            os.chmod(self.home, 0o700)  # mkdir's mode passes through the umask
+        return self.home
+
+    def insecure_secrets(self) -> list[str]:
+        """The settings that hold a known placeholder or a too-short secret (what services mode refuses to start
+        with), each with the reason."""
+        problems = []
+        if self.storage == "s3":
+            secret = self.s3_secret_key
+            if _placeholder(secret) or len(secret) < MIN_SECRET_CHARS:
+                problems.append(f"ATELIER_S3_SECRET_KEY is a placeholder or shorter than {MIN_SECRET_CHARS} characters")
+        if self.session_secret is not None:
+            value = self.session_secret.get_secret_value()
+            if _placeholder(value) or len(value) < MIN_SESSION_SECRET_CHARS:
+                problems.append(f"ATELIER_SESSION_SECRET is a placeholder or shorter than {MIN_SESSION_SECRET_CHARS} "
+                                "characters")
+        password = urlsplit(self.database_url or "").password
+        if password is not None and (_placeholder(password) or len(password) < MIN_SECRET_CHARS):
+            problems.append(f"the password in ATELIER_DATABASE_URL is a placeholder or shorter than "
+                            f"{MIN_SECRET_CHARS} characters")
+        return problems
 
     @property
     def embedded(self) -> bool:

@@ -45,11 +45,13 @@ class ArtifactStore(Protocol):
 
 
 class LocalStore:
-    """Artifacts as files under a root folder; writes are atomic (temp file + rename)."""
+    """Artifacts as files under a root folder (created 0700; files 0600); writes are atomic (temp file + rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.exists():  # a new artifact folder is its owner's only (files are written 0600: mkstemp)
+            self.root.mkdir(parents=True, mode=0o700)
+            os.chmod(self.root, 0o700)
 
     def _path(self, key: str) -> Path:
         _check_key(key)

@@ -1,16 +1,22 @@
-"""Per-tenant admission of new jobs: a jobs-per-minute rate limit and a GPU-seconds-per-day quota.
+"""Per-tenant admission of jobs: a jobs-per-minute rate limit and a GPU-seconds-per-day quota.
 
-Both answer ``429 Too Many Requests`` (problem+json) with ``Retry-After``, and both are off by default
-(``rate_limit_jobs_per_minute`` / ``quota_gpu_seconds_per_day`` = 0).
+Both answer ``429 Too Many Requests`` (problem+json) with ``Retry-After``. Off by default in the embedded mode;
+in services mode they default to 120 jobs a minute and 86,400 GPU-seconds a day (``atelier_runtime.settings``).
+Submissions and retries of a failed job both go through admission.
 
 * Jobs per minute is an exact sliding window (a log of admission times): at most N jobs are admitted in
   any 60 s. With a Redis broker the log is a sorted set per tenant, updated by one Lua script on Redis's
-  own clock, so every API replica shares it; embedded mode keeps it in memory. A request that does not
-  end in a new job (invalid spec, idempotent replay, broker down) gives its slot back.
-* GPU-seconds per day sums ``jobs.gpu_seconds`` of the tenant's jobs created in the last 24 h (the
-  ``(tenant_id, created_at)`` index) and refuses new jobs while the sum is at or over the quota; it is
-  checked at submission, so running jobs may take a tenant past it. ``Retry-After`` is when enough of
-  that usage leaves the window.
+  own clock, so every API replica shares it; embedded mode keeps it in memory. When Redis cannot be reached
+  the limit falls back to this process's own window (each replica then admits at most N a minute) rather than
+  admitting everything. A request that does not end in a new job (invalid spec, idempotent replay, broker
+  down) gives its slot back.
+* GPU-seconds per day counts, for the tenant's jobs created in the last 24 h (the ``(tenant_id, created_at)``
+  index), the GPU time finished jobs used and, for jobs not finished yet, the GPU work they are estimated to
+  need (generated megapixels x denoising steps x ``quota_gpu_seconds_per_megapixel_step``, or what they used so
+  far when that is more): the estimate is reserved at submission and released when the job ends, so a burst of
+  submissions cannot pass the quota before any of them has run. New jobs are refused while that sum is at or
+  over the quota. ``Retry-After`` is when enough finished usage leaves the window (a minute when the
+  reservations of running jobs alone hold the quota).
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from typing import Annotated, Any, Protocol
 
 import redis
 from atelier_contracts.errors import AtelierError
-from atelier_control.models import Job
+from atelier_contracts.specs import SIZE_RE, parse_size
+from atelier_control.models import TERMINAL, Job
 from atelier_runtime.settings import Settings
 from fastapi import Depends, Request
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .schemas import Problem
@@ -41,6 +48,9 @@ log = logging.getLogger(__name__)
 
 JOBS_WINDOW_S = 60.0
 GPU_WINDOW = timedelta(hours=24)
+ASSUMED_STEPS = 30  # a job's denoising steps when the settings do not fix them (the API does not read models.yaml)
+STORY_SCENE_SIZE = (1024, 768)  # KAHANI's scene canvas
+RESERVED_RETRY_S = 60.0  # Retry-After while the reservations of unfinished jobs alone hold the quota
 _BUILD_LOCK = threading.Lock()
 
 
@@ -71,6 +81,7 @@ class Slot:
 
     key: str
     member: str
+    local: bool = False  # taken from this process's window while the shared one was unreachable
 
 
 class Window(Protocol):
@@ -153,28 +164,60 @@ class RedisWindow:
         self._client.zrem(self._key(slot.key), slot.member)
 
 
-def gpu_seconds_used(session: Session, *, tenant_id: str, now: datetime) -> float:
-    """GPU-seconds of the tenant's jobs created in the last 24 h."""
-    total = session.scalar(
-        select(func.coalesce(func.sum(Job.gpu_seconds), 0.0))
-        .where(Job.tenant_id == tenant_id, Job.created_at > now - GPU_WINDOW)
-    )
-    return float(total or 0.0)
+def generated_megapixels(kind: str, spec: dict[str, Any], *, max_side: int) -> float:
+    """Megapixels a job's GPU stages generate: every background (sizes x variants) of a campaign, or the character
+    sheets (at most three) and one scene per page of a story, each at its size scaled down to ``max_side``."""
+
+    def mp(w: int, h: int) -> float:
+        scale = min(1.0, max_side / max(w, h))
+        return (w * scale) * (h * scale) / 1e6
+
+    if kind == "campaign":
+        if spec.get("backdrop") == "studio":
+            return 0.0
+        sizes = [parse_size(s) for s in spec.get("sizes") or [] if isinstance(s, str) and SIZE_RE.match(s)]
+        return sum(mp(w, h) for w, h in sizes) * int(spec.get("variants") or 1)
+    return 3 * mp(max_side, max_side) + int(spec.get("pages") or 4) * mp(*STORY_SCENE_SIZE)
 
 
-def gpu_quota_frees_in(session: Session, *, tenant_id: str, quota: float, now: datetime) -> float:
-    """Seconds until the usage in the window drops below ``quota`` as the oldest jobs age out."""
+def estimate_gpu_seconds(kind: str, spec: dict[str, Any], settings: Settings) -> float:
+    """The GPU work a job is reserved against the quota until it ends."""
+    steps = settings.gen_steps or ASSUMED_STEPS
+    megapixels = generated_megapixels(kind, spec, max_side=settings.gen_max_side)
+    return megapixels * steps * settings.quota_gpu_seconds_per_megapixel_step
+
+
+def gpu_seconds_committed(session: Session, *, tenant_id: str, now: datetime, settings: Settings) -> float:
+    """GPU-seconds the tenant's jobs of the last 24 h used, or hold reserved while they are not finished."""
     rows = session.execute(
-        select(Job.created_at, Job.gpu_seconds)
-        .where(Job.tenant_id == tenant_id, Job.created_at > now - GPU_WINDOW, Job.gpu_seconds > 0)
+        select(Job.kind, Job.spec, Job.status, Job.gpu_seconds)
+        .where(Job.tenant_id == tenant_id, Job.created_at > now - GPU_WINDOW)
+    ).all()
+    return sum(_charged(kind, spec, status, seconds, settings) for kind, spec, status, seconds in rows)
+
+
+def _charged(kind: str, spec: Any, status: str, seconds: float | None, settings: Settings) -> float:
+    used = float(seconds or 0.0)
+    if status in TERMINAL:
+        return used
+    return max(used, estimate_gpu_seconds(kind, spec if isinstance(spec, dict) else {}, settings))
+
+
+def gpu_quota_frees_in(session: Session, *, tenant_id: str, quota: float, now: datetime, settings: Settings) -> float:
+    """Seconds until the committed GPU time drops below ``quota`` as finished jobs age out of the window."""
+    rows = session.execute(
+        select(Job.created_at, Job.kind, Job.spec, Job.status, Job.gpu_seconds)
+        .where(Job.tenant_id == tenant_id, Job.created_at > now - GPU_WINDOW)
         .order_by(Job.created_at)
     ).all()
-    used = sum(float(s or 0.0) for _, s in rows)
-    for created_at, seconds in rows:
-        used -= float(seconds or 0.0)
-        if used < quota:
+    charges = [(created, _charged(kind, spec, status, seconds, settings), status in TERMINAL)
+               for created, kind, spec, status, seconds in rows]
+    committed = sum(c for _, c, _ in charges)
+    for created_at, charge, finished in charges:
+        committed -= charge  # a job leaves the window at created + 24 h, finished or not
+        if committed < quota:
             created = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
-            return (created + GPU_WINDOW - now).total_seconds()
+            return max((created + GPU_WINDOW - now).total_seconds(), 1.0 if finished else RESERVED_RETRY_S)
     return GPU_WINDOW.total_seconds()  # unreachable unless rows changed under us: a full window is safe
 
 
@@ -189,34 +232,39 @@ class JobLimits:
     """What POST /v1/jobs asks before it creates a job (and what any other edge that creates jobs should ask)."""
 
     def __init__(self, settings: Settings, *, window: Window | None = None) -> None:
+        self.settings = settings
         self.jobs_per_minute = settings.rate_limit_jobs_per_minute
         self.gpu_quota = settings.quota_gpu_seconds_per_day
         if window is None and self.jobs_per_minute:
             redis_broker = (settings.broker_url or "").startswith(("redis://", "rediss://"))
             window = RedisWindow.from_url(settings.broker_url or "") if redis_broker else MemoryWindow()
         self.window = window
+        self.local = MemoryWindow()  # this process's own window, while the shared one cannot be reached
 
     def check_gpu_quota(self, session: Session, *, tenant_id: str, now: datetime | None = None) -> None:
         if not self.gpu_quota:
             return
         now = now or datetime.now(UTC)
-        used = gpu_seconds_used(session, tenant_id=tenant_id, now=now)
+        used = gpu_seconds_committed(session, tenant_id=tenant_id, now=now, settings=self.settings)
         if used < self.gpu_quota:
             return
-        wait = gpu_quota_frees_in(session, tenant_id=tenant_id, quota=self.gpu_quota, now=now)
+        wait = gpu_quota_frees_in(session, tenant_id=tenant_id, quota=self.gpu_quota, now=now, settings=self.settings)
         raise RateLimited(
-            f"GPU quota reached: the jobs of the last 24 h used {used:.1f} of {self.gpu_quota:g} GPU-seconds",
-            retry_after_s=wait, limit="gpu_seconds_per_day",
+            f"GPU quota reached: the jobs of the last 24 h used or hold reserved {used:.1f} of {self.gpu_quota:g} "
+            "GPU-seconds", retry_after_s=wait, limit="gpu_seconds_per_day",
         )
 
     def acquire_rate_slot(self, *, tenant_id: str) -> Slot | None:
         if not self.jobs_per_minute or self.window is None:
             return None
+        key = f"jobs:{tenant_id}"
         try:
-            got = self.window.acquire(f"jobs:{tenant_id}", limit=self.jobs_per_minute, window_s=JOBS_WINDOW_S)
-        except Exception as exc:  # noqa: BLE001 - fail open: the limiter must not take submissions down with it
-            log.warning("rate limiter unavailable, admitting: %s", exc)
-            return None
+            got = self.window.acquire(key, limit=self.jobs_per_minute, window_s=JOBS_WINDOW_S)
+        except Exception as exc:  # noqa: BLE001 - fall back to this process's window, never to no limit at all
+            log.warning("shared rate limiter unavailable, limiting with this process's own window: %s", exc)
+            got = self.local.acquire(key, limit=self.jobs_per_minute, window_s=JOBS_WINDOW_S)
+            if isinstance(got, Slot):
+                got = Slot(key=got.key, member=got.member, local=True)
         if isinstance(got, Slot):
             return got
         raise RateLimited(f"rate limit: at most {self.jobs_per_minute} jobs per minute",
@@ -226,7 +274,7 @@ class JobLimits:
         if slot is None or self.window is None:
             return
         try:
-            self.window.release(slot)
+            (self.local if slot.local else self.window).release(slot)
         except Exception as exc:  # noqa: BLE001 - the slot expires with the window anyway
             log.warning("could not give a rate-limit slot back: %s", exc)
 

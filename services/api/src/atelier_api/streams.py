@@ -18,6 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import StreamingResponse
 
+from .concurrency import TenantConcurrency
+from .metrics import ApiMetrics
 from .problems import FieldErrors
 from .schemas import FieldError
 from .views import as_utc
@@ -30,6 +32,7 @@ class EventStreamResponse(StreamingResponse):
 
 
 TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.canceled"})
+MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT: a larger resume point is a 422, not a stream that dies
 KEEPALIVE = b": keep-alive\n\n"
 KEEPALIVE_S = 15.0
 BATCH = 500
@@ -42,10 +45,27 @@ def resume_point(last_event_id: str | None, after: int | None) -> int:
             value = int(last_event_id.strip())
         except ValueError:
             value = -1
-        if value < 0:
-            raise FieldErrors([FieldError(field="Last-Event-ID", message="must be an event id (a non-negative integer)")])
+        if not 0 <= value <= MAX_EVENT_ID:
+            raise FieldErrors([FieldError(field="Last-Event-ID",
+                                          message=f"must be an event id (an integer from 0 to {MAX_EVENT_ID})")])
         return value
     return after or 0
+
+
+def tenant_stream(concurrency: TenantConcurrency, metrics: ApiMetrics, factory: sessionmaker[Session], *,
+                  tenant_id: str, job_id: str, after_id: int, poll_s: float) -> EventStreamResponse:
+    """The job's event stream under the tenant's cap on open streams (429 before anything is sent when over it)."""
+    released: list[Callable[[], None]] = []
+
+    def closed() -> None:
+        metrics.sse_streams.dec()
+        for release in released:
+            release()
+
+    frames = job_events(factory, tenant_id=tenant_id, job_id=job_id, after_id=after_id, poll_s=poll_s,
+                        on_open=metrics.sse_streams.inc, on_close=closed)
+    released.append(concurrency.hold_for(frames, "streams", tenant_id))
+    return EventStreamResponse(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def format_event(event: Event) -> bytes:

@@ -28,6 +28,7 @@ from .. import jobs as job_service
 from .. import streams
 from .. import uploads as upload_service
 from ..bundle import plan_bundle, stream_bundle
+from ..concurrency import ConcurrencyDep
 from ..deps import (
     CeleryDep,
     MetricsDep,
@@ -38,7 +39,7 @@ from ..deps import (
     StoreDep,
 )
 from ..problems import FieldErrors
-from ..ratelimit import get_job_limits
+from ..ratelimit import RateLimited, get_job_limits
 from ..routes.plans import request_preview
 from ..schemas import FieldError
 from ..streams import EventStreamResponse
@@ -47,7 +48,16 @@ from . import charts, system
 from .forms import COMMON_SIZES, JobForm, build_request, read_form, uploaded_file
 from .gallery import ThumbCache, build_gallery, thumb_width, thumbnail
 from .plans import job_plans, plans_from_outputs
-from .session import clear_session, csrf_ok, new_session, read_session, sign_in, viewer_from, write_session
+from .session import (
+    clear_session,
+    csrf_ok,
+    new_session,
+    read_session,
+    sign_in,
+    sign_out,
+    viewer_from,
+    write_session,
+)
 from .timeline import build_timeline, failing_stages, latest_progress, running_keys
 from .web import (
     PREFIX,
@@ -98,7 +108,7 @@ def login_form(request: Request, session: SessionDep, settings: SettingsDep,
     data = read_session(request, max_age_s=settings.session_max_age_s)
     if viewer_from(session, data) is not None:
         return _redirect(safe_next(next))
-    anon = data if data is not None and data.tenant_id is None else new_session()
+    anon = data if data is not None and data.session_id is None else new_session()
     response = render(request, "login.html", {"csrf": anon.csrf, "next": safe_next(next), "error": None})
     write_session(request, response, anon, max_age_s=settings.session_max_age_s)
     return response
@@ -119,20 +129,26 @@ def login(request: Request, session: SessionDep, settings: SettingsDep, form: Fo
 
     if data is None or not csrf_ok(data.csrf, token if isinstance(token, str) else None):
         return refuse("The sign-in form expired (or cookies are blocked). Try again.")
+    sign_out(session, data.session_id)  # whatever follows replaces this browser's cookie: its old session ends
     if not key.strip():
+        session.commit()
         return refuse("Paste an API key (it starts with atl_).")
     try:
-        signed_in = sign_in(session, key)  # the key is checked exactly as the JSON API checks it
-        session.commit()
+        signed_in = sign_in(session, key, max_age_s=settings.session_max_age_s)  # checked as the JSON API does
     except Unauthorized:
+        session.commit()
         return refuse("That API key was not accepted: it is unknown, revoked or mistyped.")
+    session.commit()
     response = _redirect(next_path)
     write_session(request, response, signed_in, max_age_s=settings.session_max_age_s)  # a new CSRF token too
     return response
 
 
 @router.post("/logout")
-def logout(request: Request, form: CheckedFormDep) -> Response:
+def logout(request: Request, session: SessionDep, viewer: ViewerDep, form: CheckedFormDep) -> Response:
+    """Sign out: the session ends on the server (a copy of the cookie is signed out too), then the cookie goes."""
+    sign_out(session, viewer.session_id)
+    session.commit()
     response = _redirect(f"{PREFIX}/login")
     clear_session(request, response)
     return response
@@ -279,22 +295,21 @@ def job_page(request: Request, job_id: JobId, viewer: ViewerDep, session: Sessio
 @router.get("/jobs/{job_id}/events")
 def job_events(
     request: Request, job_id: JobId, viewer: ViewerDep, session: SessionDep, factory: SessionFactoryDep,
-    settings: SettingsDep, metrics: MetricsDep, after: Annotated[int | None, Query(ge=0)] = None,
+    settings: SettingsDep, metrics: MetricsDep, concurrency: ConcurrencyDep,
+    after: Annotated[int | None, Query(ge=0, le=streams.MAX_EVENT_ID)] = None,
 ) -> EventStreamResponse:
-    """The JSON API's event stream (same frames, same resume rules) behind the session cookie."""
+    """The JSON API's event stream (same frames, same resume rules, same per-tenant cap) behind the session cookie."""
     start = streams.resume_point(request.headers.get("last-event-id"), after)
     job_service.ensure_job(session, tenant_id=viewer.tenant_id, job_id=job_id)
-    frames = streams.job_events(factory, tenant_id=viewer.tenant_id, job_id=job_id, after_id=start,
-                                poll_s=settings.sse_poll_s, on_open=metrics.sse_streams.inc,
-                                on_close=metrics.sse_streams.dec)
-    return EventStreamResponse(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return streams.tenant_stream(concurrency, metrics, factory, tenant_id=viewer.tenant_id, job_id=job_id,
+                                 after_id=start, poll_s=settings.sse_poll_s)
 
 
 def _job_action(job_id: str, action: Any, done_notice: str) -> Response:
     """Run a job action (the JSON API's own service call) and go back to the job with a notice."""
     try:
         action()
-    except Conflict as exc:
+    except (Conflict, RateLimited) as exc:
         return _redirect(f"{PREFIX}/jobs/{job_id}?notice={quote(exc.detail)}")
     return _redirect(f"{PREFIX}/jobs/{job_id}?notice={done_notice}")
 
@@ -307,10 +322,14 @@ def cancel_job(job_id: JobId, viewer: ViewerDep, session: SessionDep, runtime: R
 
 
 @router.post("/jobs/{job_id}/retry")
-def retry_job(job_id: JobId, viewer: ViewerDep, session: SessionDep, celery: CeleryDep,
+def retry_job(request: Request, job_id: JobId, viewer: ViewerDep, session: SessionDep, celery: CeleryDep,
               form: CheckedFormDep) -> Response:
-    return _job_action(job_id, lambda: job_service.retry(session, celery, tenant_id=viewer.tenant_id,
-                                                         job_id=job_id), "retrying")
+    def retry() -> None:  # through the JSON API's admission: a retry spends GPU time too
+        with get_job_limits(request).admit(session, tenant_id=viewer.tenant_id) as admission:
+            job_service.retry(session, celery, tenant_id=viewer.tenant_id, job_id=job_id)
+            admission.created = True
+
+    return _job_action(job_id, retry, "retrying")
 
 
 @router.get("/jobs/{job_id}/bundle")

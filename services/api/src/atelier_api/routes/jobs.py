@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from .. import artifacts as artifact_service
 from .. import jobs as job_service
 from .. import streams
+from ..concurrency import CONCURRENCY_LIMITED_DOC, ConcurrencyDep
 from ..deps import CeleryDep, MetricsDep, RuntimeDep, SessionDep, SessionFactoryDep, SettingsDep, TenantDep
 from ..problems import problem_responses
 from ..ratelimit import RATE_LIMITED_DOC, JobLimitsDep
@@ -85,10 +86,15 @@ def cancel_job(job_id: JobId, principal: TenantDep, session: SessionDep, runtime
     return job_service.cancel(session, runtime, tenant_id=principal.tenant_id, job_id=job_id)
 
 
-@router.post("/{job_id}/retry", status_code=202, response_model=JobView, responses=problem_responses(404, 409),
+@router.post("/{job_id}/retry", status_code=202, response_model=JobView,
+             responses={**problem_responses(404, 409), **RATE_LIMITED_DOC},
              summary="Retry a failed job from its failed stage")
-def retry_job(job_id: JobId, principal: TenantDep, session: SessionDep, celery: CeleryDep) -> JobView:
-    return job_service.retry(session, celery, tenant_id=principal.tenant_id, job_id=job_id)
+def retry_job(job_id: JobId, principal: TenantDep, session: SessionDep, celery: CeleryDep,
+              limits: JobLimitsDep) -> JobView:
+    with limits.admit(session, tenant_id=principal.tenant_id) as admission:  # a retry spends GPU time too
+        view = job_service.retry(session, celery, tenant_id=principal.tenant_id, job_id=job_id)
+        admission.created = True
+    return view
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=problem_responses(404),
@@ -99,17 +105,15 @@ def list_artifacts(job_id: JobId, principal: TenantDep, session: SessionDep,
 
 
 @router.get("/{job_id}/events", response_class=EventStreamResponse,
-            responses={**_SSE_DOC, **problem_responses(404)}, summary="Stream a job's events (SSE)")
+            responses={**_SSE_DOC, **problem_responses(404), **CONCURRENCY_LIMITED_DOC},
+            summary="Stream a job's events (SSE)")
 def stream_events(
     job_id: JobId, principal: TenantDep, session: SessionDep, factory: SessionFactoryDep, settings: SettingsDep,
-    metrics: MetricsDep,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this event id.")] = None,
+    metrics: MetricsDep, concurrency: ConcurrencyDep,
+    after: Annotated[int | None, Query(ge=0, le=streams.MAX_EVENT_ID, description="Resume after this event id.")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> EventStreamResponse:
     start = streams.resume_point(last_event_id, after)
     job_service.ensure_job(session, tenant_id=principal.tenant_id, job_id=job_id)  # 404 before streaming
-    frames = streams.job_events(
-        factory, tenant_id=principal.tenant_id, job_id=job_id, after_id=start, poll_s=settings.sse_poll_s,
-        on_open=metrics.sse_streams.inc, on_close=metrics.sse_streams.dec,
-    )
-    return EventStreamResponse(frames, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return streams.tenant_stream(concurrency, metrics, factory, tenant_id=principal.tenant_id, job_id=job_id,
+                                 after_id=start, poll_s=settings.sse_poll_s)

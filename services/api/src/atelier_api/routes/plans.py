@@ -27,6 +27,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from .. import jobs as job_service
+from ..concurrency import CONCURRENCY_LIMITED_DOC, ConcurrencyDep
 from ..deps import CeleryDep, SessionDep, SettingsDep, TenantDep
 from ..problems import BrokerUnavailable, problem_responses
 from ..schemas import JobKindName
@@ -98,17 +99,18 @@ def request_preview(celery: Celery, *, kind: str, spec: dict[str, Any], tenant_i
 
 @router.post(
     "/v1/plans:preview", response_model=PlanPreview, summary="Preview the plans of a job spec",
-    responses=problem_responses(502, 503, 504),
+    responses={**problem_responses(502, 503, 504), **CONCURRENCY_LIMITED_DOC},
     description="Same body as `POST /v1/jobs`. Returns what the planner would plan — prompts, layouts per size "
                 "with their metrics, story, characters, scenes — without creating a job or running a GPU stage.",
 )
 def preview_plans(body: JobRequest, principal: TenantDep, session: SessionDep, celery: CeleryDep,
-                  settings: SettingsDep) -> PlanPreview:
+                  settings: SettingsDep, concurrency: ConcurrencyDep) -> PlanPreview:
     spec = job_service.parse_spec(body)
     job_service.check_upload_refs(session, tenant_id=principal.tenant_id, spec=spec)
     session.close()  # nothing else needs the database while the planner works
-    reply = request_preview(celery, kind=body.kind, spec=spec.model_dump(mode="json"), tenant_id=principal.tenant_id,
-                            timeout_s=settings.plan_preview_timeout_s)
+    with concurrency.hold("previews", principal.tenant_id):  # each holds a worker thread until the planner answers
+        reply = request_preview(celery, kind=body.kind, spec=spec.model_dump(mode="json"),
+                                tenant_id=principal.tenant_id, timeout_s=settings.plan_preview_timeout_s)
     if not reply.get("ok"):
         error = reply.get("error") or {}
         message = str(error.get("message") or "the planner failed")
