@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-SIZE_RE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
-MIN_SIDE, MAX_SIDE = 64, 4096
+from . import placements
+
 HEX_COLOR = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-
-
-def parse_size(value: str) -> tuple[int, int]:
-    """``"1080x1920"`` → ``(1080, 1920)``; raises ValueError with the reason."""
-    m = SIZE_RE.match(value)
-    if not m:
-        raise ValueError(f"size {value!r} is not WIDTHxHEIGHT, e.g. '1080x1080'")
-    w, h = int(m.group(1)), int(m.group(2))
-    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
-        raise ValueError(f"size {value!r}: each side must be between {MIN_SIDE} and {MAX_SIDE} pixels")
-    return w, h
 
 
 class _Spec(BaseModel):
@@ -94,7 +82,14 @@ class CampaignSpec(_Spec):
     taglines: list[ShortText] = Field(min_length=1, max_length=5)
     cta: ShortText | None = None
     locale: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en-US"
-    sizes: list[str] = Field(default_factory=lambda: ["1080x1080"], min_length=1, max_length=12)
+    sizes: list[str] = Field(
+        default_factory=lambda: ["1080x1080"], min_length=1, max_length=12,
+        description="Ad sizes: `WIDTHxHEIGHT` or a placement name (IAB: iab-medium-rectangle 300x250, "
+                    "iab-leaderboard 728x90, iab-mobile-leaderboard 320x50, iab-wide-skyscraper 160x600, "
+                    "iab-half-page 300x600, iab-billboard 970x250, iab-large-mobile-banner 320x100; social: "
+                    "social-square 1080x1080, social-portrait 1080x1350, social-story 1080x1920, social-link "
+                    "1200x628, social-landscape 1600x900). Names are stored as their `WxH`. Refused: sides outside "
+                    "32..4096, under 12,000 pixels, or wider than 12:1 (no room for legible text).")
     variants: int = Field(default=1, ge=1, le=8)
     model: Identifier | None = None
     seed: Seed | None = None
@@ -113,11 +108,16 @@ class CampaignSpec(_Spec):
     @field_validator("sizes")
     @classmethod
     def _sizes(cls, sizes: list[str]) -> list[str]:
-        for s in sizes:
-            parse_size(s)
-        if len(set(sizes)) != len(sizes):
-            raise ValueError("sizes must not repeat")
-        return sizes
+        resolved = []
+        for i, s in enumerate(sizes):
+            try:
+                resolved.append(placements.resolve(s))
+            except ValueError as exc:
+                raise ValueError(f"sizes[{i}]: {exc}") from None
+        repeated = sorted({s for s in resolved if resolved.count(s) > 1})
+        if repeated:
+            raise ValueError(f"sizes must not repeat (a name and its WxH are the same size): {', '.join(repeated)}")
+        return resolved
 
     @field_validator("control")
     @classmethod

@@ -252,13 +252,18 @@ class RenderPageOutput(StageOutput):
 
 
 class WatermarkOutput(StageOutput):
-    """``gpu.watermark``: the delivered asset, watermarked and C2PA-signed."""
+    """``gpu.watermark``: the delivered asset, C2PA-signed and (when it can carry one) watermarked.
+
+    ``watermark.carried`` is false, with its ``reason``, for an asset too small or too flat for the mark; the
+    warning is in ``warnings`` (a ``job.warning``) and the manifest is signed all the same.
+    """
 
     asset_key: str
     width: int | None = None
     height: int | None = None
     watermark: dict[str, Any] = Field(default_factory=dict)
     c2pa: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 class DeliverOutput(StageOutput):
@@ -268,6 +273,7 @@ class DeliverOutput(StageOutput):
     assets: list[str]
     count: int
     documents: list[str] = Field(default_factory=list)
+    failed: list[dict[str, Any]] = Field(default_factory=list, description="Items that failed: stage, item, error.")
 
 
 # ---------------------------------------------------------------- inputs

@@ -52,6 +52,14 @@ class ArtifactRecord(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+class ItemFailure(BaseModel):
+    """One item that failed while its job went on (partial success): which stage, which item, why."""
+
+    stage: str
+    item: str
+    error: str | None = None
+
+
 class StageTask(BaseModel):
     """Everything a stage worker needs; built by the orchestrator from the job and its upstream outputs.
 
@@ -63,6 +71,8 @@ class StageTask(BaseModel):
         upstream: outputs of the stages this one depends on, by stage name. A fanned-out dependency
             appears as ``{item: output}`` unless the dependency is per-item, then as that item's output.
         key_prefix: ``tenants/{tenant}/jobs/{job}`` — every key this stage writes starts with it.
+        failures: for a stage that gathers the items that succeeded (``deliver`` of a campaign), the items that
+            failed upstream and why; the upstream ``{item: output}`` then holds only the others.
     """
 
     job_id: str
@@ -78,6 +88,7 @@ class StageTask(BaseModel):
     # quality gates: 0 for the first generation of an item, n for its n-th regeneration asked by a
     # gate (best-of-N); a regenerated stage offsets its seed by it and writes its artifact under a new name
     regeneration: int = Field(default=0, ge=0)
+    failures: list[ItemFailure] = Field(default_factory=list)
 
 
 class StageError_(BaseModel):

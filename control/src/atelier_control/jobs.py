@@ -76,17 +76,22 @@ def retry_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """Give a failed job another go from where it stopped; the caller sends ``start_job`` after commit.
 
     The failed stage row, and the rows the failure canceled, go back to ``pending`` (their outputs and
-    the stages that succeeded are kept); the job goes back to ``queued``, so ``start_job`` marks it
+    the stages that succeeded are kept). A job that succeeded with failed items (partial success) re-runs
+    only those items, then its fan-in (``deliver``) again over every item; the job goes back to ``queued``, so ``start_job`` marks it
     running again and queues what is ready, and the reconciler restarts it if that message is lost.
     Attempt counters are not reset: a late result of an earlier attempt is still told apart.
     """
     job = get_job(session, tenant_id=tenant_id, job_id=job_id, for_update=True)
-    if job.status != "failed":
-        raise Conflict(f"job {job_id} is {job.status}; only a failed job can be retried")
-    rows = list(session.scalars(
-        select(Stage).where(Stage.job_id == job.id, Stage.status.in_(("failed", "canceled")))
-        .order_by(Stage.position, Stage.item)
-    ))
+    rows = list(session.scalars(select(Stage).where(Stage.job_id == job.id).order_by(Stage.position, Stage.item)))
+    failed = [r for r in rows if r.status == "failed"]
+    if job.status != "failed" and not (job.status == "succeeded" and failed):
+        raise Conflict(f"job {job_id} is {job.status}; only a failed job, or one that succeeded with failed items, "
+                       "can be retried")
+    # the failed rows, what they left not run, and the fan-ins after them that gathered only the items that
+    # succeeded (a partial job's deliver): they run again with every item
+    first = min((r.position for r in failed), default=0)
+    rows = [r for r in rows if r.status in ("failed", "canceled")
+            or (r.status == "succeeded" and failed and not r.item and r.position > first)]
     for row in rows:
         if row.status == "failed":
             emit(session, tenant_id=tenant_id, job_id=job.id, type="stage.retrying",

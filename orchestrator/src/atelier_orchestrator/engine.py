@@ -3,6 +3,12 @@
 The database row is the truth about where a job stands. Every transition is a conditional UPDATE
 (``... WHERE status = 'pending'``), so two orchestrator processes handling the same job never queue a
 stage twice; messages are sent only after the transaction that justifies them commits.
+
+Partial success: where the graph contains an item's failure (``Graph.contains_failure``: a campaign size), the
+failed item's later stages are canceled ("not run"), a ``job.warning`` names it, the partial fan-in
+(``deliver``) runs on the items that succeeded with the failures in its task, and the job ends ``succeeded``
+with them listed (its ``job.succeeded`` event and its view's ``failures``). Only when no item is left does
+the job fail.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 from atelier_contracts.keys import in_job, job_prefix
 from atelier_contracts.stage_io import Skipped
-from atelier_contracts.tasks import StageProgress, StageResult, StageStarted, StageTask, stage_task_name
+from atelier_contracts.tasks import ItemFailure, StageProgress, StageResult, StageStarted, StageTask, stage_task_name
 from atelier_control.events import emit
 from atelier_control.models import TERMINAL, Artifact, Job, Stage, utcnow
 from atelier_runtime.settings import Settings
@@ -111,9 +117,12 @@ def _upstream(graph: Graph, st: StageDef, item: str, by_name: dict[str, list[Sta
                 return None
             upstream[dep_name] = match[0].output or {}
         elif dep.fan_out is not None:
-            if any(r.status != "succeeded" for r in dep_rows):
+            if st.partial:  # the items that succeeded, once none is still on its way
+                if any(r.status not in TERMINAL for r in dep_rows) or not any(r.status == "succeeded" for r in dep_rows):
+                    return None
+            elif any(r.status != "succeeded" for r in dep_rows):
                 return None
-            upstream[dep_name] = {r.item: r.output or {} for r in dep_rows}
+            upstream[dep_name] = {r.item: r.output or {} for r in dep_rows if r.status == "succeeded"}
         else:
             if dep_rows[0].status != "succeeded":
                 return None
@@ -121,11 +130,35 @@ def _upstream(graph: Graph, st: StageDef, item: str, by_name: dict[str, list[Sta
     return upstream
 
 
-def _payload(job: Job, row: Stage, upstream: dict[str, Any]) -> dict[str, Any]:
+def item_failures(rows: list[Stage]) -> list[ItemFailure]:
+    """The items that failed (their failed rows; the rows they left not run are not repeated)."""
+    return [ItemFailure(stage=r.name, item=r.item, error=r.error) for r in rows if r.status == "failed" and r.item]
+
+
+def _payload(job: Job, row: Stage, upstream: dict[str, Any], rows: list[Stage]) -> dict[str, Any]:
+    """The task of ``row``; ``rows``: the job's stage rows (a partial fan-in's task lists the failed items)."""
+    partial = GRAPHS[job.kind].stage(row.name).partial
     return StageTask(job_id=job.id, tenant_id=job.tenant_id, stage_id=row.id, stage=row.name, item=row.item,
                      attempt=row.attempts, kind=job.kind, spec=job.spec, upstream=upstream,  # type: ignore[arg-type]
-                     key_prefix=job_prefix(job.tenant_id, job.id),
-                     regeneration=gates.regeneration_for(row)).model_dump(mode="json")
+                     key_prefix=job_prefix(job.tenant_id, job.id), regeneration=gates.regeneration_for(row),
+                     failures=item_failures(rows) if partial else []).model_dump(mode="json")
+
+
+def _not_run(graph: Graph, st: StageDef, item: str, by_name: dict[str, list[Stage]]) -> str | None:
+    """The failed or canceled row of this item that a per-item stage waits for (it will never run), or None."""
+    for dep_name in st.after:
+        if not graph.per_item(st, graph.stage(dep_name)):
+            continue
+        for r in by_name.get(dep_name, []):
+            if r.item == item and r.status in ("failed", "canceled"):
+                return f"{r.name}[{r.item}]"
+    return None
+
+
+def _nothing_left(graph: Graph, st: StageDef, by_name: dict[str, list[Stage]]) -> bool:
+    """A partial fan-in whose items have all ended and none succeeded."""
+    deps = [r for d in st.after if graph.stage(d).fan_out is not None for r in by_name.get(d, [])]
+    return bool(deps) and all(r.status in TERMINAL for r in deps) and not any(r.status == "succeeded" for r in deps)
 
 
 def _skip_reason(st: StageDef, job: Job, settings: Settings | None) -> str | None:
@@ -146,11 +179,28 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
     graph = GRAPHS[job.kind]
     rows = _ensure_rows(session, job, graph, _stages(session, job.id))
     by_name = _by_name(rows)
-    if len(by_name) == len(graph.stages) and all(r.status == "succeeded" for r in rows):
-        finish_job(session, job, "succeeded")
-        return 0
     queued = skipped = 0
     now = utcnow()
+    for row in rows:  # graph order: a row canceled here is seen by the later rows of its item
+        if row.status != "pending":
+            continue
+        st = graph.stage(row.name)
+        blocked = _not_run(graph, st, row.item, by_name)
+        if blocked is not None:
+            res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
+                                  .values(status="canceled", error=f"not run: {blocked} did not succeed", finished_at=now))
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                session.refresh(row)
+            continue
+        if st.partial and _nothing_left(graph, st, by_name):
+            failures = item_failures(rows)
+            finish_job(session, job, "failed", error="no item succeeded: " + "; ".join(
+                f"{f.stage}[{f.item}]: {f.error}" for f in failures), failures=failures)
+            return queued
+    if len(by_name) == len(graph.stages) and all(r.status == "succeeded" or (r.item and r.status in ("failed", "canceled"))
+                                                 for r in rows):
+        finish_job(session, job, "succeeded", failures=item_failures(rows))
+        return 0
     for row in rows:
         if row.status != "pending":
             continue
@@ -176,7 +226,7 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
         session.refresh(row)
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.queued",
              data={"stage": row.name, "item": row.item, "attempt": row.attempts})
-        outbox.add(stage_task_name(row.name), [_payload(job, row, upstream)])
+        outbox.add(stage_task_name(row.name), [_payload(job, row, upstream, rows)])
         queued += 1
     return queued
 
@@ -268,6 +318,10 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
         if gates.is_gate(row.name):  # best-of-N: regenerate the checked item, keep the best, or fail (strict)
             gates.gate_done(session, job, row, previous, settings=settings)
             session.flush()
+        else:  # what a stage could not do and went on without (an asset too small for the mark) is said, not buried
+            for warning in (result.output or {}).get("warnings") or []:
+                emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.warning",
+                     data={"stage": row.name, "item": row.item, "warning": str(warning)})
         advance(session, job, outbox, settings=settings)
         return
     if result.attempt != row.attempts:
@@ -286,12 +340,22 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.retrying",
              data={"stage": row.name, "item": row.item, "attempt": row.attempts, "delay_s": round(delay, 3), "error": message})
         graph = GRAPHS[job.kind]
-        upstream = _upstream(graph, graph.stage(row.name), row.item, _by_name(_stages(session, job.id))) or {}
-        outbox.add(stage_task_name(row.name), [_payload(job, row, upstream)], delay)
+        rows = _stages(session, job.id)
+        upstream = _upstream(graph, graph.stage(row.name), row.item, _by_name(rows)) or {}
+        outbox.add(stage_task_name(row.name), [_payload(job, row, upstream, rows)], delay)
         return
     row.status, row.error, row.finished_at, row.worker = "failed", message, result.finished_at, result.worker
     emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.failed",
          data={"stage": row.name, "item": row.item, "attempt": result.attempt, "error": message})
+    graph = GRAPHS[job.kind]
+    if row.item and graph.contains_failure(row.name):  # the other items go on; deliver lists this one
+        session.flush()
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.warning",
+             data={"stage": row.name, "item": row.item, "failed": True,
+                   "warning": f"{row.item} failed at {row.name} ({message}); the other items go on and it is "
+                              "listed in the job's failures (retry re-runs only the failed items)"})
+        advance(session, job, outbox, settings=settings)
+        return
     finish_job(session, job, "failed", error=f"stage {row.name}{'[' + row.item + ']' if row.item else ''} failed: {message}")
 
 
@@ -313,14 +377,15 @@ def redrive(session: Session, stage_id: str, outbox: Outbox, *, reason: str, not
     if row.status not in ("queued", "running") or (queued_at is not None and queued_at > not_since):
         return False
     graph = GRAPHS[job.kind]
-    upstream = _upstream(graph, graph.stage(row.name), row.item, _by_name(_stages(session, job.id)))
+    rows = _stages(session, job.id)
+    upstream = _upstream(graph, graph.stage(row.name), row.item, _by_name(rows))
     if upstream is None:
         return False
     row.redriven += 1
     row.queued_at = now or utcnow()
     emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.redriven",
          data={"stage": row.name, "item": row.item, "reason": reason, "attempt": row.attempts})
-    outbox.add(stage_task_name(row.name), [_payload(job, row, upstream)])
+    outbox.add(stage_task_name(row.name), [_payload(job, row, upstream, rows)])
     return True
 
 

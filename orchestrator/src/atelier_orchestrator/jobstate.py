@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from atelier_control.events import emit
 from atelier_control.models import Job, Stage, utcnow
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from atelier_contracts.tasks import ItemFailure
 
 
 def lock_job(session: Session, job_id: str) -> Job | None:
@@ -13,8 +18,12 @@ def lock_job(session: Session, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
 
 
-def finish_job(session: Session, job: Job, status: str, error: str | None = None) -> None:
-    """End the job (``succeeded``, ``failed``, ``canceled``); an unsuccessful end cancels its unfinished stages."""
+def finish_job(session: Session, job: Job, status: str, error: str | None = None,
+               failures: list[ItemFailure] | None = None) -> None:
+    """End the job (``succeeded``, ``failed``, ``canceled``); an unsuccessful end cancels its unfinished stages.
+
+    ``failures``: the items that failed while the others went on; a ``job.succeeded`` with any is partial
+    (its event says ``partial: true`` and lists them)."""
     now = utcnow()
     job.status = status
     job.finished_at = now
@@ -22,5 +31,9 @@ def finish_job(session: Session, job: Job, status: str, error: str | None = None
     if status != "succeeded":
         session.execute(update(Stage).where(Stage.job_id == job.id, Stage.status.in_(("pending", "queued", "running")))
                         .values(status="canceled", finished_at=now))
-    emit(session, tenant_id=job.tenant_id, job_id=job.id, type=f"job.{status}",
-         data={"error": error} if error else {"gpu_seconds": round(job.gpu_seconds, 3)})
+    data: dict[str, Any] = {"error": error} if error else {"gpu_seconds": round(job.gpu_seconds, 3)}
+    if failures:
+        data["failures"] = [f.model_dump() for f in failures]
+        if status == "succeeded":
+            data["partial"] = True
+    emit(session, tenant_id=job.tenant_id, job_id=job.id, type=f"job.{status}", data=data)

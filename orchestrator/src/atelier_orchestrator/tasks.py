@@ -77,4 +77,4 @@ def stage_done(self: Any, payload: dict[str, Any]) -> None:
     engine.run_in_tx(ctx.factory, ctx.send, lambda s, o: engine.stage_done(s, result, o, settings=ctx.settings))
     if result.status == "succeeded":
         # later deliveries of this stage (re-sent by the reconciler or the broker) become no-ops
-        ctx.runtime.mark_done(result.stage_id, result.regeneration)
+        ctx.runtime.mark_done(result.stage_id, result.regeneration, result.attempt)

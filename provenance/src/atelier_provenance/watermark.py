@@ -32,7 +32,8 @@ rate (96 bits: >= 61 at 1%, >= 64 at 0.1%). When several geometries are tried (r
 recorded size, centre-crop placement) the rate is divided among them (Bonferroni). A blind read (no
 expected payload) must also Reed-Solomon-decode, which a random word does with probability ~1.4e-5.
 
-Limits: at least 256x256 pixels; flat, fully saturated images (pure white, pure blue) have no chroma
+Limits: at least ``MIN_BLOCKS`` (192) 8x8 blocks — a 320x50 banner has 240, a 728x90 one 1,001 (what 256x256
+has); flat, fully saturated images (pure white, pure blue) have no chroma
 headroom and cannot carry the mark. ``detect`` reads at an expected size only up to ``MAX_READ_SCALE`` (4x)
 each side of the image as found, so a claimed size cannot make one read cost more than 16x the image's own
 pixels; callers that take the size from outside bound its area too (``atelier_provenance.verify``: the
@@ -59,7 +60,11 @@ CODEWORD_BITS = CODEWORD_BYTES * 8
 # Step of the singular-value quantiser on the U channel (invisible-watermark's default is 36).
 SCALE = 48.0
 BLOCK = 4
+# the learned (VINE-style) backend encodes at 256x256 and needs that many pixels; this codec needs blocks instead
 MIN_PIXELS = 256 * 256
+# 4x4 blocks of the half-resolution LL band, each carrying one codeword bit: at least two votes per bit. A 320x50
+# mobile leaderboard has 240 blocks (2.5 votes), a 728x90 leaderboard 1,001 — as many as 256x256 (1,024)
+MIN_BLOCKS = 2 * CODEWORD_BITS
 DEFAULT_FPR = 1e-3
 # An expected size is read (resized back to, or a crop placed inside) only up to this many times each side of the
 # image as found: beyond it the work would be set by whoever states the size, not by the image. The price: a copy
@@ -152,13 +157,20 @@ def _block_grid(width: int, height: int) -> tuple[int, int]:
     return (height // 4 * 4) // 2 // BLOCK, (width // 4 * 4) // 2 // BLOCK
 
 
+def capacity(width: int, height: int) -> int:
+    """How many blocks (codeword bit votes) an image of this size carries; at least ``MIN_BLOCKS`` to be marked."""
+    rows, cols = _block_grid(width, height)
+    return rows * cols
+
+
 def embed(image: Image.Image, payload: bytes, *, scale: float = SCALE) -> Image.Image:
     """Return an RGB copy of ``image`` carrying ``payload`` (6 bytes, see ``payload_for``)."""
     bits = bits_of(codeword(payload))
     rgb = _rgb(image)
     rows, cols = rgb.shape[:2]
-    if rows * cols < MIN_PIXELS:
-        raise WatermarkError(f"image is {cols}x{rows}; the watermark needs at least {MIN_PIXELS} pixels (256x256)")
+    if capacity(cols, rows) < MIN_BLOCKS:
+        raise WatermarkError(f"image is {cols}x{rows}: {capacity(cols, rows)} blocks of 8x8 pixels; the watermark "
+                             f"needs at least {MIN_BLOCKS} (two per codeword bit)")
     r4, c4 = rows // 4 * 4, cols // 4 * 4
     ll = _ll(_u_channel(rgb[:r4, :c4]))
     blocks = _blocks(ll)
@@ -307,12 +319,12 @@ def _geometries(image: Image.Image, expected_size: tuple[int, int] | None) -> li
     img = image.convert("RGB")
     size = img.size
     if expected_size is None or tuple(expected_size) == size:
-        return [_Geometry("as-is", _rgb(img))] if size[0] * size[1] >= MIN_PIXELS else []
+        return [_Geometry("as-is", _rgb(img))] if capacity(*size) >= MIN_BLOCKS else []
     ew, eh = _checked_size(expected_size)
     if _out_of_reach(size, (ew, eh)):
         return []
     out: list[_Geometry] = []
-    if ew * eh >= MIN_PIXELS:
+    if capacity(ew, eh) >= MIN_BLOCKS:
         out.append(_Geometry(f"resized {size[0]}x{size[1]}->{ew}x{eh}",
                              _rgb(img.resize((ew, eh), Image.Resampling.BICUBIC))))
     w, h = size
@@ -325,7 +337,7 @@ def _geometries(image: Image.Image, expected_size: tuple[int, int] | None) -> li
             for oy in sorted({(eh - h) // 2, (eh - h + 1) // 2}):
                 bx0, by0 = -(-ox // 8), -(-oy // 8)
                 bx1, by1 = min((ox + w) // 8, cols), min((oy + h) // 8, rows)
-                if (bx1 - bx0) * (by1 - by0) * 64 < MIN_PIXELS // 2:
+                if (bx1 - bx0) * (by1 - by0) < MIN_BLOCKS:
                     continue
                 px, py = bx0 * 8 - ox, by0 * 8 - oy
                 sub = rgb[py: py + (by1 - by0) * 8, px: px + (bx1 - bx0) * 8]

@@ -188,7 +188,7 @@ def _claim(app: Celery, res: WorkerResources, task: StageTask, payload: dict[str
     have expired by then and the copy runs; if the holder finished, the done mark turns it into a no-op.
     """
     try:
-        if res.runtime.is_done(task.stage_id, task.regeneration):
+        if res.runtime.is_done(task.stage_id, task.regeneration, task.attempt):
             log.info("stage %s[%s] already finished: skipping a duplicate delivery", task.stage, task.item)
             return False
         if not res.runtime.acquire_lease(task.stage_id, owner, res.settings.stall_after_s):

@@ -27,8 +27,10 @@ class RuntimeState(Protocol):
     def acquire_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool: ...
     def renew_lease(self, stage_id: str, owner: str, ttl_s: float) -> bool: ...
     def release_lease(self, stage_id: str, owner: str) -> None: ...
-    def mark_done(self, stage_id: str, regeneration: int = 0) -> None: ...
-    def is_done(self, stage_id: str, regeneration: int = 0) -> bool: ...
+    # done marks are per attempt: a stage run again on purpose (a retried job's deliver) has a new attempt number,
+    # while the copies the reconciler or the broker re-send carry the attempt they duplicate
+    def mark_done(self, stage_id: str, regeneration: int = 0, attempt: int = 1) -> None: ...
+    def is_done(self, stage_id: str, regeneration: int = 0, attempt: int = 1) -> bool: ...
     def ping(self) -> None: ...
 
 
@@ -70,12 +72,12 @@ class MemoryRuntime:
             if self._leases.get(stage_id, ("",))[0] == owner:
                 del self._leases[stage_id]
 
-    def mark_done(self, stage_id: str, regeneration: int = 0) -> None:
+    def mark_done(self, stage_id: str, regeneration: int = 0, attempt: int = 1) -> None:
         with self._lock:
-            self._done.add(f"{stage_id}:{regeneration}")
+            self._done.add(f"{stage_id}:{regeneration}:{attempt}")
 
-    def is_done(self, stage_id: str, regeneration: int = 0) -> bool:
-        return f"{stage_id}:{regeneration}" in self._done
+    def is_done(self, stage_id: str, regeneration: int = 0, attempt: int = 1) -> bool:
+        return f"{stage_id}:{regeneration}:{attempt}" in self._done
 
     def ping(self) -> None:
         return None
@@ -122,11 +124,11 @@ class RedisRuntime:
     def release_lease(self, stage_id: str, owner: str) -> None:
         self.r.eval(self._RELEASE, 1, f"{self.ns}:lease:{stage_id}", owner)
 
-    def mark_done(self, stage_id: str, regeneration: int = 0) -> None:
-        self.r.set(f"{self.ns}:done:{stage_id}:{regeneration}", "1", ex=CANCEL_TTL_S)
+    def mark_done(self, stage_id: str, regeneration: int = 0, attempt: int = 1) -> None:
+        self.r.set(f"{self.ns}:done:{stage_id}:{regeneration}:{attempt}", "1", ex=CANCEL_TTL_S)
 
-    def is_done(self, stage_id: str, regeneration: int = 0) -> bool:
-        return bool(self.r.exists(f"{self.ns}:done:{stage_id}:{regeneration}"))
+    def is_done(self, stage_id: str, regeneration: int = 0, attempt: int = 1) -> bool:
+        return bool(self.r.exists(f"{self.ns}:done:{stage_id}:{regeneration}:{attempt}"))
 
     def ping(self) -> None:
         self.r.ping()

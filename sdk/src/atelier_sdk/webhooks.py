@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "stage.completed", "artifact.created")
+WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.canceled", "job.warning", "stage.completed", "artifact.created")
 DEFAULT_TOLERANCE_S = 300
 
 

@@ -121,12 +121,28 @@ def test_reed_solomon_fixes_up_to_three_bytes(monkeypatch, marked, bad_bytes, re
         assert found.payload != PAYLOAD
 
 
-def test_small_images_and_bad_payloads_are_refused():
-    with pytest.raises(wm.WatermarkError, match="256x256"):
-        wm.embed(procedural(128, 0), PAYLOAD)
+def test_images_with_too_few_blocks_and_bad_payloads_are_refused():
+    tiny = procedural(96, 0).crop((0, 0, 96, 64))  # 12 x 8 blocks: under two per codeword bit
+    with pytest.raises(wm.WatermarkError, match="96 blocks .* needs at least 192"):
+        wm.embed(tiny, PAYLOAD)
     with pytest.raises(wm.WatermarkError, match="6 bytes"):
         wm.embed(procedural(256, 0), b"\x01\x02")
-    assert not wm.detect(procedural(128, 0)).detected
+    assert not wm.detect(tiny).detected
+
+
+@pytest.mark.parametrize("size", [(320, 50), (728, 90), (300, 250), (160, 600), (234, 60)])
+def test_small_and_extreme_placements_carry_the_mark_through_jpeg(size):
+    """IAB units have fewer pixels than 256x256 but as many blocks per codeword bit (320x50: 2.5 votes a bit)."""
+    w, h = size
+    assert wm.capacity(w, h) >= wm.MIN_BLOCKS
+    found = 0
+    for seed in range(6):
+        marked = wm.embed(procedural(max(size), seed).crop((0, 0, w, h)), PAYLOAD)
+        buf = io.BytesIO()
+        marked.save(buf, format="JPEG", quality=85)
+        read = wm.detect(Image.open(io.BytesIO(buf.getvalue())), expected=PAYLOAD, fpr=1e-3)
+        found += read.detected
+    assert found == 6
 
 
 def test_vine_backend_needs_its_weights(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
+from atelier_contracts.placements import MAX_ASPECT, PLACEMENTS
 from atelier_contracts.plans import parse_split_ratio, split_ratio_to_boxes
 from atelier_contracts.specs import CampaignSpec
 from atelier_planner import paid
@@ -27,7 +28,9 @@ def spec_for(size: str, taglines: int, cta: bool, logo: bool, palette: list[str]
     return CampaignSpec.model_validate(data)
 
 
-sizes = st.tuples(st.integers(300, 4096), st.integers(250, 4096))
+# free sizes the specs accept (up to 12:1), and every standard placement (the small IAB units included)
+sizes = (st.tuples(st.integers(300, 4096), st.integers(250, 4096)).filter(lambda s: max(s) / min(s) <= MAX_ASPECT)
+         | st.sampled_from([(p.width, p.height) for p in PLACEMENTS.values()]))
 palettes = st.sampled_from([["#1F2937", "#F9FAFB"], ["#888888", "#F5E6D3", "#6B4226"], ["#FFD400"], ["#3B2416", "#C8102E"]])
 
 
@@ -44,7 +47,10 @@ def test_rules_layout_keeps_text_off_the_product_and_inside_the_safe_zone(size: 
     safe = safe_zone_for(w, h)
     product = next(b for b in boxes if b.role == "product")
     assert len(boxes) <= 10
-    assert [b.role for b in boxes].count("tagline") == taglines
+    shown = infos[f"{w}x{h}"]["taglines_shown"]
+    assert [b.role for b in boxes].count("tagline") == shown
+    # sub-taglines are left out only where they cannot be set at the placement's minimum text height
+    assert shown == taglines or (min(w, h) < 400 and 1 <= shown < taglines), (size, shown, taglines)
     for b in boxes:
         x1, y1, x2, y2 = b.bbox
         assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1, (b.role, b.bbox)  # inside the canvas

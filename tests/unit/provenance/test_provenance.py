@@ -140,7 +140,7 @@ def test_watermark_stage_marks_then_signs(settings):
     g = report.generation
     assert (g["job_id"], g["plan_id"], g["model"], g["seed"]) == (ctx.task.job_id, "ad-1", "sdxl-tiny", 42)
     assert g["watermark"] == {"method": wm.METHOD, "payload_hex": wm.payload_for("ten_1", ctx.task.job_id).hex(),
-                              "width": 384, "height": 320}
+                              "width": 384, "height": 320, "carried": True}
     assert report.ingredients == ["Cold Brew (product photo art_p)"]
     [art] = ctx.artifacts
     assert art.meta["c2pa"]["state"] == "trusted" and art.meta["watermark"]["readback_ok"] is True

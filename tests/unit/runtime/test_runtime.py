@@ -41,6 +41,7 @@ def test_done_marks_are_per_regeneration(runtime: Any) -> None:
     assert not runtime.is_done(sid)
     runtime.mark_done(sid)
     assert runtime.is_done(sid) and not runtime.is_done(sid, 1)
+    assert not runtime.is_done(sid, 0, 2)  # a later attempt (a retried job runs the stage again) is not done
 
 
 class _App:

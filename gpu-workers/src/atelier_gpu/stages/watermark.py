@@ -1,7 +1,9 @@
 """``gpu.watermark``: the invisible watermark, then a signed C2PA manifest, on every delivered image.
 
 1. Embed the job's 48-bit payload (``payload_for(tenant, job)``) with the configured backend.
-2. Read it back from the exact PNG bytes (a mark that does not read back fails the stage, retryably).
+2. Read it back from the exact PNG bytes. An asset that cannot carry the mark (too small, too flat: it does not
+   read back) is delivered unmarked with a warning (``job.warning``) and ``watermark.carried: false`` — the job
+   goes on, and step 3 still signs it.
 3. Sign a C2PA manifest: ``c2pa.created`` (trainedAlgorithmicMedia), the product photo as an ingredient of an
    ad, and the Atelier assertion (job, plan id, model, seed, watermark payload and the size it was embedded
    at, which ``atelier verify`` resizes back to).
@@ -83,30 +85,13 @@ def watermark_asset(ctx: StageContext) -> WatermarkOutput:
                          f"got {sorted(ctx.task.upstream)}", retryable=False, field="upstream")
     render_key = renders[0].render_key
     source = ctx.get_image(render_key, "render")
-    try:
-        backend = cached(ctx.res, BACKEND_KEY, lambda: watermark.backend_from_settings(ctx.settings))
-        payload = watermark.payload_for(ctx.task.tenant_id, ctx.task.job_id)
-        marked = backend.embed(source, payload)
-    except watermark.WatermarkError as exc:
-        raise StageError(f"gpu.watermark: {exc}", retryable=False) from exc
+    record, marked, warnings = _mark(ctx, source)
     ctx.check_canceled()
     png = png_bytes(marked)
-    # read back the exact pixels that will be stored: blind (Reed-Solomon) and against the job's payload
-    decoded = Image.open(io.BytesIO(png))
-    blind = backend.detect(decoded, fpr=ctx.settings.watermark_fpr)
-    known = backend.detect(decoded, expected=payload, fpr=ctx.settings.watermark_fpr)
-    record = {
-        "method": backend.method, "payload_hex": payload.hex(), "width": marked.width, "height": marked.height,
-        "readback_ok": blind.payload == payload and known.detected, "bit_accuracy": round(known.bit_accuracy, 4),
-        "threshold_bits": known.threshold_bits, "fpr": ctx.settings.watermark_fpr,
-    }
-    if not record["readback_ok"]:
-        raise StageError(f"gpu.watermark: the watermark did not read back (bit accuracy {record['bit_accuracy']})",
-                         retryable=True)
     try:
         credentials = cached(ctx.res, CREDENTIALS_KEY, lambda: manifests.load_credentials(ctx.settings))
-        generation = {**generation_record(ctx, up), "watermark": {k: record[k] for k in ("method", "payload_hex",
-                                                                                         "width", "height")}}
+        generation = {**generation_record(ctx, up), "watermark": {k: record[k] for k in (
+            "method", "payload_hex", "width", "height", "carried") if k in record}}
         name = ctx.task.item or "asset"
         signed = manifests.sign_asset(png, "image/png", credentials=credentials, title=f"{name}.png",
                                       generation=generation, ingredients=_ingredients(ctx))
@@ -122,4 +107,40 @@ def watermark_asset(ctx: StageContext) -> WatermarkOutput:
                   width=marked.width, height=marked.height, meta={"watermark": record, "c2pa": c2pa_record,
                                                                   "generation": generation})
     return WatermarkOutput(asset_key=rec.key, width=marked.width, height=marked.height, watermark=record,
-                           c2pa=c2pa_record)
+                           c2pa=c2pa_record, warnings=warnings)
+
+
+def _mark(ctx: StageContext, source: Image.Image) -> tuple[dict[str, Any], Image.Image, list[str]]:
+    """Embed the job's mark and read it back from the exact PNG bytes that will be stored.
+
+    An asset that cannot carry the mark (too few blocks: a tiny placement; or a mark that does not read back: an
+    image too flat for it) is delivered unmarked, never failed: its record says ``carried: false`` and why, the
+    warning becomes a ``job.warning``, and the C2PA manifest (which says the same) is signed all the same.
+    """
+    try:
+        backend = cached(ctx.res, BACKEND_KEY, lambda: watermark.backend_from_settings(ctx.settings))
+    except watermark.WatermarkError as exc:  # the configured backend cannot be built: no asset would be marked
+        raise StageError(f"gpu.watermark: {exc}", retryable=False) from exc
+    payload = watermark.payload_for(ctx.task.tenant_id, ctx.task.job_id)
+    base = {"method": backend.method, "payload_hex": payload.hex(), "width": source.width, "height": source.height,
+            "fpr": ctx.settings.watermark_fpr}
+    try:
+        marked = backend.embed(source, payload)
+    except watermark.WatermarkError as exc:
+        return _unmarked(base, source, str(exc))
+    # read back the exact pixels that will be stored: blind (Reed-Solomon) and against the job's payload
+    decoded = Image.open(io.BytesIO(png_bytes(marked)))
+    blind = backend.detect(decoded, fpr=ctx.settings.watermark_fpr)
+    known = backend.detect(decoded, expected=payload, fpr=ctx.settings.watermark_fpr)
+    record = {**base, "carried": True, "readback_ok": blind.payload == payload and known.detected,
+              "bit_accuracy": round(known.bit_accuracy, 4), "threshold_bits": known.threshold_bits}
+    if not record["readback_ok"]:  # deterministic for these pixels: a retry would embed the same
+        return _unmarked(base, source, f"the mark did not read back (bit accuracy {record['bit_accuracy']})")
+    return record, marked, []
+
+
+def _unmarked(base: dict[str, Any], source: Image.Image, reason: str) -> tuple[dict[str, Any], Image.Image, list[str]]:
+    record = {**base, "carried": False, "readback_ok": False, "reason": reason}
+    warning = (f"the {source.width}x{source.height} asset carries no invisible watermark ({reason}); its C2PA "
+               "manifest is signed and says so")
+    return record, source.convert("RGB"), [warning]

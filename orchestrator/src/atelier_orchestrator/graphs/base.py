@@ -34,6 +34,9 @@ class StageDef:
     # skip_when(spec, settings) -> a reason to skip the stage for this job (it then succeeds at once with
     # {"skipped": reason} and no task is sent), or None to run it
     skip_when: SkipFn | None = None
+    # a fan-in that runs on the items that succeeded: one item's failure upstream does not fail the job, it is
+    # listed (StageTask.failures, the job's failures) and its siblings are delivered (campaign ``deliver``)
+    partial: bool = False
 
     def __post_init__(self) -> None:
         spaces = self.decl.item_spaces
@@ -105,3 +108,23 @@ class Graph:
 
     def per_item(self, st: StageDef, dep: StageDef) -> bool:
         return st.fan_out is not None and st.fan_out == dep.fan_out
+
+    def downstream(self, name: str) -> list[StageDef]:
+        """Every stage that depends on ``name``, directly or through others (graph order)."""
+        reached = {name}
+        out = []
+        for st in self.stages:
+            if any(d in reached for d in st.after):
+                reached.add(st.name)
+                out.append(st)
+        return out
+
+    def contains_failure(self, name: str) -> bool:
+        """Whether one item of ``name`` may fail without failing the job: the stage fans out, and everything
+        downstream either runs per item of the same space (it is not run for the failed item) or is a partial
+        fan-in (it gathers the items that succeeded)."""
+        st = self.stage(name)
+        if st.fan_out is None:
+            return False
+        below = self.downstream(name)
+        return any(d.partial for d in below) and all(d.partial or d.fan_out == st.fan_out for d in below)

@@ -4,7 +4,9 @@
                    → render.ad[size×variant] → gpu.watermark[size×variant] → deliver
 
 Stages with the same item space chain per item: render.ad for 1080x1080-v0 starts as soon as that
-background has passed its gate, without waiting for the others.
+background has passed its gate, without waiting for the others. One item that fails does not fail the job:
+its later stages are not run, ``deliver`` bundles the others and lists it, the job ends ``succeeded`` with the
+item in its ``failures``, and a retry re-runs only that item (``atelier_orchestrator.engine``).
 
 ``gate.critic`` (planning queue: the planner owns the VLM client) asks a VLM whether each region of the
 background matches its caption in the variant's ``LayoutPlan`` (or the RPG ``RegionalPlan`` the background
@@ -67,6 +69,7 @@ CAMPAIGN = Graph(
         StageDef(S_RENDER_AD, after=(S_AD_LAYOUT, S_BACKGROUND, S_GATE_CRITIC)),
         # the plan and the background too: the C2PA manifest names the plan id, model and seed
         StageDef(S_WATERMARK, after=(S_AD_LAYOUT, S_BACKGROUND, S_RENDER_AD), fan_out="size_variant"),
-        StageDef(S_DELIVER, after=(S_WATERMARK,)),
+        # the sizes that succeeded are delivered; a failed one is listed in the manifest and the job's failures
+        StageDef(S_DELIVER, after=(S_WATERMARK,), partial=True),
     ),
 )

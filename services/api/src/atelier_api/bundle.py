@@ -27,7 +27,7 @@ from atelier_contracts import items
 from atelier_contracts.errors import Conflict
 from atelier_contracts.keys import parse_stage_key
 from atelier_control.jobs import get_job
-from atelier_control.models import Artifact
+from atelier_control.models import Artifact, Stage
 from atelier_runtime.storage import ArtifactStore
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -91,7 +91,7 @@ def plan_bundle(session: Session, *, tenant_id: str, job_id: str) -> BundlePlan:
             row.update(taglines=[], cta=None)
         wm = meta.get("watermark") or {}
         row.update(gates=gates, gates_passed=all(g.get("passed") is not False for g in gates) if gates else None,
-                   watermark={k: wm.get(k) for k in ("method", "payload_hex", "readback_ok") if k in wm} or None,
+                   watermark={k: wm.get(k) for k in ("method", "payload_hex", "readback_ok", "carried") if k in wm} or None,
                    c2pa=_c2pa(meta))
         entries.append(Entry(file=name, key=a.key, stored_sha256=a.sha256, row=row))
     for a in (a for a in arts if a.kind == "document"):
@@ -106,7 +106,11 @@ def plan_bundle(session: Session, *, tenant_id: str, job_id: str) -> BundlePlan:
     header = {"job_id": job.id, "kind": job.kind, "created_at": created.isoformat() if created else None,
               "finished_at": finished.isoformat() if finished else None,
               "brand": brand.get("name"), "brand_id": spec.get("brand_id"), "title": spec.get("premise"),
-              "sizes": spec.get("sizes"), "variants": spec.get("variants"), "backdrop": spec.get("backdrop")}
+              "sizes": spec.get("sizes"), "variants": spec.get("variants"), "backdrop": spec.get("backdrop"),
+              # a partial job's failed items (delivered sizes are the entries; these are not in the zip)
+              "failed": [{"stage": r.name, "item": r.item, "error": r.error} for r in session.scalars(
+                  select(Stage).where(Stage.job_id == job.id, Stage.status == "failed").order_by(Stage.position,
+                                                                                               Stage.item))]}
     label = brand.get("name") or job.kind
     return BundlePlan(job_id=job.id, filename=f"atelier_{_slug(str(label))}_{job.id}.zip", header=header,
                       entries=entries)

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Protocol
 
 import redis
 from atelier_contracts.errors import AtelierError
-from atelier_contracts.specs import SIZE_RE, parse_size
+from atelier_contracts.placements import SIZE_RE, parse_size
 from atelier_control.models import TERMINAL, Job
 from atelier_runtime.settings import Settings
 from fastapi import Depends, Request

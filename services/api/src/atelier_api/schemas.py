@@ -41,6 +41,12 @@ class StageView(BaseModel):
     error: str | None
 
 
+class ItemFailureView(BaseModel):
+    stage: str = Field(description="The stage the item failed at, e.g. `gpu.watermark`.")
+    item: str = Field(description="The item, e.g. `728x90-v0` (size and variant).")
+    error: str | None
+
+
 class JobView(BaseModel):
     id: str
     kind: JobKindName
@@ -53,6 +59,12 @@ class JobView(BaseModel):
     gpu_seconds: float
     spec: dict[str, Any]
     stages: list[StageView] = Field(description="Ordered by (position, item).")
+    failures: list[ItemFailureView] = Field(
+        default_factory=list,
+        description="Items that failed. A campaign whose other sizes were delivered ends `succeeded` with its "
+                    "failed items here (`partial` true, and in the `job.succeeded` event); "
+                    "`POST /v1/jobs/{id}/retry` re-runs only them.")
+    partial: bool = Field(default=False, description="Succeeded with failed items (see `failures`).")
 
 
 class JobList(BaseModel):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from atelier_control.models import Artifact, Job, Stage
 
-from .schemas import ArtifactView, JobView, StageView
+from .schemas import ArtifactView, ItemFailureView, JobView, StageView
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -43,11 +43,13 @@ def job_view(job: Job, stages: Sequence[Stage]) -> JobView:
         progress = 0.0
     created = as_utc(job.created_at)
     assert created is not None
+    failures = [ItemFailureView(stage=s.name, item=s.item, error=s.error) for s in ordered if s.status == "failed"]
     return JobView(
         id=job.id, kind=job.kind, status=job.status, progress=progress,  # type: ignore[arg-type]
         created_at=created, started_at=as_utc(job.started_at), finished_at=as_utc(job.finished_at),
         error=job.error, gpu_seconds=job.gpu_seconds or 0.0, spec=job.spec,
-        stages=[stage_view(s) for s in ordered],
+        stages=[stage_view(s) for s in ordered], failures=failures,
+        partial=job.status == "succeeded" and bool(failures),
     )
 
 

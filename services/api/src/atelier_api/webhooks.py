@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from .jobs import decode_cursor, encode_cursor
 from .views import as_utc
 
-EventName = Literal["job.succeeded", "job.failed", "job.canceled", "stage.completed", "artifact.created"]
+EventName = Literal["job.succeeded", "job.failed", "job.canceled", "job.warning", "stage.completed", "artifact.created"]
 Url = Annotated[str, StringConstraints(min_length=8, max_length=2000, strip_whitespace=True)]
 MAX_WEBHOOKS = 20
 LOG_KEEP = 30

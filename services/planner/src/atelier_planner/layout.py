@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
+from atelier_contracts import placements
 from atelier_contracts.plans import Box
 
 from .common import load_data
@@ -30,6 +31,7 @@ MAX_TAGLINE_BOXES = 3  # headline + two subs; further taglines stay in the plan 
 TEXT_ROLES = ("tagline", "cta")
 GRAPHIC_ROLES = ("product", "logo", "tagline", "underlay", "cta")  # must stay inside the safe zone
 MIN_TEXT_PX = 8
+MIN_BOX_PX = 16  # the repair's smallest box side (designer.repair_drafts)
 # with allow_occlude the product may grow this far (fraction of its size) under the text side
 OCCLUDE_GROWTH = 0.12
 MAX_OCCLUSION = 0.25
@@ -152,10 +154,28 @@ def _zones() -> tuple[dict[str, object], ...]:
     return tuple(load_data("safe_zones.json")["rules"])
 
 
+def _min_text_of(width: int, height: int) -> float:
+    """The lowest text box of a size, in pixels: its placement's minimum text height with line spacing and
+    padding (x1.3), and never under the repair's 16 px minimum box."""
+    try:
+        text_px = placements.placement(f"{width}x{height}").min_text_px
+    except ValueError:
+        text_px = MIN_TEXT_PX
+    return float(max(MIN_BOX_PX + 1, math.ceil(1.3 * text_px)))
+
+
+def _channel_of(width: int, height: int) -> str | None:
+    """The safe-zone channel a standard placement of this size names (None: any other size)."""
+    try:
+        return placements.placement(f"{width}x{height}").channel
+    except ValueError:  # a size the specs refuse (tests, tools): by aspect ratio
+        return None
+
+
 def safe_zone_for(width: int, height: int, channel: str | None = None) -> SafeZone:
-    """The safe zone of a target size (``data/safe_zones.json``): by channel name, else by aspect ratio."""
-    data = load_data("safe_zones.json")
-    named = channel or data["sizes"].get(f"{width}x{height}")
+    """The safe zone of a target size (``data/safe_zones.json``): by channel name (given, or the standard
+    placement's: ``atelier_contracts.placements``), else by aspect ratio."""
+    named = channel if channel is not None else _channel_of(width, height)
     rules = _zones()
     chosen = None
     if named:
@@ -196,14 +216,21 @@ class AdSlots:
 
 
 def _stack(col: Rect, *, taglines: int, cta: bool, gap: float, align: str,
-           centre: bool = True) -> tuple[list[Rect], Rect | None]:
-    """Headline, subs and CTA stacked top to bottom in ``col`` (weights 3 / 1.5 / 1.3), centred vertically."""
+           centre: bool = True, min_px: float = MIN_TEXT_PX) -> tuple[list[Rect], Rect | None]:
+    """Headline, subs and CTA stacked top to bottom in ``col`` (weights 3 / 1.5 / 1.3), centred vertically.
+
+    Sub-taglines that would be set lower than ``min_px`` are left out, last first (a 320x50 banner shows its
+    headline only): fewer text boxes than taglines come back, never one too small to read."""
     x1, y1, x2, y2 = col
     w, h = x2 - x1, y2 - y1
-    weights = [3.0] + [1.5] * (taglines - 1) + ([1.3] if cta else [])
     inner_gap = 0.6 * gap
-    avail = h - inner_gap * (len(weights) - 1)
-    unit = min(avail / sum(weights), 0.13 * w)  # text boxes keep a readable shape in wide columns
+    while True:
+        weights = [3.0] + [1.5] * (taglines - 1) + ([1.3] if cta else [])
+        avail = h - inner_gap * (len(weights) - 1)
+        unit = min(avail / sum(weights), 0.13 * w)  # text boxes keep a readable shape in wide columns
+        if taglines == 1 or 1.5 * unit >= min_px:
+            break
+        taglines -= 1
     heights = [u * unit for u in weights]
     total = sum(heights) + inner_gap * (len(weights) - 1)
     y = y1 + (h - total) / 2 if centre else y1
@@ -221,8 +248,14 @@ def _stack(col: Rect, *, taglines: int, cta: bool, gap: float, align: str,
 
 
 def solve_ad_layout(width: int, height: int, *, taglines: int = 1, cta: bool = True, logo: bool = False,
-                    underlay: bool = False, allow_occlude: bool = False, safe: SafeZone | None = None) -> AdSlots:
-    """Solve one ad layout under the constraints (safe zone, margins, no text over the product, reading order)."""
+                    underlay: bool = False, allow_occlude: bool = False, safe: SafeZone | None = None,
+                    min_text_px: float | None = None) -> AdSlots:
+    """Solve one ad layout under the constraints (safe zone, margins, no text over the product, reading order).
+
+    ``min_text_px``: the placement's minimum text height (``atelier_contracts.placements``; default: the
+    size's placement); sub-taglines that cannot be set that high are left out (``len(texts) < taglines``)."""
+    if min_text_px is None:
+        min_text_px = _min_text_of(width, height)
     safe = safe or safe_zone_for(width, height)
     n = max(1, min(MAX_TAGLINE_BOXES, taglines))
     sx1, sy1, sx2, sy2 = safe.pixels(width, height)
@@ -251,7 +284,7 @@ def solve_ad_layout(width: int, height: int, *, taglines: int = 1, cta: bool = T
             ch = min(float(sh), max(0.45 * sh, cw / 4.0))
             cta_rect = (right - cw, sy1 + (sh - ch) / 2, right, sy1 + (sh + ch) / 2)
             right -= cw + gap
-        texts, _ = _stack((x, sy1, right, sy2), taglines=n, cta=False, gap=gap, align="left")
+        texts, _ = _stack((x, sy1, right, sy2), taglines=n, cta=False, gap=gap, align="left", min_px=min_text_px)
         grow = (-1.0, 0.0)
     elif ratio >= 0.85:
         arrangement = "landscape" if ratio >= 1.3 else "square"
@@ -274,7 +307,7 @@ def solve_ad_layout(width: int, height: int, *, taglines: int = 1, cta: bool = T
             else:  # square: the logo sits above the product, the text column keeps its full height
                 logo_rect = (sx1, sy1, sx1 + lw, sy1 + lh)
                 product = (product[0], sy1 + lh + gap, product[2], product[3])
-        texts, cta_rect = _stack(col, taglines=n, cta=cta, gap=gap, align="left")
+        texts, cta_rect = _stack(col, taglines=n, cta=cta, gap=gap, align="left", min_px=min_text_px)
     else:
         arrangement = "portrait"
         align = "center"
@@ -287,6 +320,8 @@ def solve_ad_layout(width: int, height: int, *, taglines: int = 1, cta: bool = T
         head = min(0.15 * sh, 0.45 * sw)
         sub = min(0.065 * sh, 0.2 * sw)
         texts = []
+        if sub < min_text_px:
+            n = 1
         for i in range(n):
             hh = head if i == 0 else sub
             texts.append((sx1, y, sx2, y + hh))

@@ -35,6 +35,7 @@ from typing import Any
 
 from atelier_contracts.catalogue import S_AD_LAYOUT, S_AD_PROMPTS
 from atelier_contracts.colors import WCAG_AA, best_pair, black_or_white, contrast_ratio, first_passing
+from atelier_contracts.placements import parse_size
 from atelier_contracts.plans import (
     AdPlan,
     AdPrompts,
@@ -47,7 +48,7 @@ from atelier_contracts.plans import (
     Target,
     TextStyle,
 )
-from atelier_contracts.specs import Brand, CampaignSpec, parse_size
+from atelier_contracts.specs import Brand, CampaignSpec
 from atelier_contracts.stage_io import AdPromptsOutput, as_output
 
 from . import rpg
@@ -298,6 +299,10 @@ def layout_variant(spec: CampaignSpec, *, size: str, job_id: str, seed: int, pro
                                      seed=seed, prompts=prompts, negative=negative, planner=planner, safe=safe,
                                      allow_occlude=allow_occlude)
     info["arrangement"] = slots.arrangement
+    shown = min(len(slots.texts), len(spec.taglines))
+    info["taglines_shown"] = shown
+    if shown < len(spec.taglines):
+        info["taglines_left_out"] = list(spec.taglines[shown:])
     return variant, info
 
 

@@ -88,7 +88,7 @@ def cancel_job(job_id: JobId, principal: TenantDep, session: SessionDep, runtime
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobView,
              responses={**problem_responses(404, 409), **RATE_LIMITED_DOC},
-             summary="Retry a failed job from its failed stage")
+             summary="Retry a failed job from its failed stage, or only the failed items of a partial one")
 def retry_job(job_id: JobId, principal: TenantDep, session: SessionDep, celery: CeleryDep,
               limits: JobLimitsDep) -> JobView:
     with limits.admit(session, tenant_id=principal.tenant_id) as admission:  # a retry spends GPU time too

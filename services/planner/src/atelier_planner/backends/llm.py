@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from atelier_contracts.catalogue import S_AD_PROMPTS
+from atelier_contracts.placements import parse_size
 from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
-from atelier_contracts.specs import CampaignSpec, StorySpec, parse_size
+from atelier_contracts.specs import CampaignSpec, StorySpec
 from atelier_contracts.stage_io import AdPromptsOutput, CharactersOutput, CultureOutput, StoryOutput, as_output
 from atelier_runtime.settings import Settings
 

@@ -16,7 +16,8 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from atelier_contracts.specs import CampaignSpec, parse_size
+from atelier_contracts.placements import parse_size
+from atelier_contracts.specs import CampaignSpec
 
 from .. import paid
 from ..colors import color_name, palette_mood

@@ -1,5 +1,6 @@
-"""``deliver``: the job's manifest — every watermarked asset with its checksum, size and watermark state — and, for
-a story, the storybook PDF and HTML built from the delivered pages."""
+"""``deliver``: the job's manifest — every watermarked asset with its checksum, size and watermark state, and the
+items that failed with why (a campaign delivers the sizes that succeeded) — and, for a story, the storybook PDF
+and HTML built from the delivered pages."""
 
 from __future__ import annotations
 
@@ -43,9 +44,10 @@ def deliver(ctx: StageContext) -> DeliverOutput:
     if not entries:
         raise StageError("deliver: no watermarked assets upstream", retryable=False)
     documents = storybook(ctx, entries, images) if ctx.task.kind == "story" else []
+    failed = [f.model_dump() for f in sorted(ctx.task.failures, key=lambda f: _natural(f.item))]
     manifest = {"job_id": ctx.task.job_id, "kind": ctx.task.kind, "count": len(entries), "assets": entries,
-                "documents": documents}
+                "documents": documents, "failed": failed}
     rec = ctx.put(name="manifest", data=json.dumps(manifest, sort_keys=True, indent=2).encode("utf-8"), ext="json",
-                  content_type="application/json", kind="manifest", meta={"count": len(entries)})
+                  content_type="application/json", kind="manifest", meta={"count": len(entries), "failed": len(failed)})
     return DeliverOutput(manifest_key=rec.key, assets=[e["key"] for e in entries], count=len(entries),
-                         documents=[d["key"] for d in documents])
+                         documents=[d["key"] for d in documents], failed=failed)
