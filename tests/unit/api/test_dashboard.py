@@ -334,6 +334,30 @@ def test_job_page_shows_timeline_progress_and_the_failing_stage(client: TestClie
     assert "RuntimeError: out of memory" in live and 'id="retry-job"' in live and 'id="cancel-job"' not in live
 
 
+def test_a_partial_job_shows_its_failed_items_its_warnings_and_a_retry(client: TestClient, tenant: TenantCtx,
+                                                                        factory: sessionmaker[Session]) -> None:
+    job_id = submit(client, tenant)
+    add_stages(factory, job_id, [("plan.ad_prompts", "", 0, "succeeded"), ("render.ad", "1080x1080-v0", 4, "succeeded"),
+                                 ("render.ad", "728x90-v0", 4, "failed"), ("gpu.watermark", "728x90-v0", 5, "canceled"),
+                                 ("deliver", "", 6, "succeeded")])
+    with session_scope(factory) as s:
+        failed = s.scalar(select(Stage).where(Stage.job_id == job_id, Stage.status == "failed"))
+        assert failed is not None
+        failed.error = "StageError: the compositor failed"
+        emit(s, tenant_id=tenant.id, job_id=job_id, type="job.warning",
+             data={"stage": "plan.story", "item": "", "warning": "the LLM planner (openai:m) failed; rules planned"})
+    set_job(factory, job_id, status="succeeded", finished_at=utcnow())
+    view = client.get(f"/v1/jobs/{job_id}", headers=tenant.headers).json()
+    assert view["partial"] is True and view["failures"] == [
+        {"stage": "render.ad", "item": "728x90-v0", "error": "StageError: the compositor failed"}]
+    sign_in(client, tenant.key)
+    live = client.get(f"/dashboard/jobs/{job_id}?fragment=live").text
+    assert 'id="job-partial"' in live and "Delivered with 1 failed item" in live
+    assert "render.ad[728x90-v0]" in live and "the compositor failed" in live
+    assert 'id="job-warnings"' in live and "the LLM planner (openai:m) failed; rules planned" in live
+    assert 'id="retry-job"' in live and "Retry failed item<" in live and 'id="open-gallery"' in live
+
+
 def test_cancel_from_the_job_page(client: TestClient, tenant: TenantCtx, runtime: Any,
                                   factory: sessionmaker[Session]) -> None:
     job_id = submit(client, tenant)

@@ -228,8 +228,10 @@ def test_settings_match_the_backing_services(services: dict[str, dict[str, Any]]
     assert "minio:9000" in init
 
 
-# settings only one service uses, added on top of the shared x-atelier-env (the planner's LLM)
-SERVICE_ONLY_ENV = {"planner": {"ATELIER_PLANNER_BACKEND", "ATELIER_LLM_BASE_URL", "ATELIER_LLM_MODEL"}}
+# settings only one service uses, added on top of the shared x-atelier-env (the planner's LLM). Which backend plans
+# (ATELIER_PLANNER_BACKEND) is shared: the API refuses story languages the rules planner cannot write only when it
+# is rules
+SERVICE_ONLY_ENV = {"planner": {"ATELIER_LLM_BASE_URL", "ATELIER_LLM_MODEL"}}
 
 
 def test_all_atelier_services_share_one_environment(services: dict[str, dict[str, Any]]) -> None:
@@ -289,7 +291,8 @@ def test_vllm_serves_a_local_model_offline(compose: dict[str, Any], services: di
     base = urlsplit(planner["ATELIER_LLM_BASE_URL"])
     assert (base.hostname, str(base.port), base.path) == ("vllm", port, "/v1")
     assert planner["ATELIER_LLM_MODEL"] == served
-    assert planner["ATELIER_PLANNER_BACKEND"] == "openai"
+    assert planner["ATELIER_PLANNER_BACKEND"] == "openai"  # ${PLANNER_BACKEND:-openai}, interpolated
+    assert env_of(services["api"])["ATELIER_PLANNER_BACKEND"] == planner["ATELIER_PLANNER_BACKEND"]
     assert depends_of(services["planner"]).get("vllm") == HEALTHY, "the planner waits for a healthy vllm"
 
 

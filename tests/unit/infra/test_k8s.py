@@ -35,7 +35,8 @@ GPU = "nvidia.com/gpu"
 # only these talk to the database; stage workers get ids, plans and keys through the broker and the bucket
 DATABASE_ROLES = {"atelier-api", "atelier-orchestrator", "atelier-migrate"}
 # settings one role uses on top of the shared ConfigMap (the same split as docker-compose.yml)
-ROLE_ONLY_ENV = {"atelier-planner": {"ATELIER_PLANNER_BACKEND", "ATELIER_LLM_BASE_URL", "ATELIER_LLM_MODEL"}}
+# (ATELIER_PLANNER_BACKEND is shared: the API reads it to refuse languages the rules planner cannot write)
+ROLE_ONLY_ENV = {"atelier-planner": {"ATELIER_LLM_BASE_URL", "ATELIER_LLM_MODEL"}}
 
 
 # ---------------------------------------------------------------- loading

@@ -143,3 +143,25 @@ def test_a_story_page_that_fails_still_fails_the_story(db: Any, settings: Settin
         assert s.get(Job, job_id).status == "failed"
     assert not GRAPHS["story"].contains_failure("gpu.scene") and GRAPHS["campaign"].contains_failure("gpu.background")
     assert not GRAPHS["campaign"].contains_failure("plan.ad_layout")  # a stage every item needs fails the job
+
+
+def test_a_stage_that_went_on_without_something_says_so_as_a_job_warning(db: Any, settings: Settings) -> None:
+    """An output's ``warnings`` (an asset too small for the mark, an LLM plan that fell back) become job.warning."""
+    from datetime import UTC, datetime
+
+    from atelier_contracts.tasks import StageResult
+    from atelier_orchestrator import engine
+
+    _, job_id = _job(db, spec=SIZES)
+    d = Driver(db, settings)
+    d.start(job_id)
+    (t,) = d.take()
+    now = datetime.now(UTC)
+    res = StageResult(job_id=t.job_id, stage_id=t.stage_id, attempt=t.attempt, status="succeeded", worker="w",
+                      output={"prompts": {}, "warnings": ["plan.ad_prompts: the LLM planner (openai:m) failed"]},
+                      started_at=now, finished_at=now)
+    engine.run_in_tx(db, d.send, lambda s, o: engine.stage_done(s, res, o, settings=settings))
+    with session_scope(db) as s:
+        (w,) = s.scalars(select(Event).where(Event.job_id == job_id, Event.type == "job.warning"))
+        assert w.data == {"stage": "plan.ad_prompts", "item": "", "warning": "plan.ad_prompts: the LLM planner "
+                                                                             "(openai:m) failed"}

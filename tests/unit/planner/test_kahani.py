@@ -81,7 +81,7 @@ def test_premise_words_steer_the_picks() -> None:
 
 
 @pytest.mark.parametrize("culture", CULTURES)
-@pytest.mark.parametrize("language", ["en", "hi", "ta-IN"])
+@pytest.mark.parametrize("language", ["en", "hi", "en-GB"])
 def test_story_is_bounded_and_in_language(culture: str, language: str) -> None:
     spec = story(culture=culture, language=language, pages=12,
                  premise="A boy named Ravi and his sister help their grandfather repair an old fishing boat before the "
@@ -95,6 +95,22 @@ def test_story_is_bounded_and_in_language(culture: str, language: str) -> None:
     else:
         assert out["template_language"] == "en" and not DEVANAGARI.search(out["story"])
     assert "Ravi" in out["story"]
+
+
+@pytest.mark.parametrize("language", ["es", "ar", "ta-IN", "pt-BR"])
+def test_a_language_the_templates_do_not_write_is_refused_not_written_in_english(language: str) -> None:
+    spec = story(culture="Kerala", language=language)
+    with pytest.raises(kahani.UnsupportedLanguage, match=f"cannot write '{language}'.*en \\(English\\), hi \\(Hindi\\)"):
+        kahani.story_stage(spec, job_id="job-lang")
+
+
+def test_the_rules_languages_and_cultures_are_what_the_planner_data_holds() -> None:
+    from atelier_contracts import languages
+    from atelier_planner.common import load_data
+
+    assert tuple(load_data("story_beats.json")["languages"]) == languages.RULES_LANGUAGES
+    assert all(set(languages.RULES_LANGUAGES) <= set(b) for b in load_data("story_beats.json")["beats"])
+    assert tuple(c["label"] for c in load_data("cultures.json")["cultures"]) == languages.CURATED_CULTURES
 
 
 def test_hindi_grammar_follows_gender() -> None:

@@ -139,3 +139,25 @@ def test_every_stage_output_records_planner_and_metrics(make_ctx: MakeCtx) -> No
     assert ctx.artifacts[0].meta == {"planner": story["planner"], "metrics": story["metrics"]}
     scenes = scenes_stage.stage_fn(make_ctx(stage="plan.scenes", kind="story", spec=STORY))
     assert len(scenes["metrics"]["scenes"]) == STORY["pages"]
+
+
+def test_a_story_language_the_rules_planner_cannot_write_fails_its_stage_for_good(make_ctx: MakeCtx) -> None:
+    spec = {**STORY, "language": "es"}
+    ctx = make_ctx(stage="plan.culture", kind="story", spec=spec)
+    culture = culture_stage.stage_fn(ctx)
+    ctx = make_ctx(stage="plan.story", kind="story", spec=spec, upstream={"plan.culture": culture})
+    with pytest.raises(StageError, match="cannot write 'es'") as err:
+        story_stage.stage_fn(ctx)
+    assert err.value.retryable is False and err.value.field == "spec.language"
+
+
+def test_an_llm_plan_that_fell_back_to_rules_is_a_warning_not_only_metadata() -> None:
+    from atelier_planner.backends.rules import rules_run
+
+    fallback = {"from": "openai", "model": "atelier-llm", "error": "LLMError: connection refused"}
+    (w,) = worker.fallback_warnings("plan.story", rules_run(fallback=fallback))
+    assert w.startswith("plan.story: the LLM planner (openai:atelier-llm) failed (LLMError: connection refused)")
+    per_item = {"backend": "llm", "fallback": None, "items": {"1080x1080": rules_run(fallback=fallback),
+                                                              "1200x628": {"backend": "llm", "fallback": None}}}
+    assert [x.split(":")[0] for x in worker.fallback_warnings("plan.ad_layout", per_item)] == ["plan.ad_layout[1080x1080]"]
+    assert worker.fallback_warnings("plan.story", rules_run()) == []

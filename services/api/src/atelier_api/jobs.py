@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from atelier_contracts import languages
 from atelier_contracts.errors import InvalidInput
 from atelier_contracts.specs import CampaignSpec, JobRequest, StorySpec
 from atelier_contracts.tasks import T_START_JOB
@@ -36,12 +37,19 @@ class Submitted:
     created: bool
 
 
-def parse_spec(request: JobRequest) -> CampaignSpec | StorySpec:
-    """Validate the spec for its kind; errors are reported under ``spec.``."""
+def parse_spec(request: JobRequest, *, planner_backend: str | None = None) -> CampaignSpec | StorySpec:
+    """Validate the spec for its kind; errors are reported under ``spec.``.
+
+    ``planner_backend`` (the deployment's ``ATELIER_PLANNER_BACKEND``): with ``rules``, a story in a language its
+    templates do not write is refused here (``spec.language``), rather than planned in English under that label.
+    """
     try:
-        return request.parsed_spec()
+        spec = request.parsed_spec()
     except ValidationError as exc:
         raise FieldErrors.from_pydantic(exc, prefix="spec") from exc
+    if isinstance(spec, StorySpec) and planner_backend == "rules" and not languages.rules_can_write(spec.language):
+        raise FieldErrors([FieldError(field="spec.language", message=languages.unsupported_message(spec.language))])
+    return spec
 
 
 def check_upload_refs(session: Session, *, tenant_id: str, spec: CampaignSpec | StorySpec) -> None:
@@ -65,13 +73,13 @@ def check_upload_refs(session: Session, *, tenant_id: str, spec: CampaignSpec | 
 
 
 def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: JobRequest,
-               idempotency_key: str | None = None) -> Submitted:
+               idempotency_key: str | None = None, planner_backend: str | None = None) -> Submitted:
     """Validate fully, store the job, commit, then hand its id to the orchestrator.
 
     A replay (same Idempotency-Key and body) returns the stored job and sends nothing.
     """
     request = brands.apply_brand_kit(session, tenant_id=tenant_id, request=request)  # brand_id → brand (brand kit)
-    spec = parse_spec(request)
+    spec = parse_spec(request, planner_backend=planner_backend)
     brands.check_campaign(session, tenant_id=tenant_id, spec=spec)
     check_upload_refs(session, tenant_id=tenant_id, spec=spec)
     try:

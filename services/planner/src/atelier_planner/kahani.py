@@ -6,9 +6,10 @@
   (Brazil), Sicily (Italy) and the west of Ireland; any other culture string gets the generic entry with
   that string written into every note. Items that share words
   with the premise are preferred; the rest is chosen by the job's seed.
-* Story: beat templates (``data/story_beats.json``) in English and Hindi, at most 250 words. Other
-  languages get the English text; the requested language is still recorded in the plan, and
-  ``template_language`` says which templates wrote the text.
+* Story: beat templates (``data/story_beats.json``) in the languages of
+  ``atelier_contracts.languages.RULES_LANGUAGES``, at most 250 words. Any other language is refused
+  (:class:`UnsupportedLanguage`, naming the languages it can write) — never English under another label; the
+  API refuses it at submit when no LLM planner is configured.
 * Characters (<= 3): protagonist, helper and an optional friend, with roles read from the premise
   ("a boy and his grandmother", "her best friend", "named Priya"); descriptions are visual only.
 * Scenes: exactly ``pages`` scenes; the story's sentences are split into contiguous groups, each
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atelier_contracts.catalogue import S_SCENE_LAYOUT, S_SCENES
+from atelier_contracts.languages import RULES_LANGUAGES, rules_can_write, unsupported_message
+from atelier_contracts.languages import primary as primary_language
 from atelier_contracts.plans import Box, CastMember, Character, LayoutPlan, PlannerInfo, Scene, StoryPlan
 from atelier_contracts.specs import StorySpec
 from atelier_contracts.stage_io import CharactersOutput, CultureOutput, StoryOutput, as_output
@@ -45,7 +48,11 @@ from .layout import bottom_aligned_columns, full_canvas_box
 MAX_STORY_WORDS = 250
 MAX_CHARACTERS = 3
 SCENE_WIDTH, SCENE_HEIGHT = 1024, 768
-TEMPLATE_LANGUAGES = ("en", "hi")
+TEMPLATE_LANGUAGES = RULES_LANGUAGES  # data/story_beats.json "languages" (a test keeps them equal)
+
+
+class UnsupportedLanguage(ValueError):
+    """The templates are not written in the requested language."""
 Z_CHARACTER = 1
 
 ROLE_NOUN = {"girl": "girl", "boy": "boy", "woman": "woman", "man": "man", "grandmother": "grandmother",
@@ -291,8 +298,10 @@ class StoryDraft:
 
 
 def template_language(language: str) -> str:
-    primary = language.split("-")[0].lower()
-    return primary if primary in TEMPLATE_LANGUAGES else "en"
+    """The templates that write ``language`` (its primary subtag); UnsupportedLanguage when there are none."""
+    if not rules_can_write(language):
+        raise UnsupportedLanguage(unsupported_message(language))
+    return primary_language(language)
 
 
 def _slots(lang: str, cast: list[CastSpec], picks: dict[str, Any], premise: str) -> dict[str, str]:

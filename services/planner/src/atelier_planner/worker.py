@@ -20,6 +20,7 @@ from atelier_runtime.stage_runner import StageContext, WorkerResources
 from pydantic import ValidationError
 
 from .backends import PlannerBackend, backend_from_settings
+from .kahani import UnsupportedLanguage
 from .llm.errors import EngineUnavailable, LLMError
 
 BACKEND_KEY = "atelier_planner.backend"
@@ -72,12 +73,33 @@ def plan(ctx: StageContext, model: type[O], call: Callable[[], dict[str, Any]]) 
         raise StageError(f"{ctx.task.stage}: {exc}", retryable=False) from exc
     except LLMError as exc:
         raise StageError(f"{ctx.task.stage}: {exc}", retryable=True) from exc
+    except UnsupportedLanguage as exc:  # the rules templates (directly, or as the LLM's fallback) cannot write it
+        raise StageError(f"{ctx.task.stage}: {exc}", retryable=False, field="spec.language") from exc
+    warnings = fallback_warnings(ctx.task.stage, raw.get("planner"))
+    if warnings:  # said as job.warning events (dashboard, webhooks), not only kept in the plan's metadata
+        raw = {**raw, "warnings": [*raw.get("warnings", []), *warnings]}
     output = read_output(model, raw, stage=ctx.task.stage)
     data = output.to_json()
     meta = {"planner": data.get("planner"), "metrics": data.get("metrics")}
     ctx.put(name=ctx.task.stage.removeprefix("plan."), data=plan_json(data), ext="json",
             content_type="application/json", kind="plan", meta={k: v for k, v in meta.items() if v is not None})
     return output
+
+
+def fallback_warnings(stage: str, run: Any) -> list[str]:
+    """One warning per LLM plan that fell back to the rules planner (the run record of ``backends.llm``; per-item
+    runs under ``items``)."""
+    if not isinstance(run, dict):
+        return []
+    runs = {"": run, **{str(k): v for k, v in (run.get("items") or {}).items() if isinstance(v, dict)}}
+    out = []
+    for item, r in runs.items():
+        fb = r.get("fallback")
+        if isinstance(fb, dict) and (item or not run.get("items")):
+            where = f"{stage}[{item}]" if item else stage
+            out.append(f"{where}: the LLM planner ({fb.get('from')}:{fb.get('model')}) failed "
+                       f"({str(fb.get('error') or 'no reason given')[:200]}); the rules planner made this plan")
+    return out
 
 
 def product_image(ctx: StageContext, spec: CampaignSpec) -> bytes | None:

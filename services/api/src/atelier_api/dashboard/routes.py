@@ -208,7 +208,8 @@ def submit_job(request: Request, viewer: ViewerDep, session: SessionDep, store: 
 
     try:
         # the whole spec first (the image as a stand-in id), so a bad form stores no upload
-        job_service.parse_spec(build_request(job_form, product_image="pending-upload" if upload else None))
+        job_service.parse_spec(build_request(job_form, product_image="pending-upload" if upload else None),
+                               planner_backend=settings.planner_backend)
         # the JSON API's per-tenant rate limit and GPU quota: a 429 over either; .created once the job exists
         with get_job_limits(request).admit(session, tenant_id=viewer.tenant_id) as admission:
             image_id = None
@@ -219,7 +220,8 @@ def submit_job(request: Request, viewer: ViewerDep, session: SessionDep, store: 
                     max_bytes=settings.upload_max_bytes, max_pixels=settings.upload_max_pixels).id
                 metrics.uploads.inc()
             result = job_service.submit_job(session, celery, tenant_id=viewer.tenant_id, idempotency_key=key,
-                                            request=build_request(job_form, product_image=image_id))
+                                            request=build_request(job_form, product_image=image_id),
+                                            planner_backend=settings.planner_backend)
             admission.created = result.created
     except InvalidInput as exc:  # FieldErrors (spec), upload errors (413/415/422), brand checks
         job_form.add_errors(exc.errors if isinstance(exc, FieldErrors)
@@ -278,9 +280,14 @@ def _job_context(session: Any, viewer: Any, job_id: str) -> dict[str, Any]:
     progress = latest_progress(session, job_id=job_id, running=running_keys(view.stages))
     last_event = session.scalar(select(func.max(Event.id)).where(Event.job_id == job_id, Event.tenant_id ==
                                                                  viewer.tenant_id)) or 0
+    # what the job went on without (an LLM plan that fell back to rules, an asset without a watermark, a failed
+    # size of a partial job): the job.warning events, newest last, at most 20
+    warnings = [e.data for e in session.scalars(
+        select(Event).where(Event.job_id == job_id, Event.tenant_id == viewer.tenant_id, Event.type == "job.warning")
+        .order_by(Event.id.desc()).limit(20))][::-1]
     return {"job": view, "timeline": build_timeline(view, now=now, progress=progress), "now": now,
             "failed": failing_stages(view.stages), "terminal": view.status in ("succeeded", "failed", "canceled"),
-            "last_event": last_event, "viewer": viewer}
+            "last_event": last_event, "viewer": viewer, "warnings": warnings}
 
 
 @router.get("/jobs/{job_id}")

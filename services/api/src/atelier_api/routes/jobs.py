@@ -50,10 +50,11 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
                **problem_responses(409, 413, 503), **RATE_LIMITED_DOC},
 )
 def submit_job(body: JobRequest, response: Response, principal: TenantDep, session: SessionDep, celery: CeleryDep,
-               metrics: MetricsDep, limits: JobLimitsDep, idempotency_key: IdempotencyKey = None) -> JobView:
+               metrics: MetricsDep, limits: JobLimitsDep, settings: SettingsDep,
+               idempotency_key: IdempotencyKey = None) -> JobView:
     with limits.admit(session, tenant_id=principal.tenant_id) as admission:  # 429 over a rate limit or quota
         result = job_service.submit_job(session, celery, tenant_id=principal.tenant_id, request=body,
-                                        idempotency_key=idempotency_key)
+                                        idempotency_key=idempotency_key, planner_backend=settings.planner_backend)
         admission.created = result.created
     if result.created:
         metrics.jobs_submitted.labels(result.job.kind).inc()

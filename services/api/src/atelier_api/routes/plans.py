@@ -105,7 +105,7 @@ def request_preview(celery: Celery, *, kind: str, spec: dict[str, Any], tenant_i
 )
 def preview_plans(body: JobRequest, principal: TenantDep, session: SessionDep, celery: CeleryDep,
                   settings: SettingsDep, concurrency: ConcurrencyDep) -> PlanPreview:
-    spec = job_service.parse_spec(body)
+    spec = job_service.parse_spec(body, planner_backend=settings.planner_backend)
     job_service.check_upload_refs(session, tenant_id=principal.tenant_id, spec=spec)
     session.close()  # nothing else needs the database while the planner works
     with concurrency.hold("previews", principal.tenant_id):  # each holds a worker thread until the planner answers

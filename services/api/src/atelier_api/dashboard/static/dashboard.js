@@ -8,7 +8,7 @@
   var TERMINAL = { "job.succeeded": 1, "job.failed": 1, "job.canceled": 1 };
   var EVENTS = ["job.created", "job.started", "job.succeeded", "job.failed", "job.canceled",
     "stage.queued", "stage.started", "stage.progress", "stage.completed", "stage.failed", "stage.retrying",
-    "stage.redriven", "artifact.created"];
+    "stage.redriven", "artifact.created", "job.warning"];
 
   function csrf() {
     var m = document.querySelector('meta[name="csrf-token"]');
