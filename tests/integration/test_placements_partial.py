@@ -76,7 +76,9 @@ def test_every_named_placement_with_one_failing_item(tmp_path: Path, tiny_models
     spec = {"brand": {"name": "Chai House", "palette": ["#5B2C06", "#F7E7CE", "#C0392B"]},
             "product": {"name": "Masala Chai Tin", "description": "A round tin of masala chai leaves."},
             "taglines": ["Brewed the old way", "Spice in every sip"], "cta": "Shop now",
-            "sizes": list(PLACEMENTS), "seed": 3}
+            "sizes": list(PLACEMENTS), "seed": 3,
+            # the formats ad platforms take: JPEG and WebP under IAB's 150 KB, PNG for the rest
+            "formats": {"iab-medium-rectangle": {"format": "jpeg"}, "iab-mobile-leaderboard": {"format": "webp"}}}
     with TestClient(create_app(settings, extra_lifespan=worker)) as client:
         r = client.post("/v1/jobs", json={"kind": "campaign", "spec": spec}, headers=headers)
         assert r.status_code == 202, r.text
@@ -93,6 +95,10 @@ def test_every_named_placement_with_one_failing_item(tmp_path: Path, tiny_models
         for a in manifest["assets"]:
             assert f"{a['width']}x{a['height']}" == a["item"].removesuffix("-v0")
             assert a["watermark"]["carried"] is True, a
+        files = {a["item"]: a["watermark"]["file"] for a in manifest["assets"]}
+        assert files["300x250-v0"]["format"] == "jpeg" and files["300x250-v0"]["bytes"] <= 150_000
+        assert files["320x50-v0"]["format"] == "webp" and files["320x50-v0"]["bytes"] <= 150_000
+        assert files["1080x1920-v0"]["format"] == "png"
         events = client.get(f"/v1/jobs/{job_id}/events?after=0", headers=headers).text
         assert '"failed": true' in events or '"failed":true' in events  # the job.warning naming the item
 

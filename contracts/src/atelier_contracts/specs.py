@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
@@ -72,6 +72,32 @@ class BackgroundControl(_Spec):
         return end
 
 
+AssetFormatName = Literal["png", "jpeg", "webp"]
+
+
+class AssetFormat(_Spec):
+    """How one placement's asset is delivered: its file format and the byte cap it must fit (C2PA manifest included)."""
+
+    format: AssetFormatName = "png"
+    max_bytes: int | None = Field(
+        default=None, ge=10_000, le=50_000_000,
+        description="Bytes the delivered file must fit in. Default: the placement's usual cap (150,000 for IAB units) "
+                    "for jpeg/webp, none for png. A lossy asset is encoded at the highest quality that fits; one that "
+                    "cannot fit fails as an item (the others are delivered).")
+
+
+def asset_format(spec: dict[str, Any], size: str) -> tuple[str, int | None]:
+    """(format, byte cap) of a size's delivered asset, from a stored campaign spec's ``formats``: the size's entry,
+    else ``default``, else PNG; a lossy format without a cap takes the placement's usual one (150 KB for IAB)."""
+    formats = spec.get("formats") or {}
+    raw = formats.get(size) or formats.get("default")
+    chosen = AssetFormat.model_validate(raw) if raw else AssetFormat()
+    cap = chosen.max_bytes
+    if cap is None and chosen.format != "png":
+        cap = placements.placement(size).max_bytes
+    return chosen.format, cap
+
+
 class CampaignSpec(_Spec):
     """A campaign: one product, its taglines, a brand and the ad sizes to produce."""
 
@@ -118,6 +144,34 @@ class CampaignSpec(_Spec):
         if repeated:
             raise ValueError(f"sizes must not repeat (a name and its WxH are the same size): {', '.join(repeated)}")
         return resolved
+
+    # delivery formats per size (after `sizes`: its validator reads them)
+    formats: dict[str, AssetFormat] = Field(
+        default_factory=dict, max_length=13,
+        description="Per size (`WxH` or a placement name, as in `sizes`) or `default`: the delivered file's format "
+                    "(png, jpeg, webp) and byte cap. Sizes not named take `default`, else PNG.")
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, formats: dict[str, AssetFormat], info: ValidationInfo) -> dict[str, AssetFormat]:
+        sizes = info.data.get("sizes") or []
+        out: dict[str, AssetFormat] = {}
+        for key, value in formats.items():
+            if key == "default":
+                out[key] = value
+                continue
+            try:
+                size = placements.resolve(key)
+            except ValueError as exc:
+                raise ValueError(f"formats[{key!r}]: {exc}") from None
+            if size not in sizes:
+                raise ValueError(f"formats[{key!r}]: {size} is not one of sizes {sizes}")
+            out[size] = value
+        return out
+
+    def format_for(self, size: str) -> tuple[str, int | None]:
+        """(format, byte cap) of a size's delivered asset (see :func:`asset_format`)."""
+        return asset_format({"formats": {k: v.model_dump() for k, v in self.formats.items()}}, size)
 
     @field_validator("control")
     @classmethod

@@ -274,6 +274,7 @@ def test_a_mark_that_does_not_read_back_is_a_warning_not_a_failure(res, monkeypa
     job = uuid.uuid4().hex[:12]
     key = _render(res, job, (512, 512))
     monkeypatch.setattr(watermark, "embed", lambda image, payload: image.convert("RGB"))  # a broken embedder
-    ctx = _ctx(res, "gpu.watermark", "x", {"render.ad": {"render_key": key, "width": 512, "height": 512}}, job_id=job)
+    ctx = _ctx(res, "gpu.watermark", "512x512-v0", {"render.ad": {"render_key": key, "width": 512, "height": 512}},
+               job_id=job)
     out = watermark_stage.stage_fn(ctx)
     _unmarked_but_signed(ctx, out, "did not read back")
