@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,3 +114,18 @@ def add_artifact(factory: Any, store: Any, *, tenant_id: str, job_id: str, kind:
                        key=key, content_type=content_type, size_bytes=stored.size_bytes, sha256=stored.sha256,
                        meta={"k": kind}))
     return artifact_id
+
+
+CSRF_META = re.compile(r'name="csrf-token" content="([^"]+)"')
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def sign_in(client: Any, key: str) -> str:
+    """Sign in to the dashboard through its form; returns the session's CSRF token."""
+    page = client.get("/dashboard/login")
+    token = CSRF_INPUT.search(page.text).group(1)  # type: ignore[union-attr]
+    r = client.post("/dashboard/login", data={"api_key": key, "csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    jobs = client.get("/dashboard/jobs")
+    assert jobs.status_code == 200
+    return CSRF_META.search(jobs.text).group(1)  # type: ignore[union-attr]

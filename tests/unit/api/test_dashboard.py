@@ -6,7 +6,18 @@ import re
 from typing import Any
 
 import pytest
-from api_testkit import TenantCtx, add_artifact, add_stages, campaign_spec, emit_events, png_bytes, set_job
+from api_testkit import (
+    CSRF_INPUT,
+    CSRF_META,
+    TenantCtx,
+    add_artifact,
+    add_stages,
+    campaign_spec,
+    emit_events,
+    png_bytes,
+    set_job,
+    sign_in,
+)
 from atelier_api.dashboard.session import COOKIE, Signer, resolve_secret
 from atelier_contracts.tasks import T_START_JOB
 from atelier_control.db import session_scope
@@ -16,20 +27,6 @@ from atelier_runtime.settings import Settings
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-
-CSRF_META = re.compile(r'name="csrf-token" content="([^"]+)"')
-CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def sign_in(client: TestClient, key: str) -> str:
-    """Sign in through the form; returns the session's CSRF token."""
-    page = client.get("/dashboard/login")
-    token = CSRF_INPUT.search(page.text).group(1)  # type: ignore[union-attr]
-    r = client.post("/dashboard/login", data={"api_key": key, "csrf_token": token}, follow_redirects=False)
-    assert r.status_code == 303, r.text
-    jobs = client.get("/dashboard/jobs")
-    assert jobs.status_code == 200
-    return CSRF_META.search(jobs.text).group(1)  # type: ignore[union-attr]
 
 
 def put_cookie(client: TestClient, value: str) -> None:

@@ -3,11 +3,10 @@ signed out too), anonymous visitors get a CSRF-only cookie and no row, and ``coo
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Any
 
-from api_testkit import TenantCtx
+from api_testkit import CSRF_INPUT, CSRF_META, TenantCtx, sign_in
 from atelier_api import create_app
 from atelier_api.dashboard.session import COOKIE, Signer, resolve_secret
 from atelier_control.db import session_scope
@@ -18,20 +17,6 @@ from atelier_runtime.storage import LocalStore
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
-
-CSRF_META = re.compile(r'name="csrf-token" content="([^"]+)"')
-CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def sign_in(client: TestClient, key: str) -> str:
-    """Sign in through the form; returns the session's CSRF token."""
-    page = client.get("/dashboard/login")
-    token = CSRF_INPUT.search(page.text).group(1)  # type: ignore[union-attr]
-    r = client.post("/dashboard/login", data={"api_key": key, "csrf_token": token}, follow_redirects=False)
-    assert r.status_code == 303, r.text
-    jobs = client.get("/dashboard/jobs")
-    assert jobs.status_code == 200
-    return CSRF_META.search(jobs.text).group(1)  # type: ignore[union-attr]
 
 
 def signed_in(client: TestClient, cookie: str | None = None) -> bool:

@@ -17,8 +17,7 @@ from typing import Annotated, Any
 from atelier_runtime.settings import Settings
 from fastapi import Depends, Request
 
-from .ratelimit import RateLimited
-from .schemas import Problem
+from .ratelimit import RateLimited, app_singleton, limited_doc
 
 KINDS = {"streams": "event streams", "previews": "plan previews", "verifies": "verifications", "uploads": "uploads"}
 
@@ -81,19 +80,11 @@ class TenantConcurrency:
 
 def get_concurrency(request: Request) -> TenantConcurrency:
     """One per app (tests may put their own on ``app.state.tenant_concurrency``)."""
-    state = request.app.state
-    found: TenantConcurrency | None = getattr(state, "tenant_concurrency", None)
-    if found is None:
-        found = TenantConcurrency.from_settings(state.settings)
-        state.tenant_concurrency = found
-    return found
+    return app_singleton(request, "tenant_concurrency", TenantConcurrency.from_settings)
 
 
 ConcurrencyDep = Annotated[TenantConcurrency, Depends(get_concurrency)]
 
 # OpenAPI ``responses=`` entry of a route under a per-tenant concurrency cap
-CONCURRENCY_LIMITED_DOC: dict[int | str, dict[str, Any]] = {
-    429: {"model": Problem, "description": "The tenant already runs as many of these at once as it may.",
-          "headers": {"Retry-After": {"description": "Seconds to wait before trying again.",
-                                      "schema": {"type": "integer", "minimum": 1}}}},
-}
+CONCURRENCY_LIMITED_DOC = limited_doc("The tenant already runs as many of these at once as it may.",
+                                      "Seconds to wait before trying again.")

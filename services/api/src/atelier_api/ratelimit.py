@@ -27,11 +27,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import redis
 from atelier_contracts.errors import AtelierError
@@ -292,24 +292,37 @@ class JobLimits:
                 self.release(slot)
 
 
+T = TypeVar("T")
+
+
+def app_singleton(request: Request, attr: str, build: Callable[[Settings], T]) -> T:
+    """One ``build(settings)`` per app, made on first use under a lock (two first requests share one); a test may
+    put its own on ``app.state.<attr>``."""
+    state = request.app.state
+    found: T | None = getattr(state, attr, None)
+    if found is None:
+        with _BUILD_LOCK:
+            found = getattr(state, attr, None)
+            if found is None:
+                found = build(state.settings)
+                setattr(state, attr, found)
+    return found
+
+
+def limited_doc(description: str, retry_after: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entry of a 429 with ``Retry-After``."""
+    return {429: {"model": Problem, "description": description,
+                  "headers": {"Retry-After": {"description": retry_after,
+                                              "schema": {"type": "integer", "minimum": 1}}}}}
+
+
 def get_job_limits(request: Request) -> JobLimits:
     """One JobLimits per app, built on first use (tests may put their own on ``app.state.job_limits``)."""
-    state = request.app.state
-    limits: JobLimits | None = getattr(state, "job_limits", None)
-    if limits is None:
-        with _BUILD_LOCK:
-            limits = getattr(state, "job_limits", None)
-            if limits is None:
-                limits = JobLimits(state.settings)
-                state.job_limits = limits
-    return limits
+    return app_singleton(request, "job_limits", JobLimits)
 
 
 JobLimitsDep = Annotated[JobLimits, Depends(get_job_limits)]
 
 # OpenAPI ``responses=`` entry of a route that admits jobs
-RATE_LIMITED_DOC: dict[int | str, dict[str, Any]] = {
-    429: {"model": Problem, "description": "Over the tenant's jobs-per-minute limit or GPU-seconds-per-day quota.",
-          "headers": {"Retry-After": {"description": "Seconds until a submission can succeed.",
-                                      "schema": {"type": "integer", "minimum": 1}}}},
-}
+RATE_LIMITED_DOC = limited_doc("Over the tenant's jobs-per-minute limit or GPU-seconds-per-day quota.",
+                               "Seconds until a submission can succeed.")
