@@ -121,3 +121,34 @@ def test_scaled_and_decimal_ratios_read_the_same(grid: list[tuple[int, list[int]
     decimal = ";".join(",".join(f"{int(x) / 4:g}" for x in row.split(",")) for row in split.split(";"))
     assert ratio_grid(scaled) == ratio_grid(split) == ratio_grid(decimal)
     assert split_ratio_from_cells(split_ratio_cells(scaled)) == split
+
+
+PRODUCTS = [("Masala Chai Tin", "A round tin of masala chai leaves."), ("Cold Brew", "A bottle of cold brew coffee."),
+            ("Glow Serum", "A vitamin C serum."), ("Trail Shoe", "A running shoe for trails."),
+            ("Matcha Powder", "Ceremonial grade matcha."), ("Desk Lamp", "A brass desk lamp.")]
+
+
+@PROPS
+@given(size=sizes, product=st.sampled_from(PRODUCTS), locale=st.sampled_from(["en-US", "hi-IN", "ja-JP", "es-MX"]),
+       seed=st.integers(0, 50))
+def test_object_boxes_sit_on_the_side_their_caption_names(size: tuple[int, int], product: tuple[str, str],
+                                                          locale: str, seed: int) -> None:
+    w, h = size
+    spec = CampaignSpec.model_validate({
+        "brand": {"name": "B"}, "product": {"name": product[0], "description": product[1]}, "taglines": ["t"],
+        "locale": locale, "sizes": [f"{w}x{h}"], "seed": seed})
+    plan = paid.ad_layout(spec, job_id="sides")
+    sides = paid.object_sides(plan.prompts.background, [b.caption for b in plan.variants[0].layout.boxes
+                                                         if b.role == "entity"])
+    for b in plan.variants[0].layout.boxes:
+        if b.role == "entity" and b.caption in sides:
+            centre = (b.bbox[0] + b.bbox[2]) / 2
+            assert (centre < 0.5) if sides[b.caption] == "left" else (centre > 0.5), (b.caption, b.bbox, size)
+
+
+def test_object_sides_are_read_from_the_caption() -> None:
+    caption = ("a sunlit linen-covered table with a glass teapot on the left and loose tea leaves in a small bowl on "
+               "the right, soft diffused daylight")
+    assert paid.object_sides(caption, ["glass teapot", "bowl of loose tea leaves"]) == {
+        "glass teapot": "left", "bowl of loose tea leaves": "right"}
+    assert paid.object_sides("a plain studio backdrop", ["pedestal"]) == {}

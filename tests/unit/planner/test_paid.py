@@ -147,3 +147,27 @@ def test_plans_are_deterministic_and_seeded() -> None:
     assert a["seed"] != c["seed"]
     seeded = paid.ad_layout(campaign(seed=1234), job_id="job-x")
     assert seeded.seed == 1234 and all(v.layout.seed == 1234 for v in seeded.variants)
+
+
+@pytest.mark.parametrize(("locale", "name", "description", "expected", "never"), [
+    ("hi-IN", "Masala Chai Tin", "A round tin of masala chai leaves.", ("Indian kitchen", "chai stall"), "whisk"),
+    ("en-US", "Masala Chai Tin", "A round tin of masala chai leaves.", ("Indian kitchen", "chai stall"), "whisk"),
+    ("en-US", "Green Tea", "Loose green tea leaves.", ("linen-covered table",), "whisk"),
+    ("ja-JP", "Green Tea", "Loose green tea leaves.", ("bamboo whisk",), "chai"),
+    ("hi-IN", "Filter Coffee", "South Indian filter coffee decoction.", ("South Indian kitchen",), "Mexican"),
+])
+def test_the_scene_fits_the_product_and_the_locale(locale: str, name: str, description: str,
+                                                   expected: tuple[str, ...], never: str) -> None:
+    """A hi-IN chai tin gets an Indian setting; a culturally specific scene that fits neither the product nor the
+    locale is never picked (the issue's Japanese matcha scene for a chai tin)."""
+    for seed in range(8):
+        spec = CampaignSpec.model_validate({"brand": {"name": "B"}, "product": {"name": name, "description": description},
+                                            "taglines": ["t"], "locale": locale, "seed": seed})
+        caption = paid.pick_scene(spec, seed).caption
+        assert any(e in caption for e in expected) and never not in caption, (seed, caption)
+
+
+def test_locale_regions() -> None:
+    assert paid.locale_region("hi-IN") == "IN" and paid.locale_region("hi") == "IN"
+    assert paid.locale_region("es-MX") == "MX" and paid.locale_region("en") is None
+    assert paid.locale_region("zh-Hant-TW") == "TW"

@@ -101,11 +101,63 @@ def detect_category(name: str, description: str) -> dict[str, Any]:
     return best[2] if best else table["default"]
 
 
+# a language's usual region, for a locale without one ("hi" alone is Hindi as written in India)
+LANGUAGE_REGION = {"hi": "IN", "ta": "IN", "te": "IN", "bn": "IN", "mr": "IN", "gu": "IN", "kn": "IN", "ml": "IN",
+                   "pa": "IN", "ja": "JP", "ko": "KR", "vi": "VN", "sw": "KE", "yo": "NG"}
+
+
+def locale_region(locale: str) -> str | None:
+    """The region of a BCP 47 locale (``hi-IN`` → ``IN``; ``hi`` → ``IN`` by its language; ``en`` → None)."""
+    parts = locale.split("-")
+    region = next((p.upper() for p in parts[1:] if len(p) == 2 and p.isalpha()), None)
+    return region or LANGUAGE_REGION.get(parts[0].lower())
+
+
+def scene_fit(scene: dict[str, Any], product_text: str, region: str | None) -> int | None:
+    """How well a scene fits the product and the locale: 0 for a generic scene, +2 when a product keyword it names
+    occurs, +1 when the locale's region is one of its regions; None (never picked) for a culturally specific
+    scene that fits neither."""
+    fits = scene.get("fits")
+    if not fits:
+        return 0
+    keyword = any(_score(k, product_text) for k in fits.get("keywords", []))
+    regional = region is not None and region in fits.get("regions", [])
+    if not (keyword or regional):
+        return None
+    return 2 * keyword + regional
+
+
 def pick_scene(spec: CampaignSpec, seed: int) -> Scene:
+    """The category's scene that fits the product and the locale best (the seed picks among equals)."""
     cat = detect_category(spec.product.name, spec.product.description)
-    scenes = cat["scenes"]
+    text = f"{spec.product.name} {spec.product.description}"
+    region = locale_region(spec.locale)
+    scored = [(f, sc) for sc in cat["scenes"] if (f := scene_fit(sc, text, region)) is not None]
+    best = max(f for f, _ in scored)
+    scenes = [sc for f, sc in scored if f == best]
     s = scenes[stable_index(len(scenes), "scene", seed)]
     return Scene(category=cat["name"], caption=s["caption"], objects=tuple(s["objects"]), tone=cat["tone"])
+
+
+_SIDE = re.compile(r"\bon the (left|right)\b")
+
+
+def object_sides(caption: str, objects: list[str]) -> dict[str, str]:
+    """Which side the caption puts each object on ("a tray with a whisk on the left and a bowl on the right"):
+    the clause before each "on the left/right" is matched to the object sharing the most words with it."""
+    sides: dict[str, str] = {}
+    start = 0
+    for m in _SIDE.finditer(caption.lower()):
+        clause = set(re.findall(r"[a-z]{3,}", caption.lower()[start:m.start()]))
+        start = m.end()
+        best, hits = None, 0
+        for obj in objects:
+            n = len(set(re.findall(r"[a-z]{3,}", obj.lower())) & clause)
+            if n > hits and obj not in sides:
+                best, hits = obj, n
+        if best is not None:
+            sides[best] = m.group(1)
+    return sides
 
 
 def style_words(brand: Brand) -> str:
@@ -193,8 +245,10 @@ def text_captions(spec: CampaignSpec) -> list[str]:
 
 
 def rules_drafts(spec: CampaignSpec, *, width: int, height: int, objects: list[str], colours: Colours,
-                 safe: SafeZone, allow_occlude: bool = False) -> tuple[list[Draft], AdSlots]:
-    """The offline layout of one size: solved slots plus background objects placed in the free space."""
+                 safe: SafeZone, allow_occlude: bool = False,
+                 sides: dict[str, str] | None = None) -> tuple[list[Draft], AdSlots]:
+    """The offline layout of one size: solved slots plus background objects placed in the free space — on the
+    side the background caption names for them (``sides``), or not at all: a box never contradicts its caption."""
     slots = solve_ad_layout(width, height, taglines=len(spec.taglines), cta=bool(spec.cta), logo=bool(spec.brand.logo),
                             underlay=colours.underlay is not None, allow_occlude=allow_occlude, safe=safe)
     drafts = [Draft("product", slots.product, "", Z_PRODUCT, spec.product.image)]
@@ -212,8 +266,10 @@ def rules_drafts(spec: CampaignSpec, *, width: int, height: int, objects: list[s
         # priors are for a square canvas: keep the object's shape on wide or tall targets
         scale = min(1.0, height / width) if width > height else min(1.0, width / height)
         # at least the repair's 16 px minimum on the shorter side, so the repair never grows an object into text
+        side = (sides or {}).get(obj)
+        region = (0.0, 0.0, 0.5, 1.0) if side == "left" else (0.5, 0.0, 1.0, 1.0) if side == "right" else (0.0, 0.0, 1.0, 1.0)
         spot = place_in_free_space((w * scale if width > height else w, h * scale if height > width else h), occupied,
-                                   min_size=max(0.04, 17 / min(width, height)))
+                                   min_size=max(0.04, 17 / min(width, height)), region=region)
         if spot is not None:
             drafts.append(Draft("entity", spot, obj, Z_ENTITY))
             occupied.append(spot)
@@ -293,8 +349,9 @@ def layout_variant(spec: CampaignSpec, *, size: str, job_id: str, seed: int, pro
     w, h = parse_size(size)
     safe = safe_zone_for(w, h)
     colours = choose_colours(list(spec.brand.palette), scene.tone)
-    drafts, slots = rules_drafts(spec, width=w, height=h, objects=list(scene.objects if objects is None else objects),
-                                 colours=colours, safe=safe, allow_occlude=allow_occlude)
+    placed = list(scene.objects if objects is None else objects)
+    drafts, slots = rules_drafts(spec, width=w, height=h, objects=placed, colours=colours, safe=safe,
+                                 allow_occlude=allow_occlude, sides=object_sides(prompts.background, placed))
     variant, info = assemble_variant(spec, size=size, drafts=drafts, colours=colours, align=slots.align, job_id=job_id,
                                      seed=seed, prompts=prompts, negative=negative, planner=planner, safe=safe,
                                      allow_occlude=allow_occlude)
