@@ -86,6 +86,8 @@ class AdPromptsOutput(StageOutput):
     regional: RegionalPlan | None = Field(default=None, description="RPG recaption of the background caption.")
     background_objects: list[str] | None = None
     category: str | None = None
+    product_aspect: float | None = Field(default=None, gt=0, description="The product's width/height: measured on its "
+                                         "photo, else its category's usual shape; the layouts shape its box to it.")
     planner: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
 

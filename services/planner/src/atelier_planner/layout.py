@@ -247,13 +247,28 @@ def _stack(col: Rect, *, taglines: int, cta: bool, gap: float, align: str,
     return texts, cta_rect
 
 
+def shape_to(rect: Rect, aspect: float, *, min_px: float = 0.0) -> Rect:
+    """The largest box of ``aspect`` (width/height, in pixels) inside ``rect``, centred and standing on its bottom;
+    no side under ``min_px`` (or the slot's own side)."""
+    x1, y1, x2, y2 = rect
+    w, h = x2 - x1, y2 - y1
+    if w / h > aspect:
+        nw, nh = max(min(w, min_px), h * aspect), h
+    else:
+        nw, nh = w, max(min(h, min_px), w / aspect)
+    cx = (x1 + x2) / 2
+    return (cx - nw / 2, y2 - nh, cx + nw / 2, y2)
+
+
 def solve_ad_layout(width: int, height: int, *, taglines: int = 1, cta: bool = True, logo: bool = False,
                     underlay: bool = False, allow_occlude: bool = False, safe: SafeZone | None = None,
-                    min_text_px: float | None = None) -> AdSlots:
+                    min_text_px: float | None = None, product_aspect: float | None = None) -> AdSlots:
     """Solve one ad layout under the constraints (safe zone, margins, no text over the product, reading order).
 
     ``min_text_px``: the placement's minimum text height (``atelier_contracts.placements``; default: the
-    size's placement); sub-taglines that cannot be set that high are left out (``len(texts) < taglines``)."""
+    size's placement); sub-taglines that cannot be set that high are left out (``len(texts) < taglines``).
+    ``product_aspect``: the product's width/height; its box takes that shape inside its slot (standing on the slot's
+    bottom, centred), so the freed space is free for the background's objects."""
     if min_text_px is None:
         min_text_px = _min_text_of(width, height)
     safe = safe or safe_zone_for(width, height)
@@ -337,6 +352,8 @@ def solve_ad_layout(width: int, height: int, *, taglines: int = 1, cta: bool = T
         product = (sx1 + inset, y, sx2 - inset, bottom)
         grow = (0.0, -1.0)
 
+    if product_aspect:
+        product = shape_to(product, product_aspect, min_px=MIN_BOX_PX + 1)
     if product[2] - product[0] < 4 or product[3] - product[1] < 4:
         raise ValueError(f"{width}x{height}: no room left for the product")
     under: Rect | None = None

@@ -29,6 +29,7 @@ then the checks), so the renderer sees one convention whichever backend drew it.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ from atelier_contracts.plans import (
 )
 from atelier_contracts.specs import Brand, CampaignSpec
 from atelier_contracts.stage_io import AdPromptsOutput, as_output
+from PIL import Image
 
 from . import rpg
 from .colors import color_name, palette_mood
@@ -160,6 +162,23 @@ def object_sides(caption: str, objects: list[str]) -> dict[str, str]:
     return sides
 
 
+def category_aspect(spec: CampaignSpec) -> float | None:
+    """The usual width/height of the product's category (``paid_scenes.json``), when no photo was measured."""
+    aspect = detect_category(spec.product.name, spec.product.description).get("aspect")
+    return float(aspect) if aspect else None
+
+
+def image_aspect(data: bytes | None) -> float | None:
+    """Width/height of an image (its header only), None when there is none or it cannot be read."""
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width / im.height if im.height else None
+    except (OSError, ValueError):
+        return None
+
+
 def style_words(brand: Brand) -> str:
     names: list[str] = []
     for c in brand.palette:
@@ -245,12 +264,13 @@ def text_captions(spec: CampaignSpec) -> list[str]:
 
 
 def rules_drafts(spec: CampaignSpec, *, width: int, height: int, objects: list[str], colours: Colours,
-                 safe: SafeZone, allow_occlude: bool = False,
-                 sides: dict[str, str] | None = None) -> tuple[list[Draft], AdSlots]:
+                 safe: SafeZone, allow_occlude: bool = False, sides: dict[str, str] | None = None,
+                 product_aspect: float | None = None) -> tuple[list[Draft], AdSlots]:
     """The offline layout of one size: solved slots plus background objects placed in the free space — on the
     side the background caption names for them (``sides``), or not at all: a box never contradicts its caption."""
     slots = solve_ad_layout(width, height, taglines=len(spec.taglines), cta=bool(spec.cta), logo=bool(spec.brand.logo),
-                            underlay=colours.underlay is not None, allow_occlude=allow_occlude, safe=safe)
+                            underlay=colours.underlay is not None, allow_occlude=allow_occlude, safe=safe,
+                            product_aspect=product_aspect)
     drafts = [Draft("product", slots.product, "", Z_PRODUCT, spec.product.image)]
     if slots.underlay is not None:
         drafts.append(Draft("underlay", slots.underlay, "underlay", Z_UNDERLAY))
@@ -344,18 +364,20 @@ def check_ad_layout(boxes: list[Box], *, safe: SafeZone | None = None, allow_occ
 
 def layout_variant(spec: CampaignSpec, *, size: str, job_id: str, seed: int, prompts: AdPrompts, scene: Scene,
                    negative: str, planner: PlannerInfo = RULES_PLANNER, objects: list[str] | None = None,
-                   allow_occlude: bool = False) -> tuple[AdVariant, dict[str, Any]]:
+                   allow_occlude: bool = False, product_aspect: float | None = None) -> tuple[AdVariant, dict[str, Any]]:
     """One AdVariant (LayoutPlan + text styles) for one target size, and its layout info (metrics, repairs)."""
     w, h = parse_size(size)
     safe = safe_zone_for(w, h)
     colours = choose_colours(list(spec.brand.palette), scene.tone)
     placed = list(scene.objects if objects is None else objects)
     drafts, slots = rules_drafts(spec, width=w, height=h, objects=placed, colours=colours, safe=safe,
-                                 allow_occlude=allow_occlude, sides=object_sides(prompts.background, placed))
+                                 allow_occlude=allow_occlude, sides=object_sides(prompts.background, placed),
+                                 product_aspect=product_aspect)
     variant, info = assemble_variant(spec, size=size, drafts=drafts, colours=colours, align=slots.align, job_id=job_id,
                                      seed=seed, prompts=prompts, negative=negative, planner=planner, safe=safe,
                                      allow_occlude=allow_occlude)
     info["arrangement"] = slots.arrangement
+    info["product_aspect"] = product_aspect
     shown = min(len(slots.texts), len(spec.taglines))
     info["taglines_shown"] = shown
     if shown < len(spec.taglines):
@@ -378,13 +400,15 @@ def ad_layout_with_info(spec: CampaignSpec, *, job_id: str, prompts_output: AdPr
     """:func:`ad_layout` and, per size, its layout info (safe zone, arrangement, metrics, repairs)."""
     seed = seed_for(job_id, spec.seed)
     scene = pick_scene(spec, seed)
-    prompts, negative, objects = captions_of(prompts_output or ad_prompts(spec, job_id=job_id, planner=planner))
+    prompts_out = as_output(AdPromptsOutput, prompts_output or ad_prompts(spec, job_id=job_id, planner=planner))
+    prompts, negative, objects = captions_of(prompts_out)
+    aspect = (prompts_out.product_aspect if prompts_out is not None else None) or category_aspect(spec)
     occlude = allow_occlude_of(spec) if allow_occlude is None else allow_occlude
     variants, infos = [], {}
     for s in spec.sizes:
         v, info = layout_variant(spec, size=s, job_id=job_id, seed=seed, prompts=prompts, scene=scene, negative=negative,
                                  planner=planner, objects=[str(o) for o in objects] if isinstance(objects, list) else None,
-                                 allow_occlude=occlude)
+                                 allow_occlude=occlude, product_aspect=aspect)
         variants.append(v)
         infos[s] = info
     return ad_plan(spec, job_id=job_id, seed=seed, scene=scene, prompts=prompts, negative=negative, planner=planner,
