@@ -121,6 +121,7 @@ def keys_create(name: Annotated[str, typer.Argument(help="What the key is for (e
     typer.echo(f"api key (store it now, it is not shown again): {key}")
 
 
+@keys_app.command("list")
 @keys_app.command("ls")
 def keys_ls(tenant: TenantOption,
             as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False) -> None:

@@ -75,6 +75,17 @@ def test_a_key_may_revoke_itself(client: TestClient, tenant: TenantCtx) -> None:
     assert client.post("/v1/keys", json={"name": "x"}, headers=bearer(made["key"])).status_code == 401
 
 
+def test_delete_revokes_too(client: TestClient, tenant: TenantCtx) -> None:
+    """DELETE /v1/keys/{id} is the REST spelling of revoke: the row stays, listed as revoked; the key is refused."""
+    made = issue(client, tenant)
+    r = client.delete(f"/v1/keys/{made['id']}", headers=tenant.headers)
+    assert r.status_code == 200 and r.json()["revoked_at"] is not None
+    assert client.get("/v1/keys", headers=bearer(made["key"])).status_code == 401
+    listed = {k["id"]: k for k in client.get("/v1/keys", headers=tenant.headers).json()["items"]}
+    assert listed[made["id"]]["revoked_at"] is not None
+    assert client.delete("/v1/keys/key_nope", headers=tenant.headers).status_code == 404
+
+
 def test_another_tenants_key_is_404_and_untouched(client: TestClient, tenant: TenantCtx,
                                                   other_tenant: TenantCtx) -> None:
     made = issue(client, tenant)

@@ -75,3 +75,9 @@ def revoke_key(key_id: KeyId, principal: TenantDep, session: SessionDep) -> ApiK
     view = key_view(row)
     session.commit()
     return view
+
+
+@router.delete("/{key_id}", response_model=ApiKeyView, operation_id="delete_key", responses=problem_responses(404),
+               summary="Revoke a key (the same as POST /v1/keys/{id}/revoke; the row stays, listed as revoked)")
+def delete_key(key_id: KeyId, principal: TenantDep, session: SessionDep) -> ApiKeyView:
+    return revoke_key(key_id, principal, session)
