@@ -386,3 +386,21 @@ def test_api_exposes_the_probed_paths() -> None:
     routes = pytest.importorskip("atelier_api.routes.health", reason="atelier-api is not installed")
     paths = {route.path for route in routes.router.routes}
     assert {"/healthz", "/metrics"} <= paths
+
+
+# repositories that registries stopped serving (a pull of them fails): Docker Hub's MinIO images since 2026-09
+WITHDRAWN = {"minio/minio", "minio/mc", "docker.io/minio/minio", "docker.io/minio/mc"}
+FLOATING_TAGS = {"", "latest", "stable", "edge", "main"}
+
+
+def test_every_image_is_served_and_pinned(services: dict[str, dict[str, Any]]) -> None:
+    """Every image: names a repository a registry still serves, and a tag that names one release (a moving major tag
+    such as `redis:7`, or none at all, gets whatever was pushed last)."""
+    for name, svc in services.items():
+        image = str(svc.get("image") or "")
+        if not image or is_atelier_image(svc):
+            continue
+        repo, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+        tag = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", tag)  # ${VLLM_TAG:-v0.11.0} → its default
+        assert repo not in WITHDRAWN, f"{name}: {repo} is no longer served (use quay.io/minio/...)"
+        assert tag not in FLOATING_TAGS and ("." in tag or "RELEASE" in tag), f"{name}: {image} is not pinned"
