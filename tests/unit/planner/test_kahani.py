@@ -199,3 +199,26 @@ def test_story_plans_are_deterministic() -> None:
     b = kahani.scenes_stage(spec, job_id="job-b").model_dump(mode="json")
     assert a["plan_id"] != b["plan_id"] and a["seed"] != b["seed"]
     assert kahani.scenes_stage(story(pages=5, seed=7), job_id="job-a").seed == 7
+
+
+@pytest.mark.parametrize(("premise", "goal"), [
+    ("Two brothers build a kite for the harvest festival.", "build a kite for the harvest festival"),
+    ("A girl named Priya searches for her lost cat before the monsoon.", "search for her lost cat before the monsoon"),
+    ("A boy wants to learn his grandmother's recipe for mochi.", "learn his grandmother's recipe for mochi"),
+    ("An old fisherman and his granddaughter repair a boat. Then the rains come.", "repair a boat"),
+])
+def test_the_premise_is_woven_into_the_story_not_quoted(premise: str, goal: str) -> None:
+    """The issue's "This is how the story began: Two brothers build…": the premise's action becomes the hero's goal
+    in the story's own voice, and its concrete elements (the kite, the lost cat) stay in the story."""
+    assert kahani.premise_goal(premise, 30) == goal
+    out = kahani.story_stage(story(premise=premise, culture="Punjab", pages=4), job_id="weave")
+    assert "This is how the story began" not in out["story"]
+    assert f"wanted to {goal}." in out["story"] or f"wish: to {goal}." in out["story"], out["story"]
+    assert "warnings" not in out
+
+
+def test_a_premise_without_an_action_is_still_told_and_an_english_premise_in_hindi_is_a_warning() -> None:
+    out = kahani.story_stage(story(premise="The village by the river is quiet.", culture="Punjab"), job_id="p")
+    assert "The village by the river is quiet." in out["story"]
+    hi = kahani.story_stage(story(premise="Two brothers build a kite.", culture="Punjab", language="hi"), job_id="p")
+    assert hi["template_language"] == "hi" and "cannot translate" in hi["warnings"][0]

@@ -291,6 +291,7 @@ class StoryDraft:
     language: str
     template_language: str
     sentences: list[Sentence] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -304,7 +305,8 @@ def template_language(language: str) -> str:
     return primary_language(language)
 
 
-def _slots(lang: str, cast: list[CastSpec], picks: dict[str, Any], premise: str) -> dict[str, str]:
+def _slots(lang: str, cast: list[CastSpec], picks: dict[str, Any], premise: str,
+           goal: str | None = None) -> dict[str, str]:
     by = {c.slot: c for c in cast}
     hero, helper, friend = by["hero"], by["helper"], by.get("friend")
     if lang == "hi":
@@ -325,7 +327,7 @@ def _slots(lang: str, cast: list[CastSpec], picks: dict[str, Any], premise: str)
         "friend": friend.name if friend else "", "place": picks["place"]["en"], "place2": picks["place2"]["en"],
         "food": picks["food"]["en"], "food2": picks["food2"]["en"], "festival": picks["festival"]["name"],
         "festival_title": _title_case(picks["festival"]["name"].removeprefix("the ")), "architecture": picks["architecture"],
-        "detail": picks["detail"], "premise": premise,
+        "detail": picks["detail"], "premise": premise, "premise_goal": goal or "",
     }
 
 
@@ -334,6 +336,41 @@ _DEVANAGARI = re.compile(r"[\u0900-\u097F]")
 
 def _title_case(text: str) -> str:
     return " ".join(w[:1].upper() + w[1:] for w in text.split())
+
+
+# verbs a premise's action starts with ("Two brothers build a kite ..."), in their base form
+_PREMISE_VERBS = frozenset("""build make find search look help learn cook bake save plant grow paint fix repair mend sew knit
+weave win prepare visit rescue catch fly sail climb dance sing write draw carry share open start enter teach return
+bring deliver clean collect celebrate decorate chase follow discover explore race train practise practice try want
+wish hope dream plan go run walk swim ride play read protect feed care wait get take join lead solve finish design
+create invent craft bring set light host throw keep raise restore rebuild renovate""".split())
+_WISH_VERBS = frozenset({"want", "wish", "hope", "dream", "plan", "try"})
+
+
+def _base_verb(word: str) -> str | None:
+    w = re.sub(r"[^a-z]", "", word.lower())
+    for base in (w, w[:-1] if w.endswith("s") else "", w[:-2] if w.endswith("es") else "",
+                 w[:-3] + "y" if w.endswith("ies") else ""):
+        if base and base in _PREMISE_VERBS:
+            return base
+    return None
+
+
+def premise_goal(premise: str, max_words: int) -> str | None:
+    """The premise's action as the hero's goal, in the base form ("Two brothers build a kite for the festival" →
+    "build a kite for the festival"; "A girl wants to find her lost cat" → "find her lost cat"), so the story
+    tells it rather than quoting the premise; None when no action verb is found in its first words."""
+    words = first_sentence(premise).split()
+    for i, word in enumerate(words[1:9], start=1):
+        base = _base_verb(word)
+        if base is None:
+            continue
+        rest = words[i + 1:]
+        if base in _WISH_VERBS and rest[:1] == ["to"] and len(rest) > 1:
+            base, rest = rest[1].lower(), rest[2:]
+        goal = " ".join([base, *rest]).rstrip(".!?…,;: ")
+        return truncate_words(goal, max_words).rstrip("…") if len(rest) else None
+    return None
 
 
 def premise_clause(premise: str, lang: str, max_words: int) -> str:
@@ -361,14 +398,16 @@ def compose_story(spec: StorySpec, culture: dict[str, Any], seed: int) -> StoryD
              if b.get("requires") is None or (b["requires"] == "friend") == has_friend]
 
     def render(premise_words: int, drop_optional: int) -> list[Sentence]:
-        slots = _slots(lang, cast, picks, premise_clause(spec.premise, lang, premise_words))
+        goal = premise_goal(spec.premise, premise_words) if lang == "en" else None
+        slots = _slots(lang, cast, picks, premise_clause(spec.premise, lang, premise_words), goal)
         out: list[Sentence] = []
         optional_seen = 0
         for b in beats:
             if b.get("optional") and optional_seen < drop_optional:
                 optional_seen += 1
                 continue
-            variants = b[lang]
+            # the premise told as the hero's goal; quoted only when no action could be read from it
+            variants = b[f"{lang}_fallback"] if f"{lang}_fallback" in b and not goal else b[lang]
             text = variants[stable_index(len(variants), seed, b["id"], lang)].format(**slots)
             text = _cap(text)
             out.append(Sentence(text=clean_text(text), beat=b))
@@ -385,9 +424,14 @@ def compose_story(spec: StorySpec, culture: dict[str, Any], seed: int) -> StoryD
     if total > MAX_STORY_WORDS:  # last resort (very long names): cut every sentence to an equal share
         share = MAX_STORY_WORDS // len(sentences)
         sentences = [Sentence(truncate_words(s.text, share), s.beat) for s in sentences]
+    warnings = []
+    if lang == "hi" and not _DEVANAGARI.search(spec.premise):
+        warnings.append("plan.story: the premise is not written in Hindi and the rules planner cannot translate it; "
+                        "it is quoted as written (an LLM planner writes it into the story)")
     titles = data["titles"][lang]
     title = titles[stable_index(len(titles), seed, "title", lang)].format(**_slots(lang, cast, picks, ""))
-    return StoryDraft(title=title, language=spec.language, template_language=lang, sentences=sentences)
+    return StoryDraft(title=title, language=spec.language, template_language=lang, sentences=sentences,
+                      warnings=warnings)
 
 
 def story_stage(spec: StorySpec, *, job_id: str, culture_output: CultureOutput | dict[str, Any] | None = None
@@ -395,8 +439,11 @@ def story_stage(spec: StorySpec, *, job_id: str, culture_output: CultureOutput |
     """Output of ``plan.story``."""
     seed = seed_for(job_id, spec.seed)
     draft = compose_story(spec, _culture_from(culture_output, spec, job_id), seed)
-    return {"title": draft.title, "story": draft.text, "language": draft.language,
-            "template_language": draft.template_language}
+    out: dict[str, Any] = {"title": draft.title, "story": draft.text, "language": draft.language,
+                           "template_language": draft.template_language}
+    if draft.warnings:
+        out["warnings"] = draft.warnings
+    return out
 
 
 # ---------------------------------------------------------------- characters
