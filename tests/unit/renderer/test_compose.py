@@ -215,3 +215,19 @@ def test_sub_line_never_larger_than_headline() -> None:
     sizes = {t.level: t.size for t in rep.texts}
     assert sizes["sub"] <= sizes["headline"]
     assert isinstance(rep, AdReport)
+
+
+def test_text_is_never_set_below_the_placements_minimum() -> None:
+    """A long tagline keeps the lines that fit at the minimum height and ends with "…" (reported), instead of
+    shrinking to a size the placement cannot show legibly."""
+    tags = [Tagline(text=LONG, level="headline"), Tagline(text="Shop now", level="cta")]
+    for size, minimum in [((1080, 1080), 28), ((300, 250), 10), ((728, 90), 10)]:
+        _, rep = compose_ad_with_report(background=Image.new("RGB", (64, 64), (240, 240, 240)), product=product_rgba(),
+                                        variant=variant(*size), taglines=tags, brand=BRAND, min_text_px=minimum)
+        assert all(t.size >= minimum for t in rep.texts), (size, [(t.level, t.size) for t in rep.texts])
+    _, small = compose_ad_with_report(background=Image.new("RGB", (64, 64), (240, 240, 240)), product=product_rgba(),
+                                      variant=variant(300, 250), taglines=tags, brand=BRAND, min_text_px=10)
+    _, tiny = compose_ad_with_report(background=Image.new("RGB", (64, 64), (240, 240, 240)), product=product_rgba(),
+                                     variant=variant(300, 250), taglines=tags, brand=BRAND)
+    head, tiny_head = (next(t for t in r.texts if t.level == "headline") for r in (small, tiny))
+    assert head.truncated and tiny_head.size < 10  # before: the whole tagline squeezed under 10 px

@@ -497,7 +497,7 @@ def _clamp_box(rect: tuple[int, int, int, int], safe: tuple[int, int, int, int])
 
 def _draw_text(canvas: Image.Image, rect: tuple[int, int, int, int], text: str, level: str, style: TextStyle | None,
                brand: dict[str, Any], report: AdReport, max_size: int | None = None,
-               font_file: Path | None = None) -> None:
+               font_file: Path | None = None, min_size: int = 6) -> None:
     W, H = canvas.size
     x1, y1, x2, y2 = rect
     palette = [str(c) for c in brand.get("palette") or ["#1F2937", "#F9FAFB"]]
@@ -514,7 +514,7 @@ def _draw_text(canvas: Image.Image, rect: tuple[int, int, int, int], text: str, 
         _rounded(canvas, (x1, y1, x2 - 1, y2 - 1), hex_to_rgb(fill), radius=bh // 2)
         pad_x, pad_y = max(2, round(bh * 0.35)), max(1, round(bh * 0.18))
         inner = (x1 + pad_x, y1 + pad_y, x2 - pad_x, y2 - pad_y)
-        fit = fit_text(text, inner[2] - inner[0], inner[3] - inner[1], bold=True, family=family, min_size=6,
+        fit = fit_text(text, inner[2] - inner[0], inner[3] - inner[1], bold=True, family=family, min_size=min_size,
                        font_file=font_file)
         block = draw_text_block(ImageDraw.Draw(canvas), fit, inner, color, align="center")
         report.texts.append(TextReport("cta", level, text, (x1, y1, x2, y2), block, fit.size, fit.lines, color,
@@ -524,8 +524,8 @@ def _draw_text(canvas: Image.Image, rect: tuple[int, int, int, int], text: str, 
     pad = max(1, round(0.04 * min(x2 - x1, y2 - y1)))
     inner = (x1 + pad, y1 + pad, x2 - pad, y2 - pad)
     align = style.align if style else "center"
-    fit = fit_text(text, inner[2] - inner[0], inner[3] - inner[1], bold=(level == "headline"), family=family, min_size=6,
-                   max_size=max_size, font_file=font_file)
+    fit = fit_text(text, inner[2] - inner[0], inner[3] - inner[1], bold=(level == "headline"), family=family,
+                   min_size=min_size, max_size=max(min_size, max_size) if max_size else None, font_file=font_file)
     # where the block will land, to test the pixels really under the text
     probe = draw_text_block(ImageDraw.Draw(Image.new("RGB", (1, 1))), fit, inner, "#000000", align=align)
     region = canvas.convert("RGB").crop(probe)
@@ -611,13 +611,17 @@ def floor_shadow(canvas: Image.Image, product: Image.Image, pos: tuple[int, int]
 
 def compose_ad_with_report(*, background: Image.Image | None, product: Image.Image | None, variant: AdVariant,
                            taglines: list[Tagline], brand: dict[str, Any], logo: Image.Image | None = None,
-                           backdrop: str = "generated",
-                           font_file: Path | None = None) -> tuple[Image.Image, AdReport]:
+                           backdrop: str = "generated", font_file: Path | None = None,
+                           min_text_px: int = 6) -> tuple[Image.Image, AdReport]:
     """:func:`compose_ad` plus a report of every text box (size, lines, colour, contrast, underlay).
 
     ``font_file`` is this ad's uploaded brand font (fetched for its job by the render stage): every text box
     is drawn in it when it has the glyphs. ``brand["font"]`` and the styles' ``font`` name installed families
     only; an uploaded font is never looked up by its family name.
+
+    ``min_text_px``: the placement's minimum text height (``atelier_contracts.placements``); text that does not fit
+    its box at that size keeps the lines that fit and ends with "…" (the report says ``truncated``) rather than
+    shrinking below what the placement can show legibly.
 
     ``backdrop="studio"`` ignores ``background`` and draws a brand-palette studio sweep with a floor
     shadow under the product; ``"generated"`` covers the canvas with the (GPU) background."""
@@ -660,7 +664,8 @@ def compose_ad_with_report(*, background: Image.Image | None, product: Image.Ima
         cap = max(6, round(0.75 * headline)) if level == "sub" and headline else None
         if text.strip():
             rect = _clamp_box(b.to_pixels(W, H), report.safe_zone)
-            _draw_text(canvas, rect, text, level, style, brand, report, max_size=cap, font_file=font_file)
+            _draw_text(canvas, rect, text, level, style, brand, report, max_size=cap, font_file=font_file,
+                       min_size=min_text_px)
     for b in boxes:
         if b.role == "logo" and logo is not None:
             img, pos = fit_into(cutout(logo), b.to_pixels(W, H))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atelier_contracts import items
+from atelier_contracts import items, placements
 from atelier_contracts.catalogue import S_RENDER_AD
 from atelier_contracts.errors import StageError
 from atelier_contracts.keys import upload_key
@@ -23,6 +23,14 @@ from ..checks import check_ad
 from ..compose import compose_ad_with_report
 
 MAX_PIXELS = 40_000_000
+
+
+def min_text_px(size: str) -> int:
+    """The placement's minimum text height (10 px display, 28 px social feeds); 6 for a size the specs refuse."""
+    try:
+        return placements.placement(size).min_text_px
+    except ValueError:
+        return 6
 
 
 @stage_task(S_RENDER_AD)
@@ -51,7 +59,8 @@ def render_ad(ctx: StageContext) -> RenderAdOutput:
     ctx.check_canceled()
     img, report = compose_ad_with_report(background=background, product=product, variant=variant,
                                          taglines=plan.taglines, brand=brand, logo=logo, backdrop=backdrop,
-                                         font_file=brand_font.path if brand_font else None)
+                                         font_file=brand_font.path if brand_font else None,
+                                         min_text_px=min_text_px(size))
     ctx.progress(1, 2)
     gates = [g.as_dict() for g in check_ad(img, report, ocr_enabled=ctx.settings.render_ocr,
                                             max_cer=ctx.settings.render_ocr_max_cer)]
