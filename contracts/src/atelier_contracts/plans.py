@@ -135,10 +135,29 @@ class TextStyle(BaseModel):
     align: Literal["left", "center", "right"] = "center"
 
 
+_SIDE_WORDS = re.compile(r"\b(left|right)\b")
+
+
+def swap_sides(text: str) -> str:
+    """"a kettle on the left and cups on the right" → "... on the right and ... on the left"."""
+    return _SIDE_WORDS.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
+
+
 class AdVariant(BaseModel):
     target: Target
     layout: LayoutPlan
     text_styles: list[TextStyle] = Field(default_factory=list)
+    mirror_odd: bool = Field(default=False, description="Odd variants (v1, v3, ...) use the mirrored composition: "
+                                                        "every box flipped left to right, the caption's sides swapped.")
+
+    def mirrored(self) -> AdVariant:
+        """The same ad composed the other way round: boxes flipped horizontally, "left"/"right" swapped in the
+        captions (the background objects stay where the caption says); text keeps its alignment."""
+        boxes = [b.model_copy(update={"bbox": (round(1 - b.bbox[2], 6), b.bbox[1], round(1 - b.bbox[0], 6), b.bbox[3]),
+                                      "caption": swap_sides(b.caption)}) for b in self.layout.boxes]
+        layout = self.layout.model_copy(update={"boxes": boxes, "global_caption": swap_sides(self.layout.global_caption),
+                                                "plan_id": f"{self.layout.plan_id}-mirrored"})
+        return self.model_copy(update={"layout": layout, "mirror_odd": False})
 
 
 class AdPrompts(BaseModel):
@@ -150,7 +169,15 @@ class AdPlan(_Plan):
     product: dict[str, str | None]
     taglines: list[Tagline]
     prompts: AdPrompts
-    variants: list[AdVariant]
+    variants: list[AdVariant]  # one per target size
+
+    def variant_for(self, size: str, k: int = 0) -> tuple[int, AdVariant] | None:
+        """(index of the size among ``variants``, the AdVariant variant ``k`` of that size draws): odd variants of a
+        size whose ``mirror_odd`` is set are composed the other way round; None for a size the plan does not have."""
+        for i, v in enumerate(self.variants):
+            if v.target.name == size:
+                return i, (v.mirrored() if v.mirror_odd and k % 2 == 1 else v)
+        return None
 
 
 class Character(BaseModel):

@@ -98,8 +98,13 @@ def ad() -> tuple[dict[str, Any], dict[str, Any]]:
 def test_the_plan_checked_follows_the_recipe(ad: tuple[dict[str, Any], dict[str, Any]]) -> None:
     prompts, layout_out = ad
     plan = AdPlan.model_validate(layout_out["plan"])
-    wide = variant_layout(plan, "1200x628-v1")
+    wide = variant_layout(plan, "1200x628-v0")
     assert wide is plan.variants[1].layout and wide.width == 1200
+    # v1 is the mirrored composition: the critic judges the background against the layout it was drawn from
+    mirrored = variant_layout(plan, "1200x628-v1")
+    boxes = {b.role: b.bbox for b in wide.boxes}
+    assert {b.role: b.bbox for b in mirrored.boxes}["product"] == pytest.approx(
+        (1 - boxes["product"][2], boxes["product"][1], 1 - boxes["product"][0], boxes["product"][3]))
     for recipe in ("layout", "inpaint", None):
         checked, roles, what = background_plan(recipe, wide, prompts["regional"])
         assert checked is wide and "product" in roles and "tagline" not in roles and what == "layout"

@@ -197,3 +197,33 @@ def test_without_a_photo_the_category_gives_the_shape() -> None:
     plan, infos = paid.ad_layout_with_info(bottle, job_id="cat")
     assert infos["1080x1080"]["product_aspect"] == 0.4
     assert paid.image_aspect(None) is None and paid.image_aspect(b"not an image") is None
+
+
+@pytest.mark.parametrize("size", ["1080x1080", "1200x628", "1600x900", "300x250", "728x90", "320x50", "970x250",
+                                  "1080x1920", "160x600", "1080x1350"])
+def test_odd_variants_are_composed_the_other_way_round(size: str) -> None:
+    """Variants differ in composition, not only in seed: v1 flips the layout left to right (the product changes
+    side) and swaps the caption's sides, where the safe zone is symmetric and the layout is not a centred portrait."""
+    spec = CampaignSpec.model_validate({"brand": {"name": "B"}, "product": {"name": "Masala Chai Tin",
+                                        "description": "A tin of chai."}, "taglines": ["Brewed slow", "Since 1952"],
+                                        "cta": "Shop", "locale": "hi-IN", "sizes": [size], "variants": 2})
+    plan, infos = paid.ad_layout_with_info(spec, job_id="mirror")
+    (_, v0), (_, v1) = plan.variant_for(size, 0), plan.variant_for(size, 1)
+    w, h = (int(x) for x in size.split("x"))
+    portrait = w / h < 0.85
+    assert infos[size]["mirror_odd"] is (not portrait)
+    if portrait:
+        assert v1 is v0
+        return
+    p0 = next(b.bbox for b in v0.layout.boxes if b.role == "product")
+    p1 = next(b.bbox for b in v1.layout.boxes if b.role == "product")
+    assert p1 == pytest.approx((1 - p0[2], p0[1], 1 - p0[0], p0[3]))
+    assert ("left" in v0.layout.global_caption) and v1.layout.global_caption == \
+        v0.layout.global_caption.replace("left", "@").replace("right", "left").replace("@", "right")
+    safe = paid.safe_zone_for(w, h)
+    assert paid.layout_problems(v1.layout.boxes, safe=safe) == []
+    # the background objects stay on the side their (swapped) caption names
+    sides = paid.object_sides(v1.layout.global_caption, [b.caption for b in v1.layout.boxes if b.role == "entity"])
+    for b in v1.layout.boxes:
+        if b.role == "entity" and b.caption in sides:
+            assert ((b.bbox[0] + b.bbox[2]) / 2 < 0.5) == (sides[b.caption] == "left")

@@ -112,25 +112,28 @@ def prepare_background(ctx: StageContext) -> GenRequest:
     up = ctx.inputs(BackgroundInputs)
     plan = up.ad_layout.plan
     size_name, variant_index = ctx.parsed_item(items.parse_size_variant)
-    index = next((i for i, v in enumerate(plan.variants) if v.target.name == size_name), None)
-    if index is None:
+    found = plan.variant_for(size_name, variant_index)  # an odd variant may be the mirrored composition
+    if found is None:
         known = ", ".join(v.target.name for v in plan.variants)
         raise StageError(f"gpu.background: the ad plan has no variant for size {size_name!r} (has: {known})",
                          retryable=False, field="item")
-    variant = plan.variants[index]
+    index, variant = found
+    mirrored = variant is not plan.variants[index]
+    caption = variant.layout.global_caption or plan.prompts.background
     # a gate's regeneration (gate.critic) offsets the seed as a scene's does, so a retry paints a new image
     seed = identity_recipe.scene_seed(background_seed(plan.seed, variant_index, index), ctx.task.regeneration)
     model_id, spec, _, _ = model_and_size(ctx, (variant.target.w, variant.target.h))
     product_id = (ctx.task.spec.get("product") or {}).get("image")
     product_box = next((b for b in variant.layout.boxes if b.role == "product"), None)
     layout_json = variant.layout.model_dump(mode="json")
-    regional = up.ad_prompts.regional if up.ad_prompts is not None else None
+    # the RPG plan is of the caption as written: not for a mirrored composition
+    regional = up.ad_prompts.regional if up.ad_prompts is not None and not mirrored else None
     target = (variant.target.w, variant.target.h)
     if ctx.task.spec.get("control"):
         # the controls steer the whole background; the control recipe has no mask, so a product image is
         # pasted back unchanged into its box afterwards instead of being inpainted around
         params, record = control_params(ctx, model_id, spec, ctx.task.spec["control"])
-        req = request(ctx, recipe="control", target=target, seed=seed, prompt=plan.prompts.background,
+        req = request(ctx, recipe="control", target=target, seed=seed, prompt=caption,
                       negative_prompt=plan.negative_prompt, params=params, kind="background",
                       output_key="background_key")
         product = (upload_key(ctx.task.tenant_id, product_id), list(product_box.bbox)) \
@@ -146,7 +149,7 @@ def prepare_background(ctx: StageContext) -> GenRequest:
         recipe, params = "regional", {"plan": regional.model_dump(mode="json")}
     else:
         recipe, params = "text_to_image", {}
-    return request(ctx, recipe=recipe, target=target, seed=seed, prompt=plan.prompts.background,
+    return request(ctx, recipe=recipe, target=target, seed=seed, prompt=caption,
                    negative_prompt=plan.negative_prompt, params=params, kind="background",
                    output_key="background_key")
 

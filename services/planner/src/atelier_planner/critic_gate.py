@@ -106,14 +106,14 @@ def background_plan(recipe: str | None, layout: LayoutPlan, regional: dict[str, 
 
 
 def variant_layout(plan: AdPlan, item: str) -> LayoutPlan:
-    """The ``LayoutPlan`` of item ``<size>-v<k>`` (one layout per size; the variants differ by seed)."""
+    """The ``LayoutPlan`` of item ``<size>-v<k>`` (one layout per size; an odd variant may be its mirror image)."""
     try:
-        size, _ = items.parse_size_variant(item)
+        size, k = items.parse_size_variant(item)
     except ValueError as exc:
         raise StageError(f"{S_GATE_CRITIC}: {exc}", retryable=False, field="item") from exc
-    for v in plan.variants:
-        if v.target.name == size:
-            return v.layout
+    found = plan.variant_for(size, k)
+    if found is not None:
+        return found[1].layout
     raise StageError(f"{S_GATE_CRITIC}: the ad plan has no variant for size {size!r}", retryable=False, field="item")
 
 

@@ -327,6 +327,12 @@ def assemble_variant(spec: CampaignSpec, *, size: str, drafts: list[Draft], colo
     return AdVariant(target=Target(w=w, h=h, name=size), layout=layout, text_styles=styles), info
 
 
+def mirror_ok(width: int, height: int, safe: SafeZone) -> bool:
+    """Whether odd variants of a size take the mirrored composition (variants differ in composition, not only in
+    seed): where the safe zone is the same on both sides and the layout is not a centred portrait one."""
+    return abs(safe.left - safe.right) < 1e-9 and width / height >= 0.85
+
+
 def layout_problems(boxes: list[Box], *, safe: SafeZone | None = None, allow_occlude: bool = False) -> list[str]:
     """What breaks the ad-layout invariants (empty when none): <= 10 boxes, one product, boxes inside the
     canvas, graphics inside the safe zone, nothing covering the product (or at most a quarter of it)."""
@@ -378,6 +384,7 @@ def layout_variant(spec: CampaignSpec, *, size: str, job_id: str, seed: int, pro
                                      allow_occlude=allow_occlude)
     info["arrangement"] = slots.arrangement
     info["product_aspect"] = product_aspect
+    variant.mirror_odd = info["mirror_odd"] = mirror_ok(w, h, safe)
     shown = min(len(slots.texts), len(spec.taglines))
     info["taglines_shown"] = shown
     if shown < len(spec.taglines):

@@ -194,6 +194,7 @@ class LLMBackend:
             else:
                 variant, info = res.value  # type: ignore[misc]
                 info["arrangement"] = "llm"
+                variant.mirror_odd = info["mirror_odd"] = paid.mirror_ok(w, h, safe)
             info["planner"] = run
             variants.append(variant)
             infos[size] = info

@@ -38,9 +38,10 @@ def render_ad(ctx: StageContext) -> RenderAdOutput:
     up = ctx.inputs(RenderAdInputs)
     size, variant_no = ctx.parsed_item(items.parse_size_variant)
     plan = up.ad_layout.plan
-    variant = next((v for v in plan.variants if v.target.name == size), None)
-    if variant is None:
+    found = plan.variant_for(size, variant_no)  # an odd variant may be the mirrored composition
+    if found is None:
         raise StageError(f"AdPlan has no variant for size {size}", retryable=False)
+    variant = found[1]
     spec = ctx.task.spec
     backdrop = str(spec.get("backdrop") or "generated")
     background = None
