@@ -41,7 +41,8 @@ app(["worker", "--queues", "render", "--pool", "solo", "--no-supervise", "--logl
 
 
 def _worker(mode: str, tmp_path: Path, redis_url: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, ATELIER_BROKER_URL=redis_url, ATELIER_HOME=str(tmp_path), ATELIER_WORKER_LOOP_STALL_S="3")
+    env = dict(os.environ, ATELIER_BROKER_URL=redis_url, ATELIER_HOME=str(tmp_path), ATELIER_WORKER_LOOP_STALL_S="3",
+               ATELIER_WORKER_HEARTBEAT_FILE=str(tmp_path / "alive"))
     return subprocess.Popen([sys.executable, "-c", WORKER, mode, str(tmp_path / "slept")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -58,18 +59,32 @@ def test_a_blocked_event_loop_ends_the_worker_with_its_stacks(tmp_path: Path, re
     assert "Current thread" in out or "Thread 0x" in out  # faulthandler's dump of the stuck loop
 
 
+def _healthcheck(tmp_path: Path, max_age: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, ATELIER_HOME=str(tmp_path), ATELIER_WORKER_HEARTBEAT_FILE=str(tmp_path / "alive"))
+    return subprocess.run([sys.executable, "-m", "atelier.cli", "healthcheck", "--max-age", str(max_age)], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_a_long_task_in_the_solo_pool_is_not_a_stall(tmp_path: Path, redis_url: str) -> None:
+    """...and the worker's heartbeat (what `atelier healthcheck`, the container's healthcheck, reads) stays fresh
+    through the task that holds the loop; it goes stale once the worker is gone."""
     from celery import Celery
 
     p = _worker("normal", tmp_path, redis_url)
+    ages = []
     try:
         producer = Celery("t", broker=redis_url)
         producer.send_task("test.watchdog.sleep", args=[8.0], queue="render")  # 8 s > the 3 s limit
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not (tmp_path / "slept").exists():
             assert p.poll() is None, p.communicate()[0][-3000:]
+            if (tmp_path / "alive").exists():
+                ages.append(time.time() - (tmp_path / "alive").stat().st_mtime)
             time.sleep(0.5)
         assert (tmp_path / "slept").exists()
+        assert ages and max(ages[-10:]) < 3.0, ages  # fresh while the task held the loop
+        ok = _healthcheck(tmp_path, 5)
+        assert ok.returncode == 0 and "healthy" in ok.stdout, ok.stdout + ok.stderr
         time.sleep(6)  # idle after the task: the loop ticks again, nothing fires
         assert p.poll() is None, p.communicate()[0][-3000:]
     finally:
@@ -78,3 +93,6 @@ def test_a_long_task_in_the_solo_pool_is_not_a_stall(tmp_path: Path, redis_url: 
             p.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
+    time.sleep(2.5)
+    stale = _healthcheck(tmp_path, 2)
+    assert stale.returncode == 1 and "unhealthy: last heartbeat" in stale.stderr, stale.stdout + stale.stderr

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -207,6 +208,28 @@ def serve(
 
 
 @app.command()
+def healthcheck(
+    max_age: Annotated[float, typer.Option(help="Seconds since the worker's last heartbeat that still count as alive.")] = 30.0,
+) -> None:
+    """Exit 0 when this container's worker is alive (its heartbeat file, ATELIER_WORKER_HEARTBEAT_FILE, was touched
+    within MAX_AGE seconds: its event loop turns or a task runs), 1 otherwise — a compose healthcheck or a
+    Kubernetes liveness probe, with `atelier worker --no-supervise` so the platform restarts and counts failures."""
+    path = _settings().worker_heartbeat_file
+    if path is None:
+        typer.echo("unhealthy: ATELIER_WORKER_HEARTBEAT_FILE is not set", err=True)
+        raise typer.Exit(1)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        typer.echo(f"unhealthy: no heartbeat at {path} (the worker has not started consuming)", err=True)
+        raise typer.Exit(1) from None
+    if age > max_age:
+        typer.echo(f"unhealthy: last heartbeat {age:.0f} s ago (> {max_age:g} s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"healthy: last heartbeat {age:.1f} s ago")
+
+
+@app.command()
 def worker(
     queues: Annotated[str, typer.Option(help=f"Comma-separated queues: {','.join(ALL_QUEUES)}")] = ",".join(ALL_QUEUES),
     pool: Annotated[str | None, typer.Option(help="Celery pool: solo (default with a GPU queue), threads, prefork.")] = None,
@@ -252,8 +275,8 @@ def worker(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    if settings.worker_loop_stall_s > 0:
-        celery_app.steps["consumer"].add(watchdog_step(settings.worker_loop_stall_s))
+    if settings.worker_loop_stall_s > 0 or settings.worker_heartbeat_file is not None:
+        celery_app.steps["consumer"].add(watchdog_step(settings.worker_loop_stall_s, settings.worker_heartbeat_file))
     gpu = any(q in GPU_QUEUES for q in qs)
     pool = pool or ("solo" if gpu else "threads")
     concurrency = concurrency or (1 if gpu or pool == "solo" else 4)

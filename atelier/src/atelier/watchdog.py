@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from celery import bootsteps
@@ -73,14 +74,32 @@ def _die(stall_s: float) -> None:
     os._exit(EXIT_STALLED)
 
 
-def watchdog_step(stall_s: float) -> type[bootsteps.StartStopStep]:
-    """A consumer bootstep (``app.steps["consumer"].add(...)``) that runs the watchdog for this worker."""
+def touch(path: Path) -> None:
+    """Set ``path``'s modification time to now (creating it): the worker's heartbeat for ``atelier healthcheck``."""
+    try:
+        path.touch()
+    except OSError:  # a full or read-only disk: the healthcheck says so by the file's age
+        log.warning("could not touch the heartbeat file %s", path, exc_info=True)
+
+
+def watchdog_step(stall_s: float, heartbeat_file: Path | None = None) -> type[bootsteps.StartStopStep]:
+    """A consumer bootstep (``app.steps["consumer"].add(...)``) that runs the watchdog for this worker.
+
+    ``stall_s`` 0: no stall exit (the heartbeat only). ``heartbeat_file``: touched on every loop tick, and every
+    second while a task runs (a solo pool's task holds the loop) — alive means consuming or working."""
     dog = LoopWatchdog(stall_s, busy=_tasks_running)
+
+    def tick() -> None:
+        dog.tick()
+        if heartbeat_file is not None:
+            touch(heartbeat_file)
 
     def watch() -> None:
         while True:
             time.sleep(1.0)
-            if dog.stalled():
+            if heartbeat_file is not None and dog.armed and dog.busy():
+                touch(heartbeat_file)
+            if stall_s > 0 and dog.stalled():
                 _die(stall_s)
 
     class EventLoopWatchdog(bootsteps.StartStopStep):
@@ -93,7 +112,7 @@ def watchdog_step(stall_s: float) -> type[bootsteps.StartStopStep]:
 
         def start(self, c: Any) -> None:
             if self.timer_entry is None:
-                self.timer_entry = c.timer.call_repeatedly(min(1.0, stall_s / 4), dog.tick)
+                self.timer_entry = c.timer.call_repeatedly(min(1.0, stall_s / 4) if stall_s > 0 else 1.0, tick)
             dog.arm()
             if EventLoopWatchdog.thread is None:
                 EventLoopWatchdog.thread = threading.Thread(target=watch, name="loop-watchdog", daemon=True)

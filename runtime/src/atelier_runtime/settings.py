@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         "A worker whose Celery event loop has not turned for this long while it runs no task exits, so `atelier "
         "worker`'s supervisor restarts it (kombu 5.7 can block the loop on a Redis pub/sub read after a Redis "
         "restart); 0 turns the watchdog off."))
+    worker_heartbeat_file: Path | None = Field(default=None, description=(
+        "A file the worker touches every second while its event loop turns or a task runs; `atelier healthcheck` "
+        "reads its age (the container's healthcheck / liveness probe, with `atelier worker --no-supervise`)."))
     queued_stall_s: float = Field(default=900.0, gt=0, description="A queued stage no worker has touched for this long is re-sent.")
     start_stall_s: float = Field(default=30.0, gt=0, description="A job still queued this long after submission is started again.")
     reconcile_interval_s: float = Field(default=10.0, gt=0)

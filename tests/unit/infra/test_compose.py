@@ -404,3 +404,13 @@ def test_every_image_is_served_and_pinned(services: dict[str, dict[str, Any]]) -
         tag = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", tag)  # ${VLLM_TAG:-v0.11.0} → its default
         assert repo not in WITHDRAWN, f"{name}: {repo} is no longer served (use quay.io/minio/...)"
         assert tag not in FLOATING_TAGS and ("." in tag or "RELEASE" in tag), f"{name}: {image} is not pinned"
+
+
+def test_workers_run_unsupervised_with_a_heartbeat_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    """Docker restarts (and counts) a worker that dies or stops consuming: no in-process supervisor hides it."""
+    workers = {name: svc for name, svc in services.items() if svc.get("command") and command_of(svc)[:1] == ["worker"]}
+    assert set(workers) == {"orchestrator", "planner", "renderer", "gpu-worker"}
+    for name, svc in workers.items():
+        assert "--no-supervise" in command_of(svc), name
+        assert svc["healthcheck"]["test"][:3] == ["CMD", "atelier", "healthcheck"], name
+        assert env_of(svc)["ATELIER_WORKER_HEARTBEAT_FILE"].startswith("/tmp/"), name

@@ -553,3 +553,13 @@ def test_readme_shows_how_a_gpu_host_joins() -> None:
         assert needed in section, f"README Scale-out section lacks {needed}"
     assert "ATELIER_DATABASE_URL" not in section.split("```bash", 1)[1].split("```", 1)[0], \
         "the GPU host example must not need the database"
+
+
+def test_workers_run_unsupervised_with_a_heartbeat_liveness_probe(docs: list[dict[str, Any]]) -> None:
+    """The kubelet restarts (and counts) a worker that dies or stops consuming: no in-process supervisor hides it."""
+    assert workers(docs)
+    for name, workload in workers(docs).items():
+        (c,) = containers(workload)
+        assert "--no-supervise" in c["args"], name
+        assert c["livenessProbe"]["exec"]["command"][:2] == ["atelier", "healthcheck"], name
+        assert env_of(workload, docs)["ATELIER_WORKER_HEARTBEAT_FILE"].startswith("/tmp/"), name
