@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from atelier_api import create_app
+from atelier_api.ratelimit import JobLimits
 from atelier_control.auth import create_tenant
 from atelier_control.db import make_engine, session_factory, session_scope
 from atelier_control.models import Base, Job
@@ -111,3 +112,24 @@ def tenant(factory: sessionmaker[Session]) -> TenantCtx:
 @pytest.fixture
 def other_tenant(factory: sessionmaker[Session]) -> TenantCtx:
     return _tenant(factory, "globex")
+
+
+@pytest.fixture
+def make_client(settings: Settings, engine: Any, store: Any, celery: Any, runtime: Any) -> Iterator[Any]:
+    """Apps with these settings changed (`make(window=..., **overrides)`: `window` replaces the rate limiter's
+    shared window), each entered as a TestClient and closed at the end."""
+    clients: list[TestClient] = []
+
+    def make(window: Any = None, **overrides: Any) -> TestClient:
+        app = create_app(settings.model_copy(update=overrides), engine=engine, store=store, celery=celery,
+                         runtime=runtime)
+        if window is not None:
+            app.state.job_limits = JobLimits(app.state.settings, window=window)
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from api_testkit import TenantCtx, campaign_spec, set_job
-from atelier_api import create_app
 from atelier_api.concurrency import TenantConcurrency
 from atelier_api.ratelimit import JobLimits, MemoryWindow, estimate_gpu_seconds, generated_megapixels
 from atelier_api.streams import MAX_EVENT_ID
@@ -17,23 +15,6 @@ from atelier_runtime.settings import SERVICES_DEFAULTS, Settings
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-
-
-@pytest.fixture
-def make_client(settings: Settings, engine: Any, store: Any, celery: Any, runtime: Any) -> Iterator[Any]:
-    clients: list[TestClient] = []
-
-    def make(**overrides: Any) -> TestClient:
-        app = create_app(settings.model_copy(update=overrides), engine=engine, store=store, celery=celery,
-                         runtime=runtime)
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 def submit(client: TestClient, tenant: TenantCtx, **spec: Any) -> Any:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from api_testkit import TenantCtx, campaign_spec, set_job, story_spec
-from atelier_api import create_app
-from atelier_api.ratelimit import JobLimits, MemoryWindow, RateLimited, Slot
+from atelier_api.ratelimit import MemoryWindow, RateLimited, Slot
 from atelier_control.models import Job
 from atelier_runtime.settings import Settings
 from fastapi.testclient import TestClient
@@ -24,24 +22,6 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-
-@pytest.fixture
-def make_client(settings: Settings, engine: Any, store: Any, celery: Any, runtime: Any) -> Iterator[Any]:
-    clients: list[TestClient] = []
-
-    def make(window: Any = None, **overrides: Any) -> TestClient:
-        app = create_app(settings.model_copy(update=overrides), engine=engine, store=store, celery=celery,
-                         runtime=runtime)
-        if window is not None:
-            app.state.job_limits = JobLimits(app.state.settings, window=window)
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 def submit(client: TestClient, tenant: TenantCtx, *, key: str | None = None, **spec: Any) -> Any:
