@@ -149,6 +149,23 @@ class AdVariant(BaseModel):
     text_styles: list[TextStyle] = Field(default_factory=list)
     mirror_odd: bool = Field(default=False, description="Odd variants (v1, v3, ...) use the mirrored composition: "
                                                         "every box flipped left to right, the caption's sides swapped.")
+    scene_captions: list[str] = Field(default_factory=list, description=(
+        "The background scenes this size's variants paint in turn: variant k paints scene_captions[k % n] (index 0 "
+        "is the layout's own caption; the others are the same setting and objects in another light). Empty: "
+        "every variant paints the layout's caption."))
+
+    def in_scene(self, k: int) -> AdVariant:
+        """The variant whose background paints scene ``k % n`` of ``scene_captions`` (itself for scene 0): the
+        layout's global caption and its full-canvas background box take that caption; the boxes stay."""
+        if len(self.scene_captions) < 2 or k % len(self.scene_captions) == 0:
+            return self
+        caption = self.scene_captions[k % len(self.scene_captions)]
+        old = self.layout.global_caption
+        boxes = [b.model_copy(update={"caption": caption}) if b.role == "background" and b.caption == old else b
+                 for b in self.layout.boxes]
+        layout = self.layout.model_copy(update={"boxes": boxes, "global_caption": caption,
+                                                "plan_id": f"{self.layout.plan_id}-s{k % len(self.scene_captions)}"})
+        return self.model_copy(update={"layout": layout})
 
     def mirrored(self) -> AdVariant:
         """The same ad composed the other way round: boxes flipped horizontally, "left"/"right" swapped in the
@@ -172,11 +189,14 @@ class AdPlan(_Plan):
     variants: list[AdVariant]  # one per target size
 
     def variant_for(self, size: str, k: int = 0) -> tuple[int, AdVariant] | None:
-        """(index of the size among ``variants``, the AdVariant variant ``k`` of that size draws): odd variants of a
-        size whose ``mirror_odd`` is set are composed the other way round; None for a size the plan does not have."""
+        """(index of the size among ``variants``, the AdVariant variant ``k`` of that size draws): variant ``k``
+        paints the size's scene ``k % n`` (:meth:`AdVariant.in_scene`), and odd variants of a size whose
+        ``mirror_odd`` is set are composed the other way round; None for a size the plan does not have. The
+        variant returned is the plan's own object only for the caption and composition as planned."""
         for i, v in enumerate(self.variants):
             if v.target.name == size:
-                return i, (v.mirrored() if v.mirror_odd and k % 2 == 1 else v)
+                drawn = v.in_scene(k)
+                return i, (drawn.mirrored() if v.mirror_odd and k % 2 == 1 else drawn)
         return None
 
 

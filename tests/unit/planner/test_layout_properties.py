@@ -146,6 +146,30 @@ def test_object_boxes_sit_on_the_side_their_caption_names(size: tuple[int, int],
             assert (centre < 0.5) if sides[b.caption] == "left" else (centre > 0.5), (b.caption, b.bbox, size)
 
 
+@PROPS
+@given(size=sizes, product=st.sampled_from(PRODUCTS), locale=st.sampled_from(["en-US", "hi-IN", "ja-JP", "es-MX"]),
+       seed=st.integers(0, 50), variants=st.integers(2, 6))
+def test_variants_are_not_identical_in_scene(size: tuple[int, int], product: tuple[str, str], locale: str, seed: int,
+                                             variants: int) -> None:
+    """No two of a size's first three variants paint the same scene in the same composition, and every variant's
+    object boxes still sit on the side its own caption names."""
+    w, h = size
+    name = f"{w}x{h}"
+    spec = CampaignSpec.model_validate({
+        "brand": {"name": "B"}, "product": {"name": product[0], "description": product[1]}, "taglines": ["t"],
+        "locale": locale, "sizes": [name], "seed": seed, "variants": variants})
+    plan = paid.ad_layout(spec, job_id="scenes")
+    drawn = [plan.variant_for(name, k)[1] for k in range(variants)]  # type: ignore[index]
+    looks = [(v.layout.global_caption, tuple(b.bbox for b in v.layout.boxes)) for v in drawn]
+    assert len(set(looks[:3])) == min(3, variants)
+    for v in drawn:
+        sides = paid.object_sides(v.layout.global_caption, [b.caption for b in v.layout.boxes if b.role == "entity"])
+        for b in v.layout.boxes:
+            if b.role == "entity" and b.caption in sides:
+                centre = (b.bbox[0] + b.bbox[2]) / 2
+                assert (centre < 0.5) if sides[b.caption] == "left" else (centre > 0.5), (b.caption, b.bbox, size)
+
+
 def test_object_sides_are_read_from_the_caption() -> None:
     caption = ("a sunlit linen-covered table with a glass teapot on the left and loose tea leaves in a small bowl on "
                "the right, soft diffused daylight")

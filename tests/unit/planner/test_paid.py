@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 from atelier_contracts.colors import contrast_ratio
-from atelier_contracts.plans import AdPlan, parse_split_ratio
+from atelier_contracts.plans import AdPlan, parse_split_ratio, swap_sides
 from atelier_contracts.specs import CampaignSpec
 from atelier_planner import paid
 from atelier_planner.layout import aspect_class, overlaps
@@ -212,14 +212,14 @@ def test_odd_variants_are_composed_the_other_way_round(size: str) -> None:
     w, h = (int(x) for x in size.split("x"))
     portrait = w / h < 0.85
     assert infos[size]["mirror_odd"] is (not portrait)
-    if portrait:
-        assert v1 is v0
+    if portrait:  # the same composition, the next scene
+        assert v1.layout.boxes[1:] == v0.layout.boxes[1:] and v1.layout.global_caption != v0.layout.global_caption
         return
     p0 = next(b.bbox for b in v0.layout.boxes if b.role == "product")
     p1 = next(b.bbox for b in v1.layout.boxes if b.role == "product")
     assert p1 == pytest.approx((1 - p0[2], p0[1], 1 - p0[0], p0[3]))
-    assert ("left" in v0.layout.global_caption) and v1.layout.global_caption == \
-        v0.layout.global_caption.replace("left", "@").replace("right", "left").replace("@", "right")
+    scene1 = plan.variants[0].scene_captions[1]  # v1 paints the size's second scene, composed the other way round
+    assert ("left" in scene1) and v1.layout.global_caption == swap_sides(scene1)
     safe = paid.safe_zone_for(w, h)
     assert paid.layout_problems(v1.layout.boxes, safe=safe) == []
     # the background objects stay on the side their (swapped) caption names
@@ -227,3 +227,41 @@ def test_odd_variants_are_composed_the_other_way_round(size: str) -> None:
     for b in v1.layout.boxes:
         if b.role == "entity" and b.caption in sides:
             assert ((b.bbox[0] + b.bbox[2]) / 2 < 0.5) == (sides[b.caption] == "left")
+
+
+@pytest.mark.parametrize("size", ["1080x1080", "1080x1920", "300x250", "728x90"])
+@pytest.mark.parametrize("product,locale", [("Masala Chai Tin", "hi-IN"), ("Cold Brew Coffee", "en-US"),
+                                            ("Trail Running Shoe", "es-MX"), ("Wooden Puzzle", "en")])
+def test_variants_differ_in_scene_not_only_in_seed(size: str, product: str, locale: str) -> None:
+    """Variants of one size paint the same setting and objects in other lights, in turn: v0, v1 and v2 have three
+    different background captions (each naming every object the layout places), the light clause is the one that
+    changes, and v3 comes back to v0's scene."""
+    spec = CampaignSpec.model_validate({"brand": {"name": "B", "palette": ["#FFFFFF", "#0A2342"]},
+                                        "product": {"name": product, "description": "The product."},
+                                        "taglines": ["One line"], "locale": locale, "sizes": [size], "variants": 4})
+    plan = paid.ad_layout(spec, job_id="scenes")
+    drawn = [plan.variant_for(size, k)[1] for k in range(4)]  # type: ignore[index]
+    planned = plan.variants[0]
+    scenes = [paid_scene(planned, k) for k in range(4)]
+    assert len(set(scenes[:3])) == 3 and scenes[3] == scenes[0]
+    assert scenes[0] == planned.layout.global_caption
+    objects = [b.caption for b in planned.layout.boxes if b.role == "entity"]
+    for k, v in enumerate(drawn):
+        caption = v.layout.global_caption
+        assert all(o.split()[-1] in caption for o in objects)
+        assert v.layout.boxes[0].role == "background" and v.layout.boxes[0].caption == caption
+        changed = set(caption.split(", ")) ^ set(plan.variants[0].layout.global_caption.split(", "))
+        if k % 3 and not (planned.mirror_odd and k % 2):
+            assert len(changed) == 2 and all(paid._LIGHT.search(c) for c in changed), changed
+    assert "colour accents" in scenes[1]  # the brand's colours stay in every scene
+
+
+def paid_scene(v: Any, k: int) -> str:
+    return str(v.in_scene(k).layout.global_caption)
+
+
+def test_a_caption_without_a_light_clause_gets_one() -> None:
+    out = paid.scene_variations("a marble counter, colour accents in light grey, studio", seed=3)
+    assert out[0] == "a marble counter, colour accents in light grey, studio"
+    assert all(c.startswith("a marble counter, ") and c.endswith(", colour accents in light grey, studio")
+               for c in out[1:]) and len(set(out)) == 3

@@ -322,9 +322,34 @@ def assemble_variant(spec: CampaignSpec, *, size: str, drafts: list[Draft], colo
                                     underlay_color=colours.cta_fill, align="center"))
     layout = LayoutPlan(plan_id=plan_id_for(job_id, S_AD_LAYOUT, size), seed=seed, width=w, height=h,
                         negative_prompt=negative, planner=planner, global_caption=prompts.background, boxes=boxes)
+    scenes = scene_variations(prompts.background, seed)
     info = {"safe_zone": safe.as_dict(), "allow_occlude": allow_occlude, "metrics": layout_metrics(boxes, safe=safe),
-            "raw_metrics": raw, "repairs": fixed.notes}
-    return AdVariant(target=Target(w=w, h=h, name=size), layout=layout, text_styles=styles), info
+            "raw_metrics": raw, "repairs": fixed.notes, "scenes": scenes}
+    return AdVariant(target=Target(w=w, h=h, name=size), layout=layout, text_styles=styles, scene_captions=scenes), info
+
+
+_LIGHT = re.compile(r"\b(?:light|lighting|daylight|sunlight|sun|glow|spotlight|lamplight)\b", re.IGNORECASE)
+SCENES_PER_SIZE = 3
+
+
+def scene_variations(caption: str, seed: int, n: int = SCENES_PER_SIZE) -> list[str]:
+    """The background scene as ``n`` scenes variants paint in turn: the caption as written, then the same setting
+    and objects in other lights (its light clause, the last comma clause naming a light, replaced by one of
+    ``paid_scenes.json``'s ``variant_lights`` chosen by the seed; a caption without one gets the light added after
+    its first clause)."""
+    lights = [str(x) for x in load_data("paid_scenes.json")["variant_lights"]]
+    clauses = caption.split(", ")
+    at = next((i for i in range(len(clauses) - 1, -1, -1)
+               if _LIGHT.search(clauses[i]) and not clauses[i].lower().startswith("colour")), None)
+    own = clauses[at].lower() if at is not None else ""
+    options = [x for x in lights if x.lower() != own]
+    start = stable_index(len(options), "light", seed)
+    out = [caption]
+    for i in range(max(0, n - 1)):
+        light = options[(start + i) % len(options)]
+        relit = [*clauses[:at], light, *clauses[at + 1:]] if at is not None else [clauses[0], light, *clauses[1:]]
+        out.append(", ".join(relit))
+    return out
 
 
 def mirror_ok(width: int, height: int, safe: SafeZone) -> bool:
