@@ -1,7 +1,8 @@
 """Which story languages (and cultures) the offline planner writes, and how a language tag is read.
 
-The ``rules`` planner backend writes stories from its own templates (the planner's
-``data/story_beats.json``; a test keeps ``RULES_LANGUAGES`` equal to the languages it has). A story in any other
+The ``rules`` planner backend writes stories from its own templates (English and Hindi in the planner's
+``data/story_beats.json``, every other language in its own ``data/story_lang/<code>.json``; a test keeps
+``RULES_LANGUAGES`` equal to the languages those files hold). A story in any other
 language needs an LLM planner: with ``ATELIER_PLANNER_BACKEND=rules`` the API refuses it at submit (422 on
 ``spec.language``, naming the languages it can write) instead of writing English under another label.
 """
@@ -9,7 +10,7 @@ language needs an LLM planner: with ``ATELIER_PLANNER_BACKEND=rules`` the API re
 from __future__ import annotations
 
 # primary subtags the rules templates are written in
-RULES_LANGUAGES: tuple[str, ...] = ("en", "hi")
+RULES_LANGUAGES: tuple[str, ...] = ("en", "hi", "es", "fr", "pt", "sw", "ar", "ta")
 NAMES: dict[str, str] = {"en": "English", "hi": "Hindi", "es": "Spanish", "fr": "French", "ar": "Arabic",
                          "pt": "Portuguese", "sw": "Swahili", "ta": "Tamil"}
 # cultures with a curated lexicon in the rules planner (places, food, festivals, names, dress); any other culture

@@ -142,11 +142,11 @@ def test_every_stage_output_records_planner_and_metrics(make_ctx: MakeCtx) -> No
 
 
 def test_a_story_language_the_rules_planner_cannot_write_fails_its_stage_for_good(make_ctx: MakeCtx) -> None:
-    spec = {**STORY, "language": "es"}
+    spec = {**STORY, "language": "de"}
     ctx = make_ctx(stage="plan.culture", kind="story", spec=spec)
     culture = culture_stage.stage_fn(ctx)
     ctx = make_ctx(stage="plan.story", kind="story", spec=spec, upstream={"plan.culture": culture})
-    with pytest.raises(StageError, match="cannot write 'es'") as err:
+    with pytest.raises(StageError, match="cannot write 'de'") as err:
         story_stage.stage_fn(ctx)
     assert err.value.retryable is False and err.value.field == "spec.language"
 

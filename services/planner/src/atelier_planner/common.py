@@ -50,7 +50,7 @@ def load_data(name: str) -> Any:
     return json.loads(text)
 
 
-_WS = re.compile(r"\s+")
+_WS = re.compile(r"[^\S\u00a0\u202f]+")  # runs of whitespace; no-break spaces (French « », :, !) stay
 
 
 def clean_text(text: str) -> str:
@@ -69,11 +69,11 @@ def truncate_words(text: str, max_words: int) -> str:
 
 
 def first_sentence(text: str) -> str:
-    """The first sentence of ``text`` (Latin or Devanagari full stops), without its final stop."""
+    """The first sentence of ``text`` (Latin, Devanagari or Arabic full stops), without its final stop."""
     text = clean_text(text)
-    m = re.search(r"(.+?[.!?।])(\s|$)", text)
+    m = re.search(r"(.+?[.!?।؟])(\s|$)", text)
     sentence = m.group(1) if m else text
-    return sentence.rstrip(".!?। ")
+    return sentence.rstrip(".!?।؟ ")
 
 
 def contains_word(text: str, words: list[str] | tuple[str, ...]) -> str | None:

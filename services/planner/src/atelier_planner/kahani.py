@@ -6,8 +6,9 @@
   (Brazil), Sicily (Italy) and the west of Ireland; any other culture string gets the generic entry with
   that string written into every note. Items that share words
   with the premise are preferred; the rest is chosen by the job's seed.
-* Story: beat templates (``data/story_beats.json``) in the languages of
-  ``atelier_contracts.languages.RULES_LANGUAGES``, at most 250 words. Any other language is refused
+* Story: beat templates in the languages of ``atelier_contracts.languages.RULES_LANGUAGES`` (English and Hindi in
+  ``data/story_beats.json``; each other language's templates, morphology and lexicon in
+  ``data/story_lang/<code>.json``), at most 250 words. Any other language is refused
   (:class:`UnsupportedLanguage`, naming the languages it can write) — never English under another label; the
   API refuses it at submit when no LLM planner is configured.
 * Characters (<= 3): protagonist, helper and an optional friend, with roles read from the premise
@@ -19,12 +20,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from atelier_contracts.catalogue import S_SCENE_LAYOUT, S_SCENES
-from atelier_contracts.languages import RULES_LANGUAGES, rules_can_write, unsupported_message
+from atelier_contracts.languages import NAMES, RULES_LANGUAGES, rules_can_write, unsupported_message
 from atelier_contracts.languages import primary as primary_language
 from atelier_contracts.plans import Box, CastMember, Character, LayoutPlan, PlannerInfo, Scene, StoryPlan
 from atelier_contracts.specs import StorySpec
@@ -81,6 +83,72 @@ _OLD = re.compile(r"\b(?:old|elderly|aged|grey-haired|white-haired|retired)\s+(?
 _NAMED = re.compile(r"\b(?:named|called)\s+([A-Z][\w'-]+)")
 
 
+# ---------------------------------------------------------------- languages
+
+# the languages written from their own file in data/story_lang/<code>.json (templates, morphology and the
+# culture lexicon in that language); English and Hindi live in data/story_beats.json
+PACK_LANGUAGES: tuple[str, ...] = tuple(code for code in RULES_LANGUAGES if code not in ("en", "hi"))
+# English function words: a premise with more of these than of the story language's is an English premise
+_EN_STOPWORDS = frozenset("""a an the and of to in on at for with his her their its is are was who he she they
+from by as but into this that""".split())
+
+
+@functools.cache
+def story_pack(code: str) -> dict[str, Any] | None:
+    """The story templates and lexicon of one language (``data/story_lang/<code>.json``), or None."""
+    if code not in PACK_LANGUAGES:
+        return None
+    return load_data(f"story_lang/{code}.json")  # type: ignore[no-any-return]
+
+
+def premise_in_language(premise: str, pack: dict[str, Any]) -> bool:
+    """Whether the premise is written in the pack's language: its script where it has one, else more of its
+    function words than of English's (a premise with neither is taken as written in it)."""
+    if pack["premise"].get("script"):
+        return re.search(pack["premise"]["script"], premise) is not None
+    words = re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", premise.lower())
+    own = set(pack["premise"]["stopwords"])
+    ours = sum(1 for w in words if w in own)
+    english = sum(1 for w in words if w in _EN_STOPWORDS)
+    return ours > english or ours == english == 0
+
+
+def pack_goal(premise: str, pack: dict[str, Any], max_words: int) -> str | None:
+    """The premise's action as an infinitive phrase in the pack's language ("Dos hermanos construyen una cometa"
+    → "construir una cometa"), from its wish verbs, conjugated-verb table and verb rules; None when no verb is
+    found in its first nine words (the story then frames the premise as written)."""
+    cfg = pack["premise"].get("goal")
+    if not cfg:
+        return None
+    words = first_sentence(premise).split()
+    bare = [re.sub(r"^[^\w]+|[^\w]+$", "", w).lower() for w in words]
+    wish, particles = set(cfg.get("wish", ())), set(cfg.get("particles", ()))
+    infinitive = re.compile(cfg.get("infinitive") or r"(?!)")
+    for i, word in enumerate(bare[:9]):
+        if not word:
+            continue
+        if word in wish:
+            j = i + 1
+            while j < len(bare) and bare[j] in particles:
+                j += 1
+            if j < len(bare) and infinitive.fullmatch(bare[j]):
+                goal = " ".join(words[j:])
+                break
+            continue
+        base = cfg.get("verbs", {}).get(word)
+        if base is None:
+            for rule, repl in cfg.get("verb_rules", ()):
+                if re.fullmatch(rule, word):
+                    base = re.sub(rule, repl, word)
+                    break
+        if base is not None and i + 1 < len(words):
+            goal = " ".join([base, *words[i + 1:]])
+            break
+    else:
+        return None
+    return truncate_words(goal.rstrip(".!?…,;:؟।" + " "), max_words).rstrip("…")
+
+
 # ---------------------------------------------------------------- culture
 
 
@@ -92,6 +160,14 @@ def _fill(value: Any, culture: str) -> Any:
     if isinstance(value, dict):
         return {k: _fill(v, culture) for k, v in value.items()}
     return value
+
+
+def _fill_keys(value: Any, culture: str, written: str) -> Any:
+    """:func:`_fill` of a language's lexicon: its keys are the English items (filled with ``culture``, as the
+    picks are), its values the language's own (filled with ``written``)."""
+    if isinstance(value, dict):
+        return {_fill(k, culture): _fill_keys(v, culture, written) for k, v in value.items()}
+    return _fill(value, written)
 
 
 def resolve_culture(culture: str) -> dict[str, Any]:
@@ -210,14 +286,24 @@ class CastSpec:
         return ROLE_GENDER[self.role]
 
 
-def _mentions(premise: str) -> list[tuple[int, str]]:
+def _mentions(premise: str, pack: dict[str, Any] | None = None) -> list[tuple[int, str]]:
+    """(position, role) of every role word in the premise: the English words, and the story language's own
+    (``premise.role_words`` of its pack; whole words in Latin script, substrings in others)."""
     low = premise.lower()
     found: list[tuple[int, str]] = []
     taken: list[tuple[int, int]] = []
-    for role, words in _ROLE_WORDS:
+    lists: list[tuple[str, tuple[str, ...], str]] = []
+    if pack is not None:
+        pattern = r"\b{w}\b" if not pack["premise"].get("script") else "{w}"
+        # the language's elder words first, as in English; longer words before the words inside them
+        lists = [(role, tuple(sorted(pack["premise"]["role_words"].get(role, ()), key=len, reverse=True)), pattern)
+                 for role, _ in _ROLE_WORDS]
+    if pack is None or not premise_in_language(premise, pack):  # English words only in an English premise
+        lists += [(role, words, r"\b{w}s?\b") for role, words in _ROLE_WORDS]  # ("son" is French for "his")
+    for role, words, pattern in lists:
         for w in words:
-            for m in re.finditer(rf"\b{re.escape(w)}s?\b", low):
-                if any(a <= m.start() < b for a, b in taken):
+            for m in re.finditer(pattern.format(w=re.escape(w.lower())), low):
+                if any(a <= m.start() < b or a < m.end() <= b for a, b in taken):
                     continue
                 taken.append((m.start(), m.end()))
                 if role in ("woman", "man") and _OLD.search(low[max(0, m.start() - 24):m.start()]):
@@ -228,9 +314,26 @@ def _mentions(premise: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def cast_roles(premise: str, seed: int) -> list[tuple[str, str]]:
-    """(slot, role) for protagonist, helper and optional friend, read from the premise."""
-    mentions = _mentions(premise)
+def _friend_word(premise: str, pack: dict[str, Any] | None) -> tuple[str, str | None] | None:
+    """The first friend/sibling word of the premise (English or the story language's) and the role it implies."""
+    words: dict[str, str | None] = dict(_FRIEND_WORDS)
+    if pack is not None:
+        own = {k.lower(): v for k, v in pack["premise"]["friend_words"].items()}
+        words = own if premise_in_language(premise, pack) else {**own, **words}
+        if pack["premise"].get("script"):
+            low = premise.lower()
+            hit = next((w for w in pack["premise"]["friend_words"] if w.lower() in low), None)
+            if hit is not None:
+                return hit, words[hit.lower()]
+    hit = contains_word(premise, list(words))
+    return (hit, words[hit.lower()]) if hit is not None else None
+
+
+def cast_roles(premise: str, seed: int, language: str = "en") -> list[tuple[str, str]]:
+    """(slot, role) for protagonist, helper and optional friend, read from the premise (in English or in the
+    story's language)."""
+    pack = story_pack(primary_language(language))
+    mentions = _mentions(premise, pack)
     children = [r for _, r in mentions if r in _CHILD]
     grown = [r for _, r in mentions if r not in _CHILD]
     if children:
@@ -243,24 +346,33 @@ def cast_roles(premise: str, seed: int) -> list[tuple[str, str]]:
     if helper is None:
         helper = ("grandmother", "grandfather")[stable_index(2, seed, "helper-role")]
     out = [("hero", hero), ("helper", helper)]
-    friend_word = contains_word(premise, list(_FRIEND_WORDS))
-    if friend_word is not None:
-        role = _FRIEND_WORDS[friend_word.lower()] or ("boy" if ROLE_GENDER[hero] == "f" else "girl")
+    friend = _friend_word(premise, pack)
+    if friend is not None:
+        role = friend[1] or ("boy" if ROLE_GENDER[hero] == "f" else "girl")
         out.append(("friend", role))
     elif len(children) > 1:
         out.append(("friend", children[1]))
     return out[:MAX_CHARACTERS]
 
 
+def _named(premise: str, language: str) -> str | None:
+    """A name the premise gives its hero ("named Priya", or the story language's own way of saying it)."""
+    m = _NAMED.search(premise)
+    pack = story_pack(primary_language(language))
+    if m is None and pack is not None and pack["premise"].get("named"):
+        m = re.search(pack["premise"]["named"], premise)
+    return m.group(1) if m else None
+
+
 def cast_for(spec: StorySpec, culture: dict[str, Any], seed: int) -> list[CastSpec]:
     """The story's characters: roles from the premise, names/looks from the culture lexicon."""
-    explicit = _NAMED.search(spec.premise)
+    explicit = _named(spec.premise, spec.language)
     used: set[str] = set()
     cast: list[CastSpec] = []
-    for slot, role in cast_roles(spec.premise, seed):
+    for slot, role in cast_roles(spec.premise, seed, spec.language):
         options = culture["names"][role]
         if slot == "hero" and explicit:
-            name, name_hi = explicit.group(1), explicit.group(1)
+            name, name_hi = explicit, explicit
         else:
             start = stable_index(len(options), seed, slot, "name")
             pick = next((options[(start + k) % len(options)] for k in range(len(options))
@@ -387,27 +499,89 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:] if s else s
 
 
+def _pack_slots(pack: dict[str, Any], cast: list[CastSpec], culture: dict[str, Any], premise: str,
+                goal: str | None, missing: list[str]) -> dict[str, str]:
+    """The slots of a language pack's templates: names in its script, the role morphology of hero (``h_``),
+    helper (``g_``) and friend (``f_``), the pair's agreement (``p_``), and the picked places, foods and festival
+    in every form the pack declares (``place_in``, ``food_obj``…). A pick the pack has no entry for is written as
+    in English and named in ``missing``."""
+    by = {c.slot: c for c in cast}
+    hero, helper, friend = by["hero"], by["helper"], by.get("friend")
+    lexicon = pack["lexicon"]
+    # a culture the lexicon does not know is written as the user gave it, without an English leading article
+    label = str(culture.get("label", ""))
+    lex = _fill_keys(lexicon.get(culture.get("key", "generic"), lexicon["generic"]), label,
+                     re.sub(r"^(?:the|a|an)\s+", "", label, flags=re.IGNORECASE))
+    names: dict[str, str] = lex.get("names", {})
+    morph = pack["morph"]
+    pair = "ff" if hero.gender == helper.gender == "f" else "mm" if hero.gender == helper.gender == "m" else "mixed"
+    slots: dict[str, str] = {
+        "hero": names.get(hero.name, hero.name), "helper": names.get(helper.name, helper.name),
+        "friend": names.get(friend.name, friend.name) if friend else "",
+        "premise": premise, "premise_goal": goal or "",
+        **{f"h_{k}": v for k, v in morph[hero.role].items()},
+        **{f"g_{k}": v for k, v in morph[helper.role].items()},
+        **{f"f_{k}": v for k, v in (morph[friend.role] if friend else dict.fromkeys(morph["girl"], "")).items()},
+        **{f"p_{k}": v for k, v in pack["pair"][pair].items()},
+    }
+    picks = culture["picks"]
+    for slot, kind, form_kind, key in (("place", "places", "place", "en"), ("place2", "places", "place", "en"),
+                                       ("food", "food", "food", "en"), ("food2", "food", "food", "en"),
+                                       ("festival", "festivals", "festival", "name")):
+        english = str(picks[slot][key])
+        forms = lex.get(kind, {}).get(english)
+        if forms is None:
+            missing.append(english)
+            forms = dict.fromkeys(pack["forms"][form_kind], english)
+        slots.update({f"{slot}_{form}": value for form, value in forms.items()})
+    return slots
+
+
+def pack_premise_clause(premise: str, pack: dict[str, Any], native: bool, max_words: int) -> str:
+    """The premise's first sentence closed with the pack's full stop; quoted when it is in another language."""
+    text = truncate_words(first_sentence(premise), max_words)
+    if native:
+        return text if text.endswith("…") else f"{text}{pack['full_stop']}"
+    opening, closing = pack["premise"]["quotes"]
+    return f"{opening}{text.rstrip('.…')}{closing}{pack['full_stop']}"
+
+
 def compose_story(spec: StorySpec, culture: dict[str, Any], seed: int) -> StoryDraft:
     """The story as annotated sentences (beat per sentence), <= 250 words, >= ``pages`` sentences."""
     data = load_data("story_beats.json")
     lang = template_language(spec.language)
+    pack = story_pack(lang)
+    native = pack is not None and premise_in_language(spec.premise, pack)
     cast = cast_for(spec, culture, seed)
     has_friend = any(c.slot == "friend" for c in cast)
     picks = culture["picks"]
     beats = [b for b in data["beats"]
              if b.get("requires") is None or (b["requires"] == "friend") == has_friend]
+    missing: list[str] = []
+
+    def templates(beat: dict[str, Any], goal: str | None) -> list[str]:
+        if pack is not None:
+            own = pack["beats"]
+            return own["premise_fallback"] if beat["id"] == "premise" and not goal else own[beat["id"]]  # type: ignore[no-any-return]
+        # the premise told as the hero's goal; quoted only when no action could be read from it
+        return beat[f"{lang}_fallback"] if f"{lang}_fallback" in beat and not goal else beat[lang]  # type: ignore[no-any-return]
 
     def render(premise_words: int, drop_optional: int) -> list[Sentence]:
-        goal = premise_goal(spec.premise, premise_words) if lang == "en" else None
-        slots = _slots(lang, cast, picks, premise_clause(spec.premise, lang, premise_words), goal)
+        if pack is None:
+            goal = premise_goal(spec.premise, premise_words) if lang == "en" else None
+            slots = _slots(lang, cast, picks, premise_clause(spec.premise, lang, premise_words), goal)
+        else:
+            goal = pack_goal(spec.premise, pack, premise_words) if native else None
+            missing.clear()
+            slots = _pack_slots(pack, cast, culture, pack_premise_clause(spec.premise, pack, native, premise_words),
+                                goal, missing)
         out: list[Sentence] = []
         optional_seen = 0
         for b in beats:
             if b.get("optional") and optional_seen < drop_optional:
                 optional_seen += 1
                 continue
-            # the premise told as the hero's goal; quoted only when no action could be read from it
-            variants = b[f"{lang}_fallback"] if f"{lang}_fallback" in b and not goal else b[lang]
+            variants = templates(b, goal)
             text = variants[stable_index(len(variants), seed, b["id"], lang)].format(**slots)
             text = _cap(text)
             out.append(Sentence(text=clean_text(text), beat=b))
@@ -425,12 +599,21 @@ def compose_story(spec: StorySpec, culture: dict[str, Any], seed: int) -> StoryD
         share = MAX_STORY_WORDS // len(sentences)
         sentences = [Sentence(truncate_words(s.text, share), s.beat) for s in sentences]
     warnings = []
-    if lang == "hi" and not _DEVANAGARI.search(spec.premise):
-        warnings.append("plan.story: the premise is not written in Hindi and the rules planner cannot translate it; "
-                        "it is quoted as written (an LLM planner writes it into the story)")
-    titles = data["titles"][lang]
-    title = titles[stable_index(len(titles), seed, "title", lang)].format(**_slots(lang, cast, picks, ""))
-    return StoryDraft(title=title, language=spec.language, template_language=lang, sentences=sentences,
+    name = NAMES.get(lang, lang)
+    if (lang == "hi" and not _DEVANAGARI.search(spec.premise)) or (pack is not None and not native):
+        warnings.append(f"plan.story: the premise is not written in {name} and the rules planner cannot translate "
+                        "it; it is quoted as written (an LLM planner writes it into the story)")
+    if missing:
+        warnings.append(f"plan.story: the {name} lexicon has no entry for {', '.join(sorted(set(missing)))}; "
+                        "written as in English")
+    if pack is not None:
+        title_slots = _pack_slots(pack, cast, culture, "", None, [])
+        titles = pack["titles"]
+    else:
+        title_slots = _slots(lang, cast, picks, "")
+        titles = data["titles"][lang]
+    title = titles[stable_index(len(titles), seed, "title", lang)].format(**title_slots)
+    return StoryDraft(title=_cap(title), language=spec.language, template_language=lang, sentences=sentences,
                       warnings=warnings)
 
 
@@ -516,7 +699,7 @@ def split_evenly(n_items: int, n_groups: int) -> list[range]:
 
 
 def _sentences(text: str) -> list[str]:
-    parts = re.findall(r"[^.!?।]+[.!?।]+[\"”]?|[^.!?।]+$", text)
+    parts = re.findall(r"[^.!?।؟]+[.!?।؟]+[\"”»]?|[^.!?।؟]+$", text)
     return [clean_text(p) for p in parts if clean_text(p)]
 
 
