@@ -109,6 +109,13 @@ def test_atelier_submit_waits_and_leaves_the_demo_bundle_on_disk(stack: dict[str
     headers, body = receiver.requests[0]
     payload = verify_webhook(hook.secret, headers, body)
     assert payload["type"] == "job.succeeded" and payload["data"]["job_id"] == job_id
+    # it lists the delivered assets: each one's placement, format, size and checksum as the bundle has them
+    assets = payload["data"]["assets"]
+    by_sha = {row["sha256"]: row for row in manifest["files"]}
+    assert len(assets) == len(expected) and {a["sha256"] for a in assets} == set(by_sha)
+    for a in assets:
+        assert a["size"] == a["item"].split("-v")[0] and a["format"] == "png" and a["bytes"] > 0
+        assert a["url"].endswith(f"{a['artifact_id']}/content") or "/v1/assets/" in a["url"]
     time.sleep(1.0)
     assert len(receiver.requests) == 1  # once per event and endpoint
     receiver.server.shutdown()
@@ -128,6 +135,20 @@ def test_story_bundle_carries_the_storybook(stack: dict[str, Any]) -> None:
     files = {f["file"]: f for f in json.loads(zf.read("manifest.json"))["files"]}
     assert files["storybook.pdf"]["c2pa"] in ("trusted", "untrusted")
     assert hashlib.sha256(pdf).hexdigest() == files["storybook.pdf"]["sha256"]
+
+
+def test_an_arabic_story_is_written_and_set_right_to_left(stack: dict[str, Any]) -> None:
+    with AtelierClient(f"http://127.0.0.1:{stack['port']}", api_key=stack["key"]) as client:
+        job = client.submit({"premise": "تريد فتاة أن تجد قطتها الضائعة قبل العيد.", "culture": "Cairo, Egypt",
+                             "language": "ar", "pages": 1, "seed": 4}, kind="story",
+                            external_id="dam-asset-42", metadata={"team": "books"})
+        assert job.external_id == "dam-asset-42" and job.metadata == {"team": "books"}
+        job = client.wait(job.id, timeout=300)
+        assert job.status == "succeeded", _logs(stack)
+        assert [j.id for j in client.jobs(external_id="dam-asset-42").items] == [job.id]
+        path = client.download_bundle(job.id, stack["tmp"] / "story-ar")
+    html = zipfile.ZipFile(path).read("storybook.html").decode()
+    assert '<html lang="ar" dir="rtl">' in html and "أن تجد قطتها الضائعة قبل العيد" in html
 
 
 def test_cli_jobs_ls_show_and_cancel(stack: dict[str, Any]) -> None:

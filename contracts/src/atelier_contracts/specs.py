@@ -201,6 +201,12 @@ JobKind = Literal["campaign", "story"]
 SPEC_MODELS: dict[str, type[_Spec]] = {"campaign": CampaignSpec, "story": StorySpec}
 
 
+MAX_METADATA_KEYS = 50
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.:-]+$")]
+MetadataValue = Annotated[str, StringConstraints(max_length=500)]
+ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class JobRequest(BaseModel):
     """Body of ``POST /v1/jobs``."""
 
@@ -208,6 +214,19 @@ class JobRequest(BaseModel):
 
     kind: JobKind
     spec: dict[str, object]
+    external_id: ExternalId | None = Field(default=None, description=(
+        "Your own reference for this job (a CRM record, a campaign id): echoed in the job, in every `job.*` "
+        "webhook and filterable with `GET /v1/jobs?external_id=`. Not unique: several jobs may share one."))
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, description=(
+        f"Up to {MAX_METADATA_KEYS} string labels (keys of letters, digits and `_.:-`, at most 40 characters; values "
+        "at most 500), stored with the job and echoed in its view and in every `job.*` webhook."))
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} keys; got {len(value)}")
+        return value
 
     def parsed_spec(self) -> CampaignSpec | StorySpec:
         model = SPEC_MODELS[self.kind]

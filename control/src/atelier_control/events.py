@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import Event
+from .models import Event, utcnow
 
 EVENT_TYPES = (
     "job.created", "job.started", "job.succeeded", "job.failed", "job.canceled",
     "stage.queued", "stage.started", "stage.progress", "stage.completed", "stage.failed", "stage.retrying",
     "stage.redriven", "artifact.created",
     "stage.gate", "stage.regenerating", "job.warning",  # quality gates (best-of-N) and their warnings
+    "webhook.test",  # POST /v1/webhooks/{id}/test: sent to that one endpoint only, whatever it subscribes to
 )
+
+
+def message_id(event_id: int) -> str:
+    """The ``webhook-id`` of an event's message: stable across retries and redeliveries."""
+    return f"msg_evt_{event_id}"
+
+
+def envelope(ev: Event, data: dict[str, Any]) -> dict[str, Any]:
+    """A webhook message body in Standard Webhooks' ``{type, timestamp, data}`` shape."""
+    created = ev.created_at or utcnow()
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return {"type": ev.type, "timestamp": created.isoformat().replace("+00:00", "Z"), "data": data}
 
 
 def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, data: dict[str, Any] | None = None) -> Event:

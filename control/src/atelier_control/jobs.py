@@ -16,25 +16,32 @@ from .events import emit
 from .models import TERMINAL, Job, Stage, utcnow
 
 
-def request_hash(kind: str, spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({"kind": kind, "spec": spec}, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def request_hash(kind: str, spec: dict[str, Any], external_id: str | None = None,
+                 labels: dict[str, str] | None = None) -> str:
+    body: dict[str, Any] = {"kind": kind, "spec": spec}
+    if external_id is not None or labels:  # jobs stored before these fields keep their hash
+        body.update(external_id=external_id, metadata=labels or {})
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def create_job(session: Session, *, tenant_id: str, kind: str, spec: CampaignSpec | StorySpec,
-               idempotency_key: str | None = None) -> tuple[Job, bool]:
+               idempotency_key: str | None = None, external_id: str | None = None,
+               labels: dict[str, str] | None = None) -> tuple[Job, bool]:
     """Insert a queued job (and its ``job.created`` event); returns (job, created).
 
-    The same idempotency key with the same body returns the existing job; with another body, Conflict.
+    The same idempotency key with the same body (spec, ``external_id`` and ``metadata``) returns the existing job;
+    with another body, Conflict.
     """
     spec_json = spec.model_dump(mode="json")
-    digest = request_hash(kind, spec_json)
+    digest = request_hash(kind, spec_json, external_id, labels)
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
         if existing is not None:
             if existing.request_hash != digest:
                 raise Conflict("Idempotency-Key was already used with a different request body", field="Idempotency-Key")
             return existing, False
-    job = Job(tenant_id=tenant_id, kind=kind, spec=spec_json, idempotency_key=idempotency_key, request_hash=digest)
+    job = Job(tenant_id=tenant_id, kind=kind, spec=spec_json, idempotency_key=idempotency_key, request_hash=digest,
+              external_id=external_id, labels=dict(labels or {}))
     session.add(job)
     session.flush()
     emit(session, tenant_id=tenant_id, job_id=job.id, type="job.created", data={"kind": kind})

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -80,6 +81,7 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        Index("ix_jobs_tenant_external_id", "tenant_id", "external_id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
@@ -91,6 +93,9 @@ class Job(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text, default=None)
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # the caller's own reference (a CRM record, a campaign id) and string labels: echoed in views and webhooks
+    external_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    labels: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

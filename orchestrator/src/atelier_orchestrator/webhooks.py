@@ -43,7 +43,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpcore
 import httpx
-from atelier_control.models import Event, Webhook, WebhookCursor, WebhookDelivery, new_id, utcnow
+from atelier_contracts import placements
+from atelier_contracts.catalogue import S_DELIVER
+from atelier_control.asset_urls import AssetLink, AssetLinks
+from atelier_control.events import envelope, message_id
+from atelier_control.models import Artifact, Event, Job, Stage, Webhook, WebhookCursor, WebhookDelivery, new_id, utcnow
 from atelier_control.ssrf import AllowList, Resolver, UnsafeUrl, parse_ports, resolve_checked
 from atelier_runtime.settings import Settings
 from atelier_sdk.webhooks import WEBHOOK_EVENTS, sign_webhook
@@ -64,6 +68,7 @@ RESPONSE_READ_MAX = 1024  # bytes of a receiver's answer that are read at all
 LEASE_MARGIN_S = 15.0  # a send ends this long before its lease; as long again covers recording and clock skew
 MIN_SEND_S = 0.05  # a claim with less time than this left is not sent
 CANDIDATES_MIN = 200  # due rows read per claim, at least
+LinkFor = Callable[[Artifact], AssetLink]  # an artifact → the expiring URL a receiver fetches it at
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -72,23 +77,90 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt
 
 
-def message_id(event_id: int) -> str:
-    """The ``webhook-id`` of an event's message: stable across retries and redeliveries."""
-    return f"msg_evt_{event_id}"
+def event_payload(ev: Event, job: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of an event's message (Standard Webhooks' ``{type, timestamp, data}``).
 
-
-def event_payload(ev: Event) -> dict[str, Any]:
-    """The JSON body of an event's message (Standard Webhooks' ``{type, timestamp, data}``)."""
-    created = _aware(ev.created_at) or utcnow()
+    ``job``: what :func:`job_context` read of the event's job — its ``external_id`` and ``metadata`` go into every
+    ``job.*`` event, the delivered ``assets`` and ``documents`` into ``job.succeeded``."""
     data: dict[str, Any] = {"event_id": ev.id, "job_id": ev.job_id, **(ev.data or {})}
     if ev.type.startswith("job.") and ev.job_id:
         data["status"] = ev.type.split(".", 1)[1]
         data["job_url"] = f"/v1/jobs/{ev.job_id}"
+        if job is not None:
+            data["external_id"], data["metadata"] = job.get("external_id"), dict(job.get("metadata") or {})
         if ev.type == "job.succeeded":
             data["bundle_url"] = f"/v1/jobs/{ev.job_id}/bundle"
+            if job is not None and "assets" in job:
+                data["assets"], data["documents"] = job["assets"], job["documents"]
+                data["manifest"] = job.get("manifest")
     if ev.type == "artifact.created" and data.get("artifact_id"):
         data["content_url"] = f"/v1/artifacts/{data['artifact_id']}/content"
-    return {"type": ev.type, "timestamp": created.isoformat().replace("+00:00", "Z"), "data": data}
+    return envelope(ev, data)
+
+
+_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "application/pdf": "pdf",
+            "text/html": "html", "application/json": "json"}
+
+
+def _asset(artifact: Artifact, item: str, links: LinkFor | None) -> dict[str, Any]:
+    """One delivered file as a webhook lists it: what it is, where it goes, and how to fetch and check it."""
+    size = item.split("-v")[0] if "x" in item.split("-")[0] else None
+    placement_name = None
+    if size is not None:
+        try:
+            placement_name = placements.placement(size).name
+        except ValueError:
+            size = None
+    return {"artifact_id": artifact.id, "item": item, "kind": artifact.kind, "placement": placement_name,
+            "size": f"{artifact.width}x{artifact.height}" if artifact.width and artifact.height else size,
+            "width": artifact.width, "height": artifact.height,
+            "format": _FORMATS.get(artifact.content_type, artifact.content_type), "content_type": artifact.content_type,
+            "bytes": artifact.size_bytes, "sha256": artifact.sha256,
+            **({"url": f"/v1/artifacts/{artifact.id}/content", "url_expires_at": None} if links is None else
+               _link_fields(links(artifact)))}
+
+
+def _link_fields(link: AssetLink) -> dict[str, Any]:
+    return {"url": link.url, "url_expires_at": link.expires_at.isoformat().replace("+00:00", "Z")}
+
+
+def asset_links(settings: Settings) -> LinkFor:
+    """The deployment's expiring asset URLs (``atelier_control.asset_urls``: S3 presigned for
+    ``s3_public_endpoint``, else the API's signed ``/v1/assets/...``, absolute with ``public_base_url``)."""
+    links = AssetLinks.from_settings(settings)
+    return lambda a: links.link(a.id, a.key, content_type=a.content_type, filename=a.name)
+
+
+def job_context(session: Session, events: Sequence[Event], *, links: LinkFor | None = None
+                ) -> dict[str, dict[str, Any]]:
+    """Per job of ``job.*`` events: its ``external_id`` and ``metadata``, and, for a job that succeeded, the files
+    its ``deliver`` stage delivered (``assets``: the images, in the manifest's order; ``documents``: a storybook's
+    PDF and HTML; ``manifest``) — read in three queries for the whole batch. ``links`` makes each file's expiring
+    URL (:func:`asset_links`); without it the URL is the API's authenticated content path."""
+    job_ids = {ev.job_id for ev in events if ev.job_id and ev.type.startswith("job.")}
+    if not job_ids:
+        return {}
+    out: dict[str, dict[str, Any]] = {
+        jid: {"external_id": ext, "metadata": labels or {}}
+        for jid, ext, labels in session.execute(select(Job.id, Job.external_id, Job.labels).where(Job.id.in_(job_ids)))}
+    done = {ev.job_id for ev in events if ev.type == "job.succeeded" and ev.job_id in out}
+    if not done:
+        return out
+    delivered: dict[str, dict[str, Any]] = {
+        st.job_id: st.output or {} for st in session.scalars(
+            select(Stage).where(Stage.job_id.in_(done), Stage.name == S_DELIVER, Stage.status == "succeeded"))}
+    keys = {k for o in delivered.values() for k in [*o.get("assets", []), *o.get("documents", []),
+                                                    o.get("manifest_key") or ""] if k}
+    rows = session.execute(select(Artifact, Stage.item).outerjoin(Stage, Stage.id == Artifact.stage_id)
+                           .where(Artifact.job_id.in_(done), Artifact.key.in_(keys))).all() if keys else []
+    by_key = {(a.job_id, a.key): (a, item or "") for a, item in rows}
+    for jid in done:
+        o = delivered.get(jid, {})
+        files = {name: [_asset(*by_key[(jid, k)], links) for k in o.get(name, []) if (jid, k) in by_key]
+                 for name in ("assets", "documents")}
+        manifest = by_key.get((jid, o.get("manifest_key") or ""))
+        out[jid].update(files, manifest=_asset(*manifest, links) if manifest else None)
+    return out
 
 
 def body_bytes(payload: dict[str, Any]) -> bytes:
@@ -130,7 +202,7 @@ def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> int:
 
 
 def enqueue_events(factory: sessionmaker[Session], *, now: datetime | None = None,
-                   grace_s: float = CURSOR_GRACE_S) -> int:
+                   grace_s: float = CURSOR_GRACE_S, links: LinkFor | None = None) -> int:
     """Turn new events into delivery rows for every enabled endpoint that wants them; returns rows added."""
     now = now or utcnow()
     with factory() as session, session.begin():
@@ -158,16 +230,18 @@ def enqueue_events(factory: sessionmaker[Session], *, now: datetime | None = Non
             select(Event).where(Event.id > cursor.last_event_id, Event.type.in_(WEBHOOK_EVENTS),
                                 Event.tenant_id.in_(list(by_tenant)))
             .order_by(Event.id).limit(ENQUEUE_BATCH)))
+        jobs = job_context(session, events, links=links)
         rows = []
         for ev in events:
             created = _aware(ev.created_at) or now
+            payload = event_payload(ev, jobs.get(ev.job_id or ""))
             for h in by_tenant.get(ev.tenant_id, []):
                 wanted = h.events or list(WEBHOOK_EVENTS)
                 if ev.type not in wanted or created < (_aware(h.created_at) or now):
                     continue
                 rows.append({"id": new_id("whd"), "webhook_id": h.id, "tenant_id": ev.tenant_id,
                              "event_id": ev.id, "event_type": ev.type, "message_id": message_id(ev.id),
-                             "payload": event_payload(ev), "status": "pending", "attempts": 0,
+                             "payload": payload, "status": "pending", "attempts": 0,
                              "next_attempt_at": now, "log": [], "created_at": now})
         added = _insert_ignore(session, rows)
         new_last = horizon or 0
@@ -507,6 +581,7 @@ class WebhookDispatcher(threading.Thread):
         self.lease_s = lease_for(settings) if lease_s is None else lease_s
         self.lease_margin_s = lease_margin_s
         self.sender = Sender(settings, transport=transport, resolver=resolver)
+        self._links: LinkFor | None = None  # made on the first pass (it reads the signing secret)
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=settings.webhook_concurrency, thread_name_prefix="atelier-webhook")
@@ -554,7 +629,9 @@ class WebhookDispatcher(threading.Thread):
     def run_once(self) -> int:
         """One pass: enqueue new events, claim what is due for the free workers and hand it to them (without
         waiting for the sends); returns the number of deliveries claimed."""
-        enqueue_events(self.factory, now=self.clock())
+        if self._links is None:
+            self._links = asset_links(self.settings)
+        enqueue_events(self.factory, now=self.clock(), links=self._links)
         with self.lock:
             free = self.settings.webhook_concurrency - len(self.in_flight)
             if free <= 0 or self.stop_event.is_set():

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     s3_bucket: str = "atelier"
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    s3_public_endpoint: str | None = Field(default=None, description=(
+        "host[:port] (or http(s)://host[:port]) at which integrators reach the S3 store; set with storage=s3, asset "
+        "URLs are S3 presigned GET URLs signed for it (a bare host uses s3_secure's scheme); unset = asset URLs "
+        "point at the API's /v1/assets."))
 
     # models
     models_dir: Path | None = Field(default=None, description="Folder of local model folders; default home/models.")
@@ -92,6 +96,15 @@ class Settings(BaseSettings):
     upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     upload_max_pixels: int = Field(default=40_000_000, ge=1)
     sse_poll_s: float = Field(default=0.25, gt=0)
+    public_base_url: str | None = Field(default=None, description=(
+        "Where integrators reach the API, e.g. https://atelier.example.com (http/https, no query or fragment; a "
+        "trailing slash is dropped): asset URLs are made absolute with it; unset = relative /v1/assets/... URLs."))
+    asset_url_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, le=7 * 24 * 3600, description=(
+        "Lifetime of an asset URL (artifact download_url, webhooks), rounded up to the next whole hour so URLs "
+        "made within the same hour are the same; at most 7 days (S3's presigned-URL limit)."))
+    asset_max_streams_per_client: int = Field(default=8, ge=0, description=(
+        "Downloads one client address may run at once from the public /v1/assets route per API process; 0 = no "
+        "cap."))
 
     # dashboard sessions
     session_secret: SecretStr | None = Field(
@@ -208,6 +221,34 @@ class Settings(BaseSettings):
     tenant_max_uploads: int = Field(default=8, ge=0, description="Uploads a tenant may send at once per API process; "
                                                                  "0 = no cap.")
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://atelier.example.com")
+        if parts.query or parts.fragment or "?" in value or "#" in value:
+            raise ValueError("must have no query or fragment")
+        return value.strip().rstrip("/")
+
+    @field_validator("s3_public_endpoint")
+    @classmethod
+    def _public_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        text = value.strip().rstrip("/")
+        parts = urlsplit(text if "://" in text else f"//{text}")
+        if parts.scheme not in ("", "http", "https") or not parts.hostname or parts.path or parts.query \
+                or parts.fragment or parts.username or parts.password:
+            raise ValueError("must be host[:port] or http(s)://host[:port], nothing else")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from exc
+        return text
+
     @field_validator("webhook_allowed_ports")
     @classmethod
     def _ports_in_range(cls, value: str) -> str:
@@ -229,7 +270,10 @@ class Settings(BaseSettings):
         """``home``, created private (0700) when it does not exist yet: it holds the SQLite file (webhook secrets
         in it), the session secret and the development CA's key."""
         if not self.home.exists():
-            self.home.mkdir(parents=True, mode=0o700)
+            try:
+                self.home.mkdir(parents=True, mode=0o700)
+            except FileExistsError:  # another process (or thread) made it first: theirs is made the same way
+                return self.home
             os.chmod(self.home, 0o700)  # mkdir's mode passes through the umask
         return self.home
 

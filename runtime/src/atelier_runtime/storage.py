@@ -10,15 +10,21 @@ import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import quote, urlsplit
 
 from atelier_contracts.errors import NotFound, StorageError
 from minio import Minio
 from minio.error import S3Error
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from urllib3 import BaseHTTPResponse  # minio's response type
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,10 @@ class StoredObject:
     size_bytes: int
     sha256: str
     content_type: str
+
+
+CHUNK_BYTES = 256 * 1024  # what a streamed read holds in memory at a time
+PRESIGN_MAX_S = 7 * 24 * 3600  # S3's limit on a presigned URL's lifetime
 
 
 def _check_key(key: str) -> None:
@@ -42,6 +52,8 @@ class ArtifactStore(Protocol):
     def list(self, prefix: str) -> list[str]: ...
     def ping(self) -> None: ...
     def local_path(self, key: str) -> Path | None: ...
+    def stat(self, key: str) -> StoredObject: ...
+    def open_range(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]: ...
 
 
 class LocalStore:
@@ -97,14 +109,44 @@ class LocalStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    def stat(self, key: str) -> StoredObject:
+        """Size and SHA-256 of the stored file (hashed in chunks; never read whole); NotFound when missing."""
+        path = self._path(key)
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                while chunk := fh.read(CHUNK_BYTES):
+                    digest.update(chunk)
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise NotFound(f"object {key} not found") from exc
+        return StoredObject(key, size, digest.hexdigest(), "application/octet-stream")
+
+    def open_range(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """``length`` bytes from ``offset`` (to the end when None), in chunks. The file is opened here, so a missing
+        one is NotFound before the first chunk; closing the iterator closes the file."""
+        _check_range(offset, length)
+        try:
+            fh = self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise NotFound(f"object {key} not found") from exc
+        return _file_chunks(fh, offset, length)
+
 
 class S3Store:
-    """Artifacts in an S3 bucket through the ``minio`` SDK; the client is injectable for tests."""
+    """Artifacts in an S3 bucket through the ``minio`` SDK; the client is injectable for tests.
 
-    def __init__(self, client: object, bucket: str, *, create_bucket: bool = True) -> None:
+    ``public_client`` (optional) signs presigned URLs for the endpoint integrators reach the bucket at; it needs
+    its region set, so presigning is arithmetic and makes no network call.
+    """
+
+    def __init__(self, client: object, bucket: str, *, create_bucket: bool = True,
+                 public_client: object | None = None) -> None:
         assert isinstance(client, Minio)
+        assert public_client is None or isinstance(public_client, Minio)
         self.client = client
         self.bucket = bucket
+        self.public_client = public_client
         self._create_bucket = create_bucket
         self._bucket_ready = False
 
@@ -128,7 +170,7 @@ class S3Store:
             secure=settings.s3_secure,
             region=settings.s3_region,
         )
-        return cls(client, settings.s3_bucket)
+        return cls(client, settings.s3_bucket, public_client=public_client(settings))
 
     def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
         _check_key(key)
@@ -185,6 +227,103 @@ class S3Store:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def stat(self, key: str) -> StoredObject:
+        """Size, type and SHA-256 from the object's metadata (``sha256`` is '' for an object written without
+        ours); NotFound when missing."""
+        _check_key(key)
+        try:
+            info = self.client.stat_object(bucket_name=self.bucket, object_name=key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise NotFound(f"object {key} not found") from exc
+            raise StorageError(f"cannot stat {key}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot stat {key}: {exc}") from exc
+        meta = info.metadata or {}
+        digest = str(meta.get("x-amz-meta-sha256") or "")  # an HTTPHeaderDict: any case matches
+        return StoredObject(key, int(info.size or 0), digest, info.content_type or "application/octet-stream")
+
+    def open_range(self, key: str, *, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """``length`` bytes from ``offset`` (to the end when None), streamed in chunks. The request is sent here,
+        so a missing object is NotFound before the first chunk; closing the iterator releases the connection."""
+        _check_key(key)
+        _check_range(offset, length)
+        if length == 0:
+            return iter(())
+        try:
+            # minio asks for no range when both are 0 (the whole object), else bytes=offset-(offset+length-1)
+            resp = self.client.get_object(bucket_name=self.bucket, object_name=key, offset=offset,
+                                          length=length or 0)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise NotFound(f"object {key} not found") from exc
+            raise StorageError(f"cannot read {key}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot read {key}: {exc}") from exc
+        return _response_chunks(resp, key)
+
+    def presigned_get(self, key: str, *, expires_s: int, content_type: str, filename: str,
+                      signed_at: datetime | None = None) -> str | None:
+        """A GET URL for the public endpoint, valid ``expires_s`` from ``signed_at`` (default now), that answers
+        with this type and ``Content-Disposition: inline; filename=...``; None without a public endpoint."""
+        _check_key(key)
+        if self.public_client is None:
+            return None
+        if not 1 <= expires_s <= PRESIGN_MAX_S:
+            raise ValueError(f"a presigned URL lives 1..{PRESIGN_MAX_S} s, not {expires_s}")
+        return self.public_client.presigned_get_object(
+            bucket_name=self.bucket, object_name=key, expires=timedelta(seconds=expires_s), request_date=signed_at,
+            response_headers={"response-content-type": content_type,
+                              "response-content-disposition": inline_disposition(filename)},
+        )
+
+
+def public_client(settings: Settings) -> Minio | None:
+    """The client that presigns for ``s3_public_endpoint`` (None when unset): the store's credentials, and its
+    region, so presigning never asks the endpoint for it."""
+    if not settings.s3_public_endpoint:
+        return None
+    endpoint, secure = settings.s3_public_endpoint, settings.s3_secure
+    if "://" in endpoint:
+        parts = urlsplit(endpoint)
+        endpoint, secure = parts.netloc, parts.scheme == "https"
+    return Minio(endpoint, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key, secure=secure,
+                 region=settings.s3_region)
+
+
+def inline_disposition(name: str) -> str:
+    """``inline`` with an ASCII ``filename`` and the exact name as RFC 6266/8187 ``filename*``."""
+    plain = "".join(c for c in name if c.isascii() and c.isprintable() and c not in '"\\') or "artifact"
+    return f"inline; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def _check_range(offset: int, length: int | None) -> None:
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError(f"bad range: offset {offset}, length {length}")
+
+
+def _file_chunks(fh: io.BufferedReader, offset: int, length: int | None) -> Iterator[bytes]:
+    with fh:
+        fh.seek(offset)
+        left = length
+        while left is None or left > 0:
+            chunk = fh.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
+def _response_chunks(resp: BaseHTTPResponse, key: str) -> Iterator[bytes]:
+    try:
+        yield from resp.stream(CHUNK_BYTES)
+    except Exception as exc:  # noqa: BLE001 - a connection lost mid-object is a storage failure
+        raise StorageError(f"cannot read {key}: {exc}") from exc
+    finally:
+        resp.close()
+        resp.release_conn()
 
 
 def make_store(settings: Settings) -> ArtifactStore:

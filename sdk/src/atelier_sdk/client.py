@@ -61,6 +61,8 @@ class Job(_Model):
     error: str | None = None
     spec: dict[str, Any] = Field(default_factory=dict)
     stages: list[Stage] = Field(default_factory=list)
+    external_id: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
 
     @property
     def done(self) -> bool:
@@ -191,9 +193,11 @@ class AtelierClient:
 
     # jobs
     def submit(self, spec: BaseModel | Mapping[str, Any], *, kind: str | None = None,
-               idempotency_key: str | None = None) -> Job:
+               idempotency_key: str | None = None, external_id: str | None = None,
+               metadata: Mapping[str, str] | None = None) -> Job:
         """Submit a campaign or story. ``kind`` comes from a spec model's ``JOB_KIND`` (the server's
-        ``atelier_contracts.specs.CampaignSpec`` / ``StorySpec``); a plain mapping needs it."""
+        ``atelier_contracts.specs.CampaignSpec`` / ``StorySpec``); a plain mapping needs it. ``external_id`` and
+        ``metadata`` (string labels) are echoed in the job and its webhooks."""
         if isinstance(spec, BaseModel):
             kind = kind or getattr(spec, "JOB_KIND", None)
             body_spec: Any = spec.model_dump(mode="json", exclude_none=True)
@@ -202,15 +206,20 @@ class AtelierClient:
         if kind not in ("campaign", "story"):
             raise ValueError("kind must be 'campaign' or 'story' when the spec is a plain mapping")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return Job.model_validate(self._call("POST", "/v1/jobs", json={"kind": kind, "spec": body_spec}, headers=headers))
+        body: dict[str, Any] = {"kind": kind, "spec": body_spec}
+        if external_id is not None:
+            body["external_id"] = external_id
+        if metadata:
+            body["metadata"] = dict(metadata)
+        return Job.model_validate(self._call("POST", "/v1/jobs", json=body, headers=headers))
 
     def job(self, job_id: str) -> Job:
         return Job.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
 
     def jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 20,
-             cursor: str | None = None) -> JobPage:
-        params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit, "cursor": cursor}.items()
-                  if v is not None}
+             cursor: str | None = None, external_id: str | None = None) -> JobPage:
+        params = {k: v for k, v in {"status": status, "kind": kind, "limit": limit, "cursor": cursor,
+                                    "external_id": external_id}.items() if v is not None}
         return JobPage.model_validate(self._call("GET", "/v1/jobs", params=params))
 
     def cancel(self, job_id: str) -> Job:
@@ -323,6 +332,10 @@ class AtelierClient:
     def deliveries(self, webhook_id: str) -> list[WebhookDelivery]:
         return [WebhookDelivery.model_validate(d)
                 for d in self._call("GET", f"/v1/webhooks/{webhook_id}/deliveries")["items"]]
+
+    def test_webhook(self, webhook_id: str) -> WebhookDelivery:
+        """Queue a signed ``webhook.test`` event to the endpoint; its delivery shows how it went."""
+        return WebhookDelivery.model_validate(self._call("POST", f"/v1/webhooks/{webhook_id}/test"))
 
     def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDelivery:
         return WebhookDelivery.model_validate(

@@ -84,7 +84,8 @@ def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: Job
     check_upload_refs(session, tenant_id=tenant_id, spec=spec)
     try:
         job, created = shared_jobs.create_job(session, tenant_id=tenant_id, kind=request.kind, spec=spec,
-                                              idempotency_key=idempotency_key)
+                                              idempotency_key=idempotency_key, external_id=request.external_id,
+                                              labels=request.metadata)
         session.commit()
     except IntegrityError:
         # a concurrent request with the same key won the insert: answer as a replay of it
@@ -92,7 +93,8 @@ def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: Job
         if idempotency_key is None:
             raise
         job, created = shared_jobs.create_job(session, tenant_id=tenant_id, kind=request.kind, spec=spec,
-                                              idempotency_key=idempotency_key)
+                                              idempotency_key=idempotency_key, external_id=request.external_id,
+                                              labels=request.metadata)
         session.commit()
     if created:
         try:
@@ -135,12 +137,16 @@ def retry(session: Session, celery: Celery, *, tenant_id: str, job_id: str) -> J
 
 
 def list_jobs(session: Session, *, tenant_id: str, status: str | None = None, kind: str | None = None,
-              limit: int = 20, cursor: str | None = None, search: str | None = None) -> JobList:
+              limit: int = 20, cursor: str | None = None, search: str | None = None,
+              external_id: str | None = None) -> JobList:
     """The tenant's jobs, newest first, one page at a time (keyset pagination on created_at, id).
 
-    ``search`` matches a job id prefix or any text of the spec (product, brand, taglines, premise).
+    ``search`` matches a job id prefix or any text of the spec (product, brand, taglines, premise);
+    ``external_id`` the caller's own reference exactly.
     """
     stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if external_id is not None:
+        stmt = stmt.where(Job.external_id == external_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if kind is not None:

@@ -65,6 +65,8 @@ class JobView(BaseModel):
                     "failed items here (`partial` true, and in the `job.succeeded` event); "
                     "`POST /v1/jobs/{id}/retry` re-runs only them.")
     partial: bool = Field(default=False, description="Succeeded with failed items (see `failures`).")
+    external_id: str | None = Field(default=None, description="Your reference, as submitted.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Your labels, as submitted.")
 
 
 class JobList(BaseModel):
@@ -86,6 +88,12 @@ class ArtifactView(BaseModel):
     stage_id: str | None
     key: str = Field(description="Object storage key (`tenants/{tenant}/jobs/{job}/{stage}/{name}.{ext}`).")
     url: str = Field(description="Where the bytes are: `/v1/artifacts/{id}/content`.")
+    download_url: str | None = Field(default=None, description=(
+        "Expiring URL that fetches the bytes without an API key (for HubSpot, Braze, a DAM): "
+        "`/v1/assets/{id}?expires=...&signature=...`, absolute when ATELIER_PUBLIC_BASE_URL is set, or an S3 "
+        "presigned URL when ATELIER_S3_PUBLIC_ENDPOINT is. The same URL all through an hour. Always set in "
+        "/v1 answers."))
+    download_url_expires_at: datetime | None = Field(default=None, description="When `download_url` stops working.")
 
 
 class ArtifactList(BaseModel):

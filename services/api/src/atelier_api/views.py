@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from atelier_control.asset_urls import AssetLinks
 from atelier_control.models import Artifact, Job, Stage
 
 from .schemas import ArtifactView, ItemFailureView, JobView, StageView
@@ -50,14 +51,19 @@ def job_view(job: Job, stages: Sequence[Stage]) -> JobView:
         error=job.error, gpu_seconds=job.gpu_seconds or 0.0, spec=job.spec,
         stages=[stage_view(s) for s in ordered], failures=failures,
         partial=job.status == "succeeded" and bool(failures),
+        external_id=job.external_id, metadata=dict(job.labels or {}),
     )
 
 
-def artifact_view(artifact: Artifact) -> ArtifactView:
+def artifact_view(artifact: Artifact, links: AssetLinks | None = None, *, now: float | None = None) -> ArtifactView:
+    """The artifact as the API shows it; with ``links``, its expiring ``download_url`` (as of ``now``) too."""
     created = as_utc(artifact.created_at)
     assert created is not None
+    link = (links.link(artifact.id, artifact.key, content_type=artifact.content_type, filename=artifact.name, now=now)
+            if links is not None else None)
     return ArtifactView(
         id=artifact.id, kind=artifact.kind, name=artifact.name, content_type=artifact.content_type,
         size_bytes=artifact.size_bytes, sha256=artifact.sha256, width=artifact.width, height=artifact.height,
         meta=artifact.meta or {}, created_at=created, stage_id=artifact.stage_id, key=artifact.key, url=artifact_url(artifact.id),
+        download_url=link.url if link else None, download_url_expires_at=link.expires_at if link else None,
     )

@@ -14,7 +14,8 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from atelier_contracts.errors import InvalidInput, NotFound
+from atelier_contracts.errors import Conflict, InvalidInput, NotFound
+from atelier_control.events import emit, envelope, message_id
 from atelier_control.models import Webhook, WebhookDelivery, utcnow
 from atelier_control.ssrf import AllowList, check_url, parse_ports
 from atelier_runtime.settings import Settings
@@ -212,6 +213,27 @@ def get_delivery(session: Session, *, tenant_id: str, webhook_id: str, delivery_
     if d is None:
         raise NotFound(f"delivery {delivery_id} not found")
     return d
+
+
+def send_test(session: Session, *, tenant_id: str, webhook_id: str) -> DeliveryView:
+    """Queue a signed ``webhook.test`` message to this endpoint only (whatever events it subscribes to), through
+    the same outbox, signing and retries as every event; its delivery log shows how it went. A disabled endpoint
+    sends nothing, so testing one is a conflict."""
+    h = get_webhook(session, tenant_id=tenant_id, webhook_id=webhook_id)
+    if not h.enabled:
+        raise Conflict(f"webhook {webhook_id} is disabled; enable it (PATCH enabled: true) to test it", field="enabled")
+    ev = emit(session, tenant_id=tenant_id, job_id=None, type="webhook.test",
+              data={"webhook_id": h.id, "url": h.url})
+    now = utcnow()
+    d = WebhookDelivery(webhook_id=h.id, tenant_id=tenant_id, event_id=ev.id, event_type=ev.type,
+                        message_id=message_id(ev.id), status="pending", attempts=0, next_attempt_at=now, log=[],
+                        created_at=now,
+                        payload=envelope(ev, {"event_id": ev.id, "job_id": None, "webhook_id": h.id,
+                                              "message": "A test event from Atelier: your endpoint is reachable "
+                                                         "and can verify our signature."}))
+    session.add(d)
+    session.commit()
+    return delivery_view(d)
 
 
 def redeliver(session: Session, *, tenant_id: str, webhook_id: str, delivery_id: str) -> DeliveryView:

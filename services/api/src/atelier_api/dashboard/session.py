@@ -16,16 +16,16 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from atelier_control.auth import authenticate_key, end_dashboard_session, start_dashboard_session
 from atelier_control.models import ApiKey, DashboardSession, Tenant
+from atelier_control.secrets import SECRET_FILE as SECRET_FILE  # the secret moved to the control plane (asset
+from atelier_control.secrets import resolve_secret as resolve_secret  # URLs sign with it too): re-exported here
 from atelier_runtime.settings import Settings
 from sqlalchemy.orm import Session
 from starlette.requests import Request
@@ -36,34 +36,6 @@ log = logging.getLogger(__name__)
 COOKIE = "atelier_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
-SECRET_FILE = "session_secret"
-
-
-def resolve_secret(settings: Settings) -> bytes:
-    """The configured secret, else one generated on first use and kept (0600) under ``settings.home``."""
-    if settings.session_secret is not None and settings.session_secret.get_secret_value():
-        return settings.session_secret.get_secret_value().encode()
-    path = Path(settings.home) / SECRET_FILE
-    try:
-        return _read_secret(path)
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process wrote it first: use theirs
-        return _read_secret(path)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32) + "\n")
-    log.info("generated the dashboard session secret in %s", path)
-    return _read_secret(path)
-
-
-def _read_secret(path: Path) -> bytes:
-    value = path.read_text().strip()
-    if len(value) < 32:
-        raise ValueError(f"{path} holds a session secret shorter than 32 characters")
-    return value.encode()
 
 
 class Signer:

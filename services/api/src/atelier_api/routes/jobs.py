@@ -71,9 +71,11 @@ def list_jobs(
     kind: Annotated[JobKindName | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512, description="`next_cursor` of the previous page.")] = None,
+    external_id: Annotated[str | None, Query(min_length=1, max_length=200,
+                                             description="Only jobs submitted with this `external_id`.")] = None,
 ) -> JobList:
     return job_service.list_jobs(session, tenant_id=principal.tenant_id, status=status, kind=kind, limit=limit,
-                                 cursor=cursor)
+                                 cursor=cursor, external_id=external_id)
 
 
 @router.get("/{job_id}", response_model=JobView, responses=problem_responses(404), summary="Read a job")

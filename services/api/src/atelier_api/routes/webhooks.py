@@ -79,3 +79,10 @@ def get_delivery(webhook_id: WebhookId, delivery_id: DeliveryId, principal: Tena
 def redeliver(webhook_id: WebhookId, delivery_id: DeliveryId, principal: TenantDep,
               session: SessionDep) -> service.DeliveryView:
     return service.redeliver(session, tenant_id=principal.tenant_id, webhook_id=webhook_id, delivery_id=delivery_id)
+
+
+@router.post("/{webhook_id}/test", status_code=202, response_model=service.DeliveryView,
+             responses=problem_responses(404, 409),
+             summary="Send a signed webhook.test event to this endpoint (see its delivery log for the outcome)")
+def send_test(webhook_id: WebhookId, principal: TenantDep, session: SessionDep) -> service.DeliveryView:
+    return service.send_test(session, tenant_id=principal.tenant_id, webhook_id=webhook_id)
