@@ -190,11 +190,24 @@ class Webhook(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     url: Mapped[str] = mapped_column(String(2000))
     secret: Mapped[str] = mapped_column(String(200))
+    # after a rotation the old secret still signs (beside the new one) until previous_secret_until
+    previous_secret: Mapped[str | None] = mapped_column(String(200), default=None)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(default=None)
+    # "standard": the Standard Webhooks JSON body; "slack": a Slack incoming-webhook message ({"text": ...})
+    format: Mapped[str] = mapped_column(String(16), default="standard", server_default="standard")
     events: Mapped[list[str]] = mapped_column(JSON, default=list)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     description: Mapped[str | None] = mapped_column(String(500), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets a message is signed with now: the current one, and the previous one in its grace period."""
+        until = self.previous_secret_until
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=UTC)
+        keep = self.previous_secret is not None and until is not None and now < until
+        return [self.secret, self.previous_secret] if keep else [self.secret]  # type: ignore[list-item]
 
 
 class WebhookDelivery(Base):

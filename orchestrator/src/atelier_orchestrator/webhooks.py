@@ -167,6 +167,59 @@ def body_bytes(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
+SLACK_ASSET_LINKS = 6  # assets linked by name in a Slack message (the rest are counted)
+
+
+def _slack_link(url: str | None, label: str, base_url: str | None) -> str:
+    if not url:
+        return label
+    if url.startswith("/") and base_url:
+        url = base_url.rstrip("/") + url
+    if not url.startswith(("http://", "https://")):
+        return label  # a relative link is no use in a chat client
+    safe = label.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"<{url}|{safe}>"
+
+
+def slack_message(payload: Mapping[str, Any], *, base_url: str | None = None) -> dict[str, Any]:
+    """A Slack incoming-webhook message for an event (``{"text": ...}``; Teams and Mattermost incoming webhooks take
+    the same): what happened in one line, the job's reference, and links to the delivered assets and the bundle
+    where they are absolute (``public_base_url``)."""
+    kind, data = str(payload.get("type", "")), dict(payload.get("data") or {})
+    job = data.get("job_id")
+    ref = f" ({data['external_id']})" if data.get("external_id") else ""
+    name = f"job `{job}`{ref}" if job else "Atelier"
+    if kind == "job.succeeded":
+        assets = list(data.get("assets") or [])
+        failures = list(data.get("failures") or [])
+        head = f"Atelier {name} succeeded" + (f" with {len(failures)} item(s) failed" if failures else "")
+        parts = [f"{len(assets)} asset(s)"] if assets else []
+        links = [_slack_link(a.get("url"), str(a.get("placement") or a.get("item") or "asset"), base_url)
+                 for a in assets[:SLACK_ASSET_LINKS]]
+        if len(assets) > SLACK_ASSET_LINKS:
+            links.append(f"and {len(assets) - SLACK_ASSET_LINKS} more")
+        if data.get("bundle_url"):
+            links.append(_slack_link(str(data["bundle_url"]), "bundle", base_url))
+        text = head + (": " + ", ".join(parts + links) if parts or links else "")
+    elif kind == "job.failed":
+        text = f"Atelier {name} failed: {data.get('error') or 'no reason given'}"
+    elif kind == "job.canceled":
+        text = f"Atelier {name} was canceled"
+    elif kind == "job.warning":
+        text = f"Atelier {name}: {data.get('warning') or data.get('message') or 'a warning'}"
+    elif kind == "webhook.test":
+        text = "Atelier test event: this endpoint is reachable."
+    else:
+        what = data.get("stage") or data.get("name") or data.get("artifact_id") or ""
+        text = f"Atelier {kind} {what} for {name}".replace("  ", " ").strip()
+    return {"text": text}
+
+
+def message_body(payload: dict[str, Any], fmt: str | None, *, base_url: str | None = None) -> bytes:
+    """What is sent to an endpoint of format ``fmt``: the Standard Webhooks body, or a Slack message."""
+    return body_bytes(slack_message(payload, base_url=base_url) if fmt == "slack" else payload)
+
+
 def backoff_s(attempt: int, settings: Settings, rng: random.Random | None = None) -> float:
     """Delay before retry ``attempt`` (1-based): exponential from ``webhook_backoff_s``, capped, full jitter
     in its upper half so a burst of failures spreads out."""
@@ -397,9 +450,10 @@ class Sender:
     def close(self) -> None:
         self.client.close()
 
-    def send(self, url: str, secret: str, msg_id: str, body: bytes, *, timestamp: int | None = None,
+    def send(self, url: str, secret: str | Sequence[str], msg_id: str, body: bytes, *, timestamp: int | None = None,
              deadline: float | None = None) -> Outcome:
-        """One attempt; ``deadline`` is a ``time.monotonic()`` instant (default: the setting from now)."""
+        """One attempt; ``deadline`` is a ``time.monotonic()`` instant (default: the setting from now). Several
+        secrets (a rotation's grace period) give one ``v1,`` signature each, space-separated."""
         start = time.monotonic()
         end = start + self.settings.webhook_send_deadline_s if deadline is None else deadline
         try:
@@ -410,8 +464,10 @@ class Sender:
             return Outcome(None, f"no answer within {end - start:.3g} s (name resolution took it all)",
                            "deadline exceeded")
         ts = int(timestamp if timestamp is not None else time.time())
+        secrets = [secret] if isinstance(secret, str) else list(secret)
+        signature = " ".join(sign_webhook(s, msg_id, ts, body) for s in secrets)
         headers = {"content-type": "application/json", "accept-encoding": "identity", "webhook-id": msg_id,
-                   "webhook-timestamp": str(ts), "webhook-signature": sign_webhook(secret, msg_id, ts, body)}
+                   "webhook-timestamp": str(ts), "webhook-signature": signature}
         parts = urlsplit(url)
         ip = checked.addresses[0]
         host_ip = f"[{ip}]" if ":" in ip else ip
@@ -527,7 +583,8 @@ def claim_due(factory: sessionmaker[Session], *, settings: Settings, now: dateti
             d.attempts += 1
             d.next_attempt_at = now + lease
             d.last_attempt_at = now
-            claimed.append({"id": d.id, "attempt": d.attempts, "url": h.url, "secret": h.secret,
+            claimed.append({"id": d.id, "attempt": d.attempts, "url": h.url, "secret": h.signing_secrets(now),
+                            "format": h.format,
                             "message_id": d.message_id, "payload": d.payload, "created_at": _aware(d.created_at),
                             "tenant_id": d.tenant_id, "webhook_id": d.webhook_id, "lease_until": now + lease})
         return claimed
@@ -598,8 +655,8 @@ class WebhookDispatcher(threading.Thread):
             if end - t0 < MIN_SEND_S:
                 outcome = Outcome(None, "abandoned before sending: its lease was about to run out", "abandoned")
             else:
-                outcome = self.sender.send(claim["url"], claim["secret"], claim["message_id"],
-                                           body_bytes(claim["payload"]), deadline=end)
+                body = message_body(claim["payload"], claim.get("format"), base_url=self.settings.public_base_url)
+                outcome = self.sender.send(claim["url"], claim["secret"], claim["message_id"], body, deadline=end)
             if outcome.error:
                 log.info("webhook %s attempt %d to endpoint %s failed: %s", claim["message_id"], claim["attempt"],
                          claim.get("webhook_id", "?"), outcome.summary or "error")

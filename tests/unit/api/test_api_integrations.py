@@ -1,22 +1,27 @@
 """What marketing tools connect to (issue 17): a job's `external_id` and `metadata`, echoed in its view, its list
-filter and every `job.*` webhook; `job.succeeded` listing the delivered files; a signed `webhook.test` event."""
+filter and every `job.*` webhook; `job.succeeded` listing the delivered files; a signed `webhook.test` event;
+secret rotation with a grace period and Slack-format endpoints, signatures checked with the `standardwebhooks`
+reference library."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from api_testkit import TenantCtx, campaign_spec, emit_events, story_spec
 from atelier_control.db import session_scope
-from atelier_control.models import Artifact, Job, Stage, WebhookDelivery
-from atelier_orchestrator.webhooks import WebhookDispatcher, asset_links, enqueue_events
+from atelier_control.models import Artifact, Job, Stage, Webhook, WebhookDelivery, utcnow
+from atelier_orchestrator.webhooks import WebhookDispatcher, asset_links, enqueue_events, slack_message
 from atelier_runtime.settings import Settings
 from atelier_sdk import verify_webhook
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from standardwebhooks import Webhook as StandardWebhook
+from standardwebhooks import WebhookVerificationError as StandardVerificationError
 from test_api_webhooks import Receiver, _drain, _register
 
 META = {"crm_record": "0061a00000XyZ", "campaign": "diwali-2026", "owner.email": "ana@example.com"}
@@ -209,3 +214,109 @@ def test_the_dispatcher_lists_absolute_expiring_urls_a_receiver_fetches_without_
     got = client.get(path)  # no Authorization header
     assert got.status_code == 200 and got.content == b"\x89PNG-leaderboard-bytes"
     assert client.get(path.replace("signature=", "signature=x")).status_code == 403
+
+
+# ---------------------------------------------------------------- rotation with a grace period, Slack, the reference library
+
+
+def _sent(client: TestClient, t: TenantCtx, factory: Any, settings: Settings, receiver: Receiver, events: int,
+          job_events: list[str] | None = None, **submit: Any) -> str:
+    job_id = _submit(client, t, **submit).json()["id"]
+    emit_events(factory, t.id, job_id, job_events or ["job.succeeded"])
+    d = WebhookDispatcher(factory, settings)
+    try:
+        _drain(d, lambda: len(receiver.requests) >= events)
+    finally:
+        d.stop()
+    return str(job_id)
+
+
+def test_a_rotated_secret_keeps_signing_beside_the_new_one_for_its_grace_period(
+        client: TestClient, tenant: TenantCtx, factory: Any, settings: Settings) -> None:
+    """Checked with the Standard Webhooks reference library (`standardwebhooks`), not only with our verifier."""
+    receiver = Receiver()
+    try:
+        h = _register(client, tenant, receiver.url, events=["job.succeeded"])
+        old = h["secret"]
+        _sent(client, tenant, factory, settings, receiver, 1)
+        headers, body = receiver.requests[0]
+        assert StandardWebhook(old).verify(body, headers)["type"] == "job.succeeded"
+
+        rotated = client.post(f"/v1/webhooks/{h['id']}/rotate-secret", params={"grace_s": 3600},
+                              headers=tenant.headers).json()
+        new = rotated["secret"]
+        assert new != old and rotated["previous_secret_expires_at"] is not None
+        _sent(client, tenant, factory, settings, receiver, 2)
+        headers, body = receiver.requests[1]
+        assert len(headers["webhook-signature"].split()) == 2  # one v1 signature per secret
+        for secret in (old, new):  # a receiver on either secret accepts the message during the grace period
+            assert StandardWebhook(secret).verify(body, headers)["type"] == "job.succeeded"
+            assert verify_webhook(secret, headers, body)["type"] == "job.succeeded"
+
+        now = client.post(f"/v1/webhooks/{h['id']}/rotate-secret", params={"grace_s": 0}, headers=tenant.headers)
+        newest = now.json()["secret"]
+        assert now.json()["previous_secret_expires_at"] is None
+        _sent(client, tenant, factory, settings, receiver, 3)
+        headers, body = receiver.requests[2]
+        assert StandardWebhook(newest).verify(body, headers)
+        with pytest.raises(StandardVerificationError):
+            StandardWebhook(new).verify(body, headers)
+        bad = client.post(f"/v1/webhooks/{h['id']}/rotate-secret", params={"grace_s": 8 * 24 * 3600},
+                          headers=tenant.headers)
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"].endswith("grace_s")
+    finally:
+        receiver.close()
+
+
+def test_a_grace_period_that_ended_signs_with_the_new_secret_only() -> None:
+    h = Webhook(tenant_id="ten_1", url="http://127.0.0.1:9/x", secret="whsec_bmV3", previous_secret="whsec_b2xk",
+                previous_secret_until=utcnow() - timedelta(seconds=1))
+    assert h.signing_secrets(utcnow()) == ["whsec_bmV3"]
+    h.previous_secret_until = utcnow() + timedelta(hours=1)
+    assert h.signing_secrets(utcnow()) == ["whsec_bmV3", "whsec_b2xk"]
+    h.previous_secret_until = (utcnow() + timedelta(hours=1)).replace(tzinfo=None)  # as SQLite gives it back
+    assert len(h.signing_secrets(utcnow())) == 2
+
+
+def test_a_slack_endpoint_gets_a_one_line_message_with_links(client: TestClient, tenant: TenantCtx, factory: Any,
+                                                              settings: Settings) -> None:
+    receiver = Receiver()
+    try:
+        h = _register(client, tenant, receiver.url, events=["job.succeeded", "job.failed"], format="slack")
+        assert h["format"] == "slack"
+        job_id = _submit(client, tenant, external_id="deal-9").json()["id"]
+        _delivered(factory, tenant.id, job_id)
+        emit_events(factory, tenant.id, job_id, ["job.succeeded"])
+        public = settings.model_copy(update={"public_base_url": "https://atelier.example.com"})
+        d = WebhookDispatcher(factory, public)
+        try:
+            _drain(d, lambda: len(receiver.requests) >= 1)
+        finally:
+            d.stop()
+        headers, body = receiver.requests[0]
+        message = json.loads(body)
+        assert set(message) == {"text"}
+        text = message["text"]
+        assert text.startswith(f"Atelier job `{job_id}` (deal-9) succeeded: 3 asset(s)")
+        assert "<https://atelier.example.com/v1/assets/" in text and "|iab-leaderboard>" in text
+        assert f"<https://atelier.example.com/v1/jobs/{job_id}/bundle|bundle>" in text
+        assert StandardWebhook(h["secret"]).verify(body, headers) == message  # signed all the same
+        # switching an endpoint's format
+        r = client.patch(f"/v1/webhooks/{h['id']}", json={"format": "standard"}, headers=tenant.headers)
+        assert r.status_code == 200 and r.json()["format"] == "standard"
+        assert client.patch(f"/v1/webhooks/{h['id']}", json={"format": "teams"},
+                            headers=tenant.headers).status_code == 422
+    finally:
+        receiver.close()
+
+
+def test_slack_messages_for_every_kind_of_event() -> None:
+    failed = slack_message({"type": "job.failed", "data": {"job_id": "job_1", "error": "StageError: boom"}})
+    assert failed == {"text": "Atelier job `job_1` failed: StageError: boom"}
+    warned = slack_message({"type": "job.warning", "data": {"job_id": "job_1", "warning": "gpu.watermark: too small"}})
+    assert warned["text"] == "Atelier job `job_1`: gpu.watermark: too small"
+    relative = slack_message({"type": "job.succeeded", "data": {"job_id": "job_1", "bundle_url": "/v1/jobs/job_1/bundle",
+                                                                "assets": [{"url": "/v1/artifacts/a/content",
+                                                                            "item": "640x480-v0"}]}})
+    assert relative["text"] == "Atelier job `job_1` succeeded: 1 asset(s), 640x480-v0, bundle"  # no dead links
+    assert slack_message({"type": "webhook.test", "data": {}})["text"].startswith("Atelier test event")

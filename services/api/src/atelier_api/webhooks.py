@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from atelier_contracts.errors import Conflict, InvalidInput, NotFound
@@ -50,6 +50,13 @@ def _check_secret(value: str) -> str:
     return value
 
 
+WebhookFormat = Literal["standard", "slack"]
+FORMAT_DOC = ("`standard`: the Standard Webhooks JSON body (`{type, timestamp, data}`); `slack`: a Slack "
+              "incoming-webhook message (`{text}`: the event in one line, with its links) for a Slack, Teams or "
+              "Mattermost incoming-webhook URL. Both carry the signature headers.")
+MAX_GRACE_S = 7 * 24 * 3600
+
+
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +66,7 @@ class WebhookCreate(BaseModel):
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     enabled: bool = True
     secret: str | None = Field(default=None, description="Your own `whsec_...` secret; default: generated.")
+    format: WebhookFormat = Field(default="standard", description=FORMAT_DOC)
 
     @field_validator("secret")
     @classmethod
@@ -73,6 +81,7 @@ class WebhookUpdate(BaseModel):
     events: list[EventName] | None = Field(default=None, min_length=1)
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     enabled: bool | None = None
+    format: WebhookFormat | None = Field(default=None, description=FORMAT_DOC)
 
 
 class WebhookView(BaseModel):
@@ -82,6 +91,9 @@ class WebhookView(BaseModel):
     enabled: bool
     description: str | None
     created_at: datetime
+    format: WebhookFormat = "standard"
+    previous_secret_expires_at: datetime | None = Field(
+        default=None, description="After a rotation: until when the previous secret also signs every message.")
     secret: str | None = Field(default=None, description="Only in the answers to create and rotate-secret.")
 
 
@@ -114,8 +126,11 @@ class DeliveryList(BaseModel):
 def webhook_view(h: Webhook, *, secret: bool = False) -> WebhookView:
     created = as_utc(h.created_at)
     assert created is not None
+    until = as_utc(h.previous_secret_until) if h.previous_secret else None
     return WebhookView(id=h.id, url=h.url, events=list(h.events or []), enabled=h.enabled, description=h.description,
-                       created_at=created, secret=h.secret if secret else None)
+                       created_at=created, format=h.format or "standard",  # type: ignore[arg-type]
+                       previous_secret_expires_at=until if until is not None and until > utcnow() else None,
+                       secret=h.secret if secret else None)
 
 
 def delivery_view(d: WebhookDelivery) -> DeliveryView:
@@ -146,7 +161,7 @@ def create(session: Session, settings: Settings, *, tenant_id: str, body: Webhoo
     if count >= MAX_WEBHOOKS:
         raise InvalidInput(f"a tenant may have at most {MAX_WEBHOOKS} webhooks", field="url")
     h = Webhook(tenant_id=tenant_id, url=body.url, secret=body.secret or new_secret(), events=list(dict.fromkeys(body.events)),
-                enabled=body.enabled, description=body.description)
+                enabled=body.enabled, description=body.description, format=body.format)
     session.add(h)
     session.commit()
     return webhook_view(h, secret=True)
@@ -168,12 +183,18 @@ def update(session: Session, settings: Settings, *, tenant_id: str, webhook_id: 
         h.description = body.description
     if body.enabled is not None:
         h.enabled = body.enabled
+    if body.format is not None:
+        h.format = body.format
     session.commit()
     return webhook_view(h)
 
 
-def rotate_secret(session: Session, *, tenant_id: str, webhook_id: str) -> WebhookView:
+def rotate_secret(session: Session, *, tenant_id: str, webhook_id: str, grace_s: int = 86400) -> WebhookView:
+    """A new secret; for ``grace_s`` seconds the old one signs every message too (a second ``v1,`` signature), so
+    receivers can switch to the new secret without missing or rejecting a message. ``grace_s=0`` retires it now."""
     h = get_webhook(session, tenant_id=tenant_id, webhook_id=webhook_id)
+    h.previous_secret, h.previous_secret_until = (h.secret, utcnow() + timedelta(seconds=grace_s)) if grace_s else \
+        (None, None)
     h.secret = new_secret()
     session.commit()
     return webhook_view(h, secret=True)

@@ -49,9 +49,15 @@ def delete_webhook(webhook_id: WebhookId, principal: TenantDep, session: Session
 
 
 @router.post("/{webhook_id}/rotate-secret", response_model=service.WebhookView, responses=problem_responses(404),
-             summary="Replace the signing secret (the answer carries the new one)")
-def rotate_secret(webhook_id: WebhookId, principal: TenantDep, session: SessionDep) -> service.WebhookView:
-    return service.rotate_secret(session, tenant_id=principal.tenant_id, webhook_id=webhook_id)
+             summary="Replace the signing secret (the answer carries the new one; the old one keeps signing "
+                     "for grace_s seconds)")
+def rotate_secret(
+    webhook_id: WebhookId, principal: TenantDep, session: SessionDep,
+    grace_s: Annotated[int, Query(ge=0, le=service.MAX_GRACE_S, description=(
+        "Seconds during which every message carries a signature with the old secret too (default 24 h; 0: the old "
+        "secret stops signing now)."))] = 86400,
+) -> service.WebhookView:
+    return service.rotate_secret(session, tenant_id=principal.tenant_id, webhook_id=webhook_id, grace_s=grace_s)
 
 
 @router.get("/{webhook_id}/deliveries", response_model=service.DeliveryList, responses=problem_responses(404),
