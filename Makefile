@@ -7,14 +7,16 @@ PACKAGES := contracts runtime control provenance sdk migrations orchestrator ser
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv sysdeps chaos fuzz demo test test-unit test-integration bench lint docs services clean
+.PHONY: help venv sysdeps chaos fuzz demo test test-unit test-integration bench lint docs services clean ts-client ts-check
 
 help:
 	@echo "make demo   - set up and run one campaign and one story on the embedded default"
-	@echo "make test   - set up and run the test suite (needs the machine's PostgreSQL and Redis)"
+	@echo "make test   - set up and run the test suite (needs the machine's PostgreSQL and Redis, and npm)"
 	@echo "make bench  - services-mode benchmarks -> bench/results.json, bench/REPORT.md (charts in bench/report/)"
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate README.md's 'where is it' table from the stage catalogue"
+	@echo "make ts-client - regenerate the TypeScript client's openapi.json and src/schema.d.ts from the API"
+	@echo "make ts-check  - type-check the TypeScript client (part of make test)"
 	@echo "make fuzz   - schemathesis: 5,000 generated requests against a live API (no 5xx, responses as documented)"
 
 venv: $(STAMP)
@@ -40,7 +42,7 @@ sysdeps:
 demo: sysdeps venv
 	$(BIN)/atelier demo
 
-test: sysdeps venv services
+test: sysdeps venv services ts-check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: sysdeps venv
@@ -69,6 +71,22 @@ FUZZ_SEED ?= $(shell date +%s)
 fuzz: sysdeps venv services
 	ATELIER_FUZZ_REQUESTS=$(FUZZ_REQUESTS) ATELIER_FUZZ_SEED=$(FUZZ_SEED) \
 	  $(BIN)/python -m pytest tests/integration/test_fuzz_api.py -p no:cacheprovider -q -s --timeout=3000 $(PYTEST_ARGS)
+
+# the TypeScript client (clients/typescript): openapi.json comes from the app in-process (no server), its
+# src/schema.d.ts from openapi.json (openapi-typescript). Both are committed; a unit test fails when openapi.json
+# lags the API, and ts-check when schema.d.ts lags openapi.json or the client no longer type-checks against it.
+# Node.js 20+ with npm is a system requirement like PostgreSQL (not installed by sysdeps).
+TS_CLIENT := clients/typescript
+NPM_CI := npm ci --no-audit --no-fund
+
+ts-client: venv
+	$(BIN)/python $(TS_CLIENT)/dump_openapi.py
+	@command -v npm >/dev/null || { echo "make ts-client: npm not found; install Node.js 20+ with npm" >&2; exit 1; }
+	cd $(TS_CLIENT) && $(NPM_CI) && npm run generate
+
+ts-check:
+	@command -v npm >/dev/null || { echo "make ts-check: npm not found; install Node.js 20+ with npm to type-check $(TS_CLIENT) (make test runs it)" >&2; exit 1; }
+	cd $(TS_CLIENT) && $(NPM_CI) && npm run check
 
 lint: venv
 	$(BIN)/ruff check .
