@@ -41,20 +41,26 @@ def stack(pg_url: str, redis_url: str, s3_endpoint: dict[str, str], tiny_models:
         "ATELIER_MODELS_FILE": str(tiny_models), "ATELIER_GEN_MAX_SIDE": "64", "ATELIER_SSE_POLL_S": "0.1",
         "ATELIER_HEARTBEAT_INTERVAL_S": "0.5", "ATELIER_RECONCILE_INTERVAL_S": "1", "ATELIER_RETRY_BACKOFF_S": "0.2",
         "ATELIER_SSRF_ALLOW": "127.0.0.1/32", "ATELIER_WEBHOOK_POLL_S": "0.2", "PYTHONUNBUFFERED": "1",
-        "ATELIER_API_URL": f"http://127.0.0.1:{port}",
+        "ATELIER_API_URL": f"http://127.0.0.1:{port}", "ATELIER_LOG_FORMAT": "json",
     })
+    metrics = {"orchestrator": free_port(), "gpu": free_port()}  # each worker's Prometheus port
+
+    def on(name: str) -> dict[str, str]:
+        return dict(env, ATELIER_METRICS_PORT=str(metrics[name])) if name in metrics else env
+
     procs = [
         Proc("api", ["serve", "--port", str(port)], env, tmp).start(),
-        Proc("orchestrator", ["worker", "--queues", "orchestrator", "--loglevel", "WARNING"], env, tmp).start(),
-        Proc("planner-render", ["worker", "--queues", "planning,render", "--loglevel", "WARNING"], env, tmp).start(),
+        Proc("orchestrator", ["worker", "--queues", "orchestrator", "--loglevel", "WARNING"], on("orchestrator"),
+             tmp).start(),
+        Proc("planner-render", ["worker", "--queues", "planning,render", "--loglevel", "INFO"], env, tmp).start(),
         Proc("gpu", ["worker", "--queues", "gpu.diffusion,gpu.identity,gpu.watermark", "--loglevel", "WARNING"],
-             env, tmp).start(),
+             on("gpu"), tmp).start(),
     ]
     try:
         wait_port(port, timeout=90)
         key = api_key_from(cli(["tenants", "create", f"delivery-{time.time_ns()}"], env))
         env["ATELIER_API_KEY"] = key
-        yield {"env": env, "port": port, "key": key, "tmp": tmp, "procs": procs}
+        yield {"env": env, "port": port, "key": key, "tmp": tmp, "procs": procs, "metrics": metrics}
     finally:
         for p in procs:
             p.stop()
@@ -171,3 +177,19 @@ def test_cli_jobs_ls_show_and_cancel(stack: dict[str, Any]) -> None:
     assert bad.returncode == 2 and "404" in bad.stderr
     assert httpx.get(f"http://127.0.0.1:{stack['port']}/v1/jobs/{job.id}/bundle",
                      headers={"Authorization": f"Bearer {stack['key']}"}).status_code == 409
+
+
+def test_workers_serve_metrics_and_log_json_with_the_job(stack: dict[str, Any]) -> None:
+    """After the jobs above: the GPU worker counts its stage runs and GPU seconds, the orchestrator its jobs by
+    state and the queue depths, both with the process collectors; the logs are JSON lines naming job and stage."""
+    gpu = httpx.get(f"http://127.0.0.1:{stack['metrics']['gpu']}/metrics", timeout=10).text
+    assert 'atelier_stage_runs_total{stage="gpu.background",status="succeeded"}' in gpu
+    assert "atelier_gpu_seconds_total" in gpu and "process_cpu_seconds_total" in gpu
+    orch = httpx.get(f"http://127.0.0.1:{stack['metrics']['orchestrator']}/metrics", timeout=10).text
+    assert 'atelier_jobs{state="succeeded"}' in orch and 'atelier_queue_depth{queue="gpu.diffusion"}' in orch
+    assert 'atelier_webhook_deliveries_total{outcome="succeeded"}' in orch
+    lines = [json.loads(line) for p in stack["procs"] for line in p.tail(100_000).splitlines()
+             if line.startswith("{")]
+    staged = [r for r in lines if r.get("job_id") and r.get("stage")]
+    assert staged, "no JSON log line named a job and a stage"
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in lines)

@@ -1,4 +1,4 @@
-"""The ``atelier`` command: serve, worker, migrate, tenants, models, demo, verify, and the client commands."""
+"""The ``atelier`` command: serve, worker, migrate, tenants, models, secrets, demo, verify, and the client commands."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ import httpx
 import typer
 from atelier_contracts.errors import AtelierError, Conflict
 from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES, Q_ORCHESTRATOR
+from atelier_runtime.observability import configure_logging, start_metrics_server
 from atelier_runtime.settings import Settings
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 from .app import build_api
 from .app import migrate as migrate_database
 from .delivery_cli import register as register_delivery_commands
+from .secrets_init import register as register_secrets_commands
 from .supervise import supervise as run_supervised
 from .watchdog import watchdog_step
 from .workers import role_modules, worker_app
@@ -195,6 +197,9 @@ def serve(
     options: dict[str, Any] = {"host": host or settings.api_host, "port": port or settings.api_port,
                                "log_level": "info", "timeout_graceful_shutdown": 30, "proxy_headers": True,
                                "forwarded_allow_ips": forwarded_allow_ips or settings.forwarded_allow_ips}
+    configure_logging("INFO", settings.log_format)
+    if settings.log_format == "json":
+        options["log_config"] = None  # uvicorn's own loggers go through the root's JSON handler
     if settings.embedded:
         if workers > 1:
             typer.echo("error: --workers needs a broker (ATELIER_BROKER_URL): in the embedded mode jobs run inside "
@@ -270,11 +275,16 @@ def worker(
         raise typer.Exit(run_supervised(child))
 
 
+    # this process's logs (Celery's too: a setup_logging receiver keeps Celery from configuring its own) carry the
+    # job and stage of the task they are about; ATELIER_LOG_FORMAT=json for a log shipper
+    setup_logging.connect(lambda **_: configure_logging(loglevel, settings.log_format), weak=False)
     try:
         celery_app = worker_app(settings, qs)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if start_metrics_server(settings.metrics_port):  # Prometheus: this worker's stages (+ the process collectors)
+        logging.getLogger(__name__).info("metrics on :%d/metrics", settings.metrics_port)
     if settings.worker_loop_stall_s > 0 or settings.worker_heartbeat_file is not None:
         celery_app.steps["consumer"].add(watchdog_step(settings.worker_loop_stall_s, settings.worker_heartbeat_file))
     gpu = any(q in GPU_QUEUES for q in qs)
@@ -367,6 +377,8 @@ def verify(
 
 # client commands over the HTTP API (`atelier submit`, `atelier jobs ls|show|cancel`)
 register_delivery_commands(app)
+# `atelier secrets init DIR`: a deployment's shared secrets and C2PA signing identity
+register_secrets_commands(app)
 
 
 def main() -> None:

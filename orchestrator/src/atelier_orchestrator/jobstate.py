@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from atelier_control.events import emit
 from atelier_control.models import Job, Stage, utcnow
+from atelier_runtime.observability import JOBS_FINISHED
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -37,3 +38,4 @@ def finish_job(session: Session, job: Job, status: str, error: str | None = None
         if status == "succeeded":
             data["partial"] = True
     emit(session, tenant_id=job.tenant_id, job_id=job.id, type=f"job.{status}", data=data)
+    JOBS_FINISHED.labels(job.kind, "partial" if status == "succeeded" and failures else status).inc()

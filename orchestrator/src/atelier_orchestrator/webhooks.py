@@ -49,6 +49,7 @@ from atelier_control.asset_urls import AssetLink, AssetLinks
 from atelier_control.events import envelope, message_id
 from atelier_control.models import Artifact, Event, Job, Stage, Webhook, WebhookCursor, WebhookDelivery, new_id, utcnow
 from atelier_control.ssrf import AllowList, Resolver, UnsafeUrl, parse_ports, resolve_checked
+from atelier_runtime.observability import WEBHOOK_DELIVERIES
 from atelier_runtime.settings import Settings
 from atelier_sdk.webhooks import WEBHOOK_EVENTS, sign_webhook
 from sqlalchemy import func, select
@@ -614,6 +615,7 @@ def record_result(factory: sessionmaker[Session], claim: dict[str, Any], status:
             d.status = "failed"
         else:
             d.next_attempt_at = now + timedelta(seconds=backoff_s(d.attempts, settings, rng))
+        WEBHOOK_DELIVERIES.labels("retrying" if d.status == "pending" else d.status).inc()
         return d.status
 
 

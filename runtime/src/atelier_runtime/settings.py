@@ -1,17 +1,30 @@
-"""Settings for every Atelier process, read from ``ATELIER_*`` environment variables.
+"""Settings for every Atelier process, read from ``ATELIER_*`` environment variables and secret files.
 
 Build them in a factory (``Settings()``) and pass them down; nothing reads them at import time.
+
+A setting may also come from a file in the secrets folder (pydantic-settings' ``secrets_dir``): the file is named
+like the environment variable in lower case (``atelier_session_secret``, ``atelier_s3_secret_key``,
+``atelier_database_url``) and holds the value (surrounding whitespace stripped). The folder is
+``ATELIER_SECRETS_DIR``, else ``/run/secrets`` when it exists (where Docker and Kubernetes put secret files). The
+environment wins over a file.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 # secrets services mode refuses to start with: the placeholders of our own templates and MinIO's default
 PLACEHOLDER_SECRETS = frozenset({"minioadmin", "change-me", "change-me-too", "atelier-change-me", "changeme",
@@ -22,6 +35,32 @@ MIN_SESSION_SECRET_CHARS = 32
 
 def _placeholder(value: str) -> bool:
     return value.lower() in PLACEHOLDER_SECRETS or "change-me" in value.lower()
+
+
+# where secret files are read from when ATELIER_SECRETS_DIR is not set (Docker's and Kubernetes' convention)
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+
+
+def default_secrets_dir() -> Path | None:
+    """``/run/secrets`` when that folder exists, else None (no secret files)."""
+    return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+
+
+def _secrets_folder(init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSource) -> Path | None:
+    """The secrets folder a Settings() call reads: its ``secrets_dir`` argument, else ATELIER_SECRETS_DIR (empty:
+    none), else the default."""
+    if isinstance(init, InitSettingsSource) and "secrets_dir" in init.init_kwargs:
+        value = init.init_kwargs["secrets_dir"]
+    elif isinstance(env, EnvSettingsSource) and (key := _env_key(env, "secrets_dir")) in env.env_vars:
+        value = env.env_vars[key]
+    else:
+        return default_secrets_dir()
+    return Path(value) if value not in (None, "") else None
+
+
+def _env_key(env: EnvSettingsSource, field: str) -> str:
+    name = f"{env.env_prefix}{field}"
+    return name if env.case_sensitive else name.lower()
 
 
 # services mode (a broker is set): defaults of the settings the environment leaves unset
@@ -35,6 +74,10 @@ class Settings(BaseSettings):
 
     # where things live
     home: Path = Field(default=Path("var"), description="Folder for the embedded database, artifacts and models.")
+    secrets_dir: Path | None = Field(default_factory=default_secrets_dir, description=(
+        "Folder of secret files, one per setting, named like its environment variable in lower case (e.g. "
+        "atelier_session_secret, atelier_s3_secret_key, atelier_database_url); the environment wins over a file. "
+        "Unset = /run/secrets when it exists; empty = none."))
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file in home.")
     broker_url: str | None = Field(default=None, description="Celery broker (redis://...); unset = embedded in-process worker.")
     storage: Literal["local", "s3"] = "local"
@@ -83,6 +126,13 @@ class Settings(BaseSettings):
     start_stall_s: float = Field(default=30.0, gt=0, description="A job still queued this long after submission is started again.")
     reconcile_interval_s: float = Field(default=10.0, gt=0)
     worker_name: str | None = None
+    log_format: Literal["text", "json"] = Field(default="text", description=(
+        "`json`: one JSON object per log line (time, level, logger, message, and the job_id / stage / item / "
+        "stage_id / tenant_id it is about) for a log shipper; `text`: for a terminal."))
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description=(
+        "`atelier worker` serves Prometheus metrics (its stages, and for the orchestrator jobs, stages, queue "
+        "depths and webhook deliveries, with the process collectors) on this port; unset or 0: none. The API "
+        "serves its own on /metrics."))
 
     # api
     api_host: str = "127.0.0.1"
@@ -220,6 +270,24 @@ class Settings(BaseSettings):
                                                                   "process; 0 = no cap.")
     tenant_max_uploads: int = Field(default=8, ge=0, description="Uploads a tenant may send at once per API process; "
                                                                  "0 = no cap.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' own sources in its own order (arguments, environment, secret files), the secret files
+        read from ``secrets_dir`` unless the caller passed ``_secrets_dir``."""
+        if isinstance(file_secret_settings, SecretsSettingsSource) and file_secret_settings.secrets_dir is None:
+            file_secret_settings = SecretsSettingsSource(settings_cls,
+                                                         secrets_dir=_secrets_folder(init_settings, env_settings))
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+    @field_validator("secrets_dir", mode="before")
+    @classmethod
+    def _no_secrets_dir(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("public_base_url")
     @classmethod

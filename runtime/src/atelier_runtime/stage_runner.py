@@ -40,6 +40,7 @@ from atelier_contracts.tasks import (
 from celery import Celery, Task, shared_task
 from PIL import Image
 
+from .observability import log_context, record_stage_run
 from .settings import Settings
 from .state import RuntimeState, make_runtime
 from .storage import ArtifactStore, make_store
@@ -207,6 +208,13 @@ def run_stage(app: Celery, payload: dict[str, Any], fn: Callable[[StageContext],
     Returns None (and sends nothing) for a duplicate delivery that must not run.
     """
     task = StageTask.model_validate(payload)
+    with log_context(job_id=task.job_id, stage=task.stage, item=task.item, stage_id=task.stage_id,
+                     tenant_id=task.tenant_id):
+        return _run_stage(app, task, payload, fn)
+
+
+def _run_stage(app: Celery, task: StageTask, payload: dict[str, Any],
+               fn: Callable[[StageContext], dict[str, Any]]) -> StageResult | None:
     res = resources(app)
     owner = f"{res.name}:{uuid.uuid4().hex[:8]}"
     if not _claim(app, res, task, payload, owner):
@@ -238,6 +246,9 @@ def run_stage(app: Celery, payload: dict[str, Any], fn: Callable[[StageContext],
                          artifacts=ctx.artifacts, error=error, worker=res.name, started_at=started,
                          finished_at=datetime.now(UTC), gpu_seconds=ctx.gpu_seconds,
                          regeneration=task.regeneration)
+    seconds = (result.finished_at - started).total_seconds()
+    record_stage_run(task.stage, status, seconds, ctx.gpu_seconds or 0.0)
+    log.info("stage %s in %.2f s (attempt %d)", status, seconds, task.attempt)  # the stage and job: log_context
     try:
         app.send_task(T_STAGE_DONE, args=[result.model_dump(mode="json")])
     finally:

@@ -76,9 +76,12 @@ def test_job_with_brand_id_gets_the_kit_resolved(client: TestClient, tenant: Ten
         assert s.get(Job, r.json()["id"]).spec["brand"]["palette"] == ["#3B2416", "#F5E6D3"]
     # fields the spec sets itself win over the kit's
     spec2 = campaign_spec(brand_id=b["id"], brand={"name": "Lumen Summer"})
-    r2 = client.post("/v1/jobs", json={"kind": "campaign", "spec": spec2}, headers=tenant.headers)
+    r2 = client.post("/v1/jobs", json={"kind": "campaign", "spec": spec2, "external_id": "crm-1",
+                                       "metadata": {"team": "growth"}}, headers=tenant.headers)
     assert r2.status_code == 202 and r2.json()["spec"]["brand"]["name"] == "Lumen Summer"
     assert r2.json()["spec"]["brand"]["palette"] == ["#000000"]
+    # the kit fills the brand; the job's own reference and labels stay
+    assert r2.json()["external_id"] == "crm-1" and r2.json()["metadata"] == {"team": "growth"}
 
 
 def test_banned_word_in_a_tagline_is_a_422_naming_the_field(client: TestClient, tenant: TenantCtx,

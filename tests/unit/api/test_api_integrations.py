@@ -19,6 +19,7 @@ from atelier_orchestrator.webhooks import WebhookDispatcher, asset_links, enqueu
 from atelier_runtime.settings import Settings
 from atelier_sdk import verify_webhook
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from standardwebhooks import Webhook as StandardWebhook
 from standardwebhooks import WebhookVerificationError as StandardVerificationError
@@ -171,6 +172,7 @@ def test_a_test_event_is_signed_sent_and_logged(client: TestClient, tenant: Tena
         r = client.post(f"/v1/webhooks/{h['id']}/test", headers=tenant.headers)
         assert r.status_code == 202 and r.json()["status"] == "pending" and r.json()["event_type"] == "webhook.test"
         assert client.post(f"/v1/webhooks/{h['id']}/test", headers=other_tenant.headers).status_code == 404
+        delivered = REGISTRY.get_sample_value("atelier_webhook_deliveries_total", {"outcome": "succeeded"}) or 0.0
         d = WebhookDispatcher(factory, settings)
         try:
             _drain(d, lambda: len(receiver.requests) >= 1)
@@ -181,6 +183,8 @@ def test_a_test_event_is_signed_sent_and_logged(client: TestClient, tenant: Tena
         assert payload["type"] == "webhook.test" and payload["data"]["webhook_id"] == h["id"]
         log = client.get(f"/v1/webhooks/{h['id']}/deliveries", headers=tenant.headers).json()["items"]
         assert [e["event_type"] for e in log] == ["webhook.test"] and log[0]["status"] == "succeeded"
+        # counted in the orchestrator's metrics
+        assert REGISTRY.get_sample_value("atelier_webhook_deliveries_total", {"outcome": "succeeded"}) == delivered + 1
         # a disabled endpoint sends nothing: testing it is a conflict naming the field
         client.patch(f"/v1/webhooks/{h['id']}", json={"enabled": False}, headers=tenant.headers)
         off = client.post(f"/v1/webhooks/{h['id']}/test", headers=tenant.headers)

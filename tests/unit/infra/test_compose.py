@@ -1,7 +1,9 @@
-"""docker-compose.yml against the code it runs: the real CLI, the real Settings, the queue names, the schema."""
+"""docker-compose.yml against the code it runs: the real CLI, the real Settings, the queue names, the schema, and
+the shared secrets volume that `atelier secrets init` fills (one signing identity for every service)."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -15,8 +17,9 @@ import typer.main
 import yaml
 from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES
 from atelier_runtime.settings import Settings
+from typer.testing import CliRunner
 
-from atelier import cli
+from atelier import cli, secrets_init
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -25,9 +28,16 @@ DOCKERFILE = "infra/docker/Dockerfile"
 PREFIX = Settings.model_config["env_prefix"]  # "ATELIER_"
 
 ATELIER_SERVICES = {"api", "migrate", "orchestrator", "planner", "gpu-worker", "renderer"}
-REQUIRED_SERVICES = ATELIER_SERVICES | {"redis", "postgres", "minio", "minio-init", "vllm"}
-ONE_SHOT = {"migrate", "minio-init"}
+SECRETS_INIT = "secrets-init"
+REQUIRED_SERVICES = ATELIER_SERVICES | {SECRETS_INIT, "redis", "postgres", "minio", "minio-init", "vllm"}
+ONE_SHOT = {SECRETS_INIT, "migrate", "minio-init"}
 HEALTHY, COMPLETED = "service_healthy", "service_completed_successfully"
+SECRETS_VOLUME = "atelier-secrets"
+# services that read the shared secrets: every Atelier process, and the stores whose passwords are in it
+SECRETS_READERS = ATELIER_SERVICES | {"postgres", "minio", "minio-init"}
+# credentials that must come from files, never from a plain environment variable
+PLAIN_CREDENTIALS = {"ATELIER_DATABASE_URL", "ATELIER_S3_SECRET_KEY", "ATELIER_SESSION_SECRET", "POSTGRES_PASSWORD",
+                     "MINIO_ROOT_PASSWORD", "MINIO_SECRET_KEY"}
 
 _VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
@@ -103,6 +113,49 @@ def option_value(command: list[str], option: str) -> str:
     return command[command.index(option) + 1]
 
 
+def mounts_of(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """{container path: (source, read_only)} of the short-syntax volumes."""
+    out = {}
+    for item in service.get("volumes", []):
+        source, target, *mode = str(interpolate(item)).split(":")
+        out[target] = (source, mode == ["ro"])
+    return out
+
+
+def secrets_mount(service: dict[str, Any]) -> str:
+    """Where SERVICE mounts the shared secrets volume."""
+    (target,) = [t for t, (source, _) in mounts_of(service).items() if source == SECRETS_VOLUME]
+    return target
+
+
+@pytest.fixture(scope="module")
+def volume(services: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The secrets volume as the secrets-init service fills it: its own command line, run with the real CLI, its
+    mounts pointed at a temporary folder (the ./secrets bind at one that does not exist: a fresh checkout)."""
+    init = services[SECRETS_INIT]
+    root = tmp_path_factory.mktemp("compose-secrets")
+    host = {target: str(root / ("volume" if source == SECRETS_VOLUME else "import"))
+            for target, (source, _) in mounts_of(init).items()}
+    args = command_of(init)
+    args[args.index("--owner") + 1] = f"{os.getuid()}:{os.getgid()}"  # the test is not root; the image's uid: below
+    args = [host.get(a, a) for a in args]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    return root / "volume"
+
+
+def settings_of(service: dict[str, Any], volume: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings as SERVICE's container builds them: its ATELIER_* environment only, its secrets mount = VOLUME."""
+    target = secrets_mount(service)
+    for key in list(os.environ):
+        if key.startswith(PREFIX):
+            monkeypatch.delenv(key)
+    for key, value in env_of(service).items():
+        if key.startswith(PREFIX):
+            monkeypatch.setenv(key, value.replace(target, str(volume)) if value.startswith(target) else value)
+    return Settings()
+
+
 # ---------------------------------------------------------------- the file as a whole
 
 
@@ -131,7 +184,7 @@ def test_every_interpolated_variable_has_a_default() -> None:
 
 def test_atelier_services_build_the_atelier_image(services: dict[str, dict[str, Any]]) -> None:
     built = {name for name, svc in services.items() if is_atelier_image(svc)}
-    assert built == ATELIER_SERVICES
+    assert built == ATELIER_SERVICES | {SECRETS_INIT}
     targets = {name: services[name]["build"]["target"] for name in built}
     assert targets.pop("gpu-worker") == "gpu"
     assert set(targets.values()) == {"cpu"}
@@ -153,11 +206,14 @@ def test_cli_check_rejects_what_the_cli_rejects() -> None:
     assert parse_cli(["worker", "--queues", "render"]).params["queues"] == "render"
 
 
-@pytest.mark.parametrize("name", sorted(ATELIER_SERVICES))
+@pytest.mark.parametrize("name", sorted(ATELIER_SERVICES | {SECRETS_INIT}))
 def test_command_parses_with_the_real_cli(services: dict[str, dict[str, Any]], name: str) -> None:
     command = command_of(services[name])
     ctx = parse_cli(command)
-    assert ctx.info_name == command[0]
+    path, node = [], ctx
+    while node.parent is not None:  # `secrets init`: a group's subcommand
+        path, node = [node.info_name, *path], node.parent
+    assert path == command[:len(path)]
     if ctx.info_name == "worker":
         queues = [q.strip() for q in ctx.params["queues"].split(",")]
         unknown = set(queues) - set(ALL_QUEUES)
@@ -186,20 +242,17 @@ def test_expected_commands(services: dict[str, dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ATELIER_SERVICES))
-def test_atelier_env_are_settings_fields_and_validate(services: dict[str, dict[str, Any]], name: str,
+def test_atelier_env_are_settings_fields_and_validate(services: dict[str, dict[str, Any]], name: str, volume: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     env = {k: v for k, v in env_of(services[name]).items() if k.startswith(PREFIX)}
     assert env, f"{name} has no {PREFIX}* environment"
     unknown = [k for k in env if k[len(PREFIX):].lower() not in Settings.model_fields]
     assert not unknown, f"{name}: not fields of Settings: {unknown} (put future variables in x-future-env)"
 
-    for key in list(os.environ):
-        if key.startswith(PREFIX):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings()  # raises ValidationError on a bad value
+    settings = settings_of(services[name], volume, monkeypatch)  # raises ValidationError on a bad value
     assert {k[len(PREFIX):].lower() for k in env} <= settings.model_fields_set
+    # what services mode refuses to start with, from the secret files (ATELIER_ALLOW_PLACEHOLDER_SECRETS is off)
+    assert not settings.insecure_secrets() and not settings.allow_placeholder_secrets
 
     assert not settings.embedded, "services mode needs a broker"
     assert settings.storage == "s3"
@@ -209,23 +262,102 @@ def test_atelier_env_are_settings_fields_and_validate(services: dict[str, dict[s
     assert settings.resolved_models_dir() == Path("/models")
 
 
-def test_settings_match_the_backing_services(services: dict[str, dict[str, Any]]) -> None:
+def in_volume(service: dict[str, Any], path: str, volume: Path) -> Path:
+    """The file a container path of SERVICE names, when it lies in the secrets volume."""
+    target = secrets_mount(service)
+    assert path.startswith(target + "/"), f"{path} is not in the secrets volume ({target})"
+    return volume / path[len(target) + 1:]
+
+
+def test_settings_match_the_backing_services(services: dict[str, dict[str, Any]], volume: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     env = env_of(services["api"])
-    db = urlsplit(env["ATELIER_DATABASE_URL"])
-    pg = env_of(services["postgres"])
+    settings = settings_of(services["api"], volume, monkeypatch)
+    db = urlsplit(settings.resolved_database_url())
+    pg = services["postgres"]
+    pg_env = env_of(pg)
+    pg_password = in_volume(pg, pg_env["POSTGRES_PASSWORD_FILE"], volume).read_text().strip()
     assert (db.hostname, db.port or 5432) == ("postgres", 5432)
-    assert (db.username, db.password, db.path.lstrip("/")) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"],
-                                                               pg["POSTGRES_DB"])
+    assert (db.username, db.password, db.path.lstrip("/")) == (pg_env["POSTGRES_USER"], pg_password,
+                                                               pg_env["POSTGRES_DB"])
     broker = urlsplit(env["ATELIER_BROKER_URL"])
     assert (broker.scheme, broker.hostname, broker.port or 6379) == ("redis", "redis", 6379)
-    minio = env_of(services["minio"])
+    minio = services["minio"]
+    minio_env = env_of(minio)
+    minio_password = in_volume(minio, minio_env["MINIO_ROOT_PASSWORD_FILE"], volume).read_text().strip()
     assert env["ATELIER_S3_ENDPOINT"] == "minio:9000"
-    assert (env["ATELIER_S3_ACCESS_KEY"], env["ATELIER_S3_SECRET_KEY"]) == (minio["MINIO_ROOT_USER"],
-                                                                            minio["MINIO_ROOT_PASSWORD"])
-    assert len(minio["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses root passwords under 8 characters"
+    assert (settings.s3_access_key, settings.s3_secret_key) == (minio_env["MINIO_ROOT_USER"], minio_password)
+    assert len(minio_password) >= 8, "MinIO refuses root passwords under 8 characters"
     init = " ".join(command_of(services["minio-init"]))
     assert re.search(rf"mc mb .*/{re.escape(env['ATELIER_S3_BUCKET'])}\b", init), "minio-init must create the bucket"
     assert "minio:9000" in init
+    # minio-init signs in with the password MinIO started with: the same file
+    (cat,) = re.findall(r"\$\(cat ([^)]+)\)", init)
+    assert in_volume(services["minio-init"], cat, volume).read_text().strip() == minio_password
+
+
+# ---------------------------------------------------------------- the shared secrets and signing identity
+
+
+def test_secrets_init_fills_the_volume_every_reader_mounts_read_only(compose: dict[str, Any],
+                                                                     services: dict[str, dict[str, Any]]) -> None:
+    assert SECRETS_VOLUME in (compose.get("volumes") or {}), "the secrets live in a named volume"
+    init = services[SECRETS_INIT]
+    ctx = parse_cli(command_of(init))
+    assert ctx.info_name == "init" and ctx.parent.info_name == "secrets"
+    mounts = mounts_of(init)
+    assert mounts[str(ctx.params["dest"])] == (SECRETS_VOLUME, False), "secrets-init writes DEST into the volume"
+    # ./secrets (what a user brings) is read-only and optional: --import ignores a folder that does not exist
+    assert mounts[str(ctx.params["import_dir"])] == ("./secrets", True)
+    # the files go to the user the Atelier images run as
+    dockerfile = (ROOT / DOCKERFILE).read_text()
+    uid = re.search(r"useradd .*--uid (\d+)", dockerfile).group(1)
+    assert ctx.params["owner"] in (uid, f"{uid}:{uid}")
+    assert init.get("network_mode") == "none", "it needs no network"
+    for name in SECRETS_READERS:
+        assert secrets_mount(services[name]) == str(ctx.params["dest"]), f"{name}: mount it where it was written"
+        assert mounts_of(services[name])[str(ctx.params["dest"])][1], f"{name} must mount the secrets read-only"
+    others = {name for name, svc in services.items() if any(s == SECRETS_VOLUME for s, _ in mounts_of(svc).values())}
+    assert others == SECRETS_READERS | {SECRETS_INIT}, "only the services that need the secrets see them"
+
+
+def test_every_reader_waits_for_secrets_init(services: dict[str, dict[str, Any]]) -> None:
+    for name in SECRETS_READERS:
+        assert depends_of(services[name]).get(SECRETS_INIT) == COMPLETED, name
+    assert not depends_of(services[SECRETS_INIT]), "secrets-init runs first and waits for nothing"
+
+
+def test_no_credential_is_a_plain_environment_variable(compose: dict[str, Any],
+                                                       services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        plain = PLAIN_CREDENTIALS & set(env_of(svc))
+        assert not plain, f"{name}: {sorted(plain)} must come from the secrets volume (a *_FILE variable or a file)"
+    assert not (PLAIN_CREDENTIALS & set(compose.get("x-atelier-env") or {}))
+    assert env_of(services["api"])["ATELIER_ALLOW_PLACEHOLDER_SECRETS"] == "false"
+
+
+def test_every_service_signs_and_verifies_with_one_identity(services: dict[str, dict[str, Any]], volume: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session secret and the C2PA signer are the same in every container, and what the gpu-worker signs the
+    api's /v1/verify calls trusted."""
+    pv = pytest.importorskip("atelier_provenance.manifests", reason="atelier-provenance is not installed")
+    every = {name: settings_of(services[name], volume, monkeypatch) for name in sorted(ATELIER_SERVICES)}
+    assert {s.session_secret.get_secret_value() for s in every.values() if s.session_secret} \
+        == {(volume / secrets_init.SESSION_SECRET).read_text()}
+    assert all(s.session_secret for s in every.values())
+    credentials = {name: pv.load_credentials(s, create=False) for name, s in every.items()}
+    assert {c.source for c in credentials.values()} == {"settings"}, "no container makes its own development CA"
+    assert len({(c.chain_pem, c.key_pem, c.anchors_pem) for c in credentials.values()}) == 1
+    for s in every.values():
+        assert str(s.c2pa_cert_path).startswith(str(volume)) and s.c2pa_trust_anchors_path.is_file()
+
+    from PIL import Image
+
+    image = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 80, 40)).save(image, format="PNG")
+    signed = pv.sign_asset(image.getvalue(), "image/png", credentials=credentials["gpu-worker"], title="ad.png",
+                           generation={"job_id": "job_1"})
+    assert pv.read_manifest(signed, "image/png", anchors=pv.trust_anchors(every["api"])).state == "trusted"
 
 
 # settings only one service uses, added on top of the shared x-atelier-env (the planner's LLM). Which backend plans
@@ -350,6 +482,7 @@ def test_long_running_services_are_health_gated(services: dict[str, dict[str, An
 def test_atelier_processes_wait_for_schema_bucket_and_stores(services: dict[str, dict[str, Any]]) -> None:
     for name in ATELIER_SERVICES - {"migrate"}:
         deps = depends_of(services[name])
+        assert deps.get(SECRETS_INIT) == COMPLETED, name
         assert deps.get("migrate") == COMPLETED, name
         assert deps.get("minio-init") == COMPLETED, name
         for store in ("redis", "postgres", "minio"):

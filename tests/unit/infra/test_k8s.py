@@ -1,4 +1,5 @@
-"""infra/k8s against the code it runs: Kubernetes schemas (offline), the real CLI, Settings, queues, KEDA.
+"""infra/k8s against the code it runs: Kubernetes schemas (offline), the real CLI, Settings, queues, KEDA, and the
+Secrets every workload reads as files (one signing identity, the names `atelier secrets init` writes).
 
 Core resources are validated with kubernetes-validate (it ships the Kubernetes JSON schemas, strict mode:
 unknown fields fail). KEDA's CRDs are not in it, so ScaledObject and TriggerAuthentication are checked
@@ -19,8 +20,9 @@ import typer.main
 import yaml
 from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES
 from atelier_runtime.settings import Settings
+from typer.testing import CliRunner
 
-from atelier import cli
+from atelier import cli, secrets_init
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (requirements-dev.txt)")
 
@@ -37,6 +39,12 @@ DATABASE_ROLES = {"atelier-api", "atelier-orchestrator", "atelier-migrate"}
 # settings one role uses on top of the shared ConfigMap (the same split as docker-compose.yml)
 # (ATELIER_PLANNER_BACKEND is shared: the API reads it to refuse languages the rules planner cannot write)
 ROLE_ONLY_ENV = {"atelier-planner": {"ATELIER_LLM_BASE_URL", "ATELIER_LLM_MODEL"}}
+SECRETS_DIR = "/run/secrets/atelier"  # where every workload projects its Secrets (docker-compose: the same path)
+IDENTITY = "atelier-identity"
+# who gets which part of the identity: session secret (cookies, asset URLs), C2PA signer, trust anchors
+SESSION_ROLES = {"atelier-api", "atelier-orchestrator"}
+SIGNERS = {"atelier-renderer", "atelier-gpu-watermark"}
+VERIFIERS = {"atelier-api"} | SIGNERS
 
 
 # ---------------------------------------------------------------- loading
@@ -113,6 +121,51 @@ def env_of(workload: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, st
         assert "value" in item, f"{item['name']}: use plain values or envFrom"
         env[item["name"]] = str(item["value"])
     return env
+
+
+def secret_files(workload: dict[str, Any], docs: list[dict[str, Any]],
+                 values: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """{mount path: {file name: content}} of the container's Secret and projected volumes; VALUES replaces a
+    Secret's stringData (as `kubectl create secret --from-file` would fill it)."""
+    (container,) = containers(workload)
+    secrets = by_kind(docs, "Secret")
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+    out: dict[str, dict[str, str]] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        sources = [s["secret"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s]
+        sources += [{"name": volume["secret"]["secretName"], **volume["secret"]}] if "secret" in volume else []
+        if not sources:
+            continue
+        assert mount.get("readOnly") is True, f"{workload['metadata']['name']}: mount secrets read-only"
+        files = out.setdefault(mount["mountPath"], {})
+        for source in sources:
+            assert source["name"] in secrets, f"{workload['metadata']['name']}: no Secret {source['name']}"
+            data = (values or {}).get(source["name"], secrets[source["name"]].get("stringData", {}))
+            items = source.get("items") or [{"key": k, "path": k} for k in data]
+            for item in items:
+                assert item["key"] in data, f"Secret {source['name']} has no key {item['key']}"
+                assert item["path"] not in files, f"two sources write {mount['mountPath']}/{item['path']}"
+                files[item["path"]] = data[item["key"]]
+    return out
+
+
+def settings_of(workload: dict[str, Any], docs: list[dict[str, Any]], folder: Path, monkeypatch: pytest.MonkeyPatch,
+                values: dict[str, dict[str, str]] | None = None) -> Settings:
+    """Settings as the workload's container builds them: its environment, and its Secrets written as files into
+    FOLDER, which stands for the mount path ATELIER_SECRETS_DIR names."""
+    env = {k: v for k, v in env_of(workload, docs).items() if k.startswith(PREFIX)}
+    mounted = secret_files(workload, docs, values)
+    assert set(mounted) == {env["ATELIER_SECRETS_DIR"]}, f"{workload['metadata']['name']}: secrets go to one folder"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in mounted[env["ATELIER_SECRETS_DIR"]].items():
+        (folder / name).write_text(content)
+    for key in list(os.environ):
+        if key.startswith(PREFIX):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.replace(SECRETS_DIR, str(folder)) if value.startswith(SECRETS_DIR) else value)
+    return Settings()
 
 
 def deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -267,6 +320,10 @@ def test_every_atelier_variable_is_a_settings_field(docs: list[dict[str, Any]]) 
             keys |= set(doc.get("data", {}))
         if doc["kind"] == "Secret":
             keys |= {k for k in doc.get("stringData", {}) if k.startswith(PREFIX)}
+            # a file in the secrets folder is a setting (atelier_database_url) or a file a setting names (the PEMs)
+            for key in doc.get("stringData", {}):
+                if key.startswith(PREFIX.lower()) and key not in secrets_init.C2PA_FILES:
+                    keys.add(key.upper())
     for workload in atelier_workloads(docs).values():
         keys |= {e["name"] for c in containers(workload) for e in c.get("env", []) if e["name"].startswith(PREFIX)}
     assert len(keys) >= 10
@@ -277,17 +334,13 @@ def test_every_atelier_variable_is_a_settings_field(docs: list[dict[str, Any]]) 
 @pytest.mark.parametrize("name", ["atelier-api", "atelier-migrate", "atelier-orchestrator", "atelier-planner",
                                   "atelier-renderer", "atelier-gpu-diffusion", "atelier-gpu-identity",
                                   "atelier-gpu-watermark"])
-def test_each_workload_environment_builds_valid_settings(docs: list[dict[str, Any]], name: str,
+def test_each_workload_environment_builds_valid_settings(docs: list[dict[str, Any]], name: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     workload = atelier_workloads(docs)[name]
     env = {k: v for k, v in env_of(workload, docs).items() if k.startswith(PREFIX)}
-    for key in list(os.environ):
-        if key.startswith(PREFIX):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings()  # raises ValidationError on a bad value
+    settings = settings_of(workload, docs, tmp_path, monkeypatch)  # raises ValidationError on a bad value
     assert {k[len(PREFIX):].lower() for k in env} <= settings.model_fields_set
+    files = set(secret_files(workload, docs)[SECRETS_DIR])
 
     services = set(by_kind(docs, "Service"))
     assert not settings.embedded, "services mode needs a broker"
@@ -300,10 +353,83 @@ def test_each_workload_environment_builds_valid_settings(docs: list[dict[str, An
         assert db.scheme.startswith("postgresql") and db.hostname in services, name
     else:
         assert "ATELIER_DATABASE_URL" not in env, f"{name} is a stage worker: workers never touch the database"
+        assert secrets_init.DATABASE_URL not in files and settings.database_url is None, name
+    if name != "atelier-migrate":
+        assert settings.s3_secret_key != Settings.model_fields["s3_secret_key"].default, f"{name}: S3 key from file"
     only = {k for k in env if any(k in keys for keys in ROLE_ONLY_ENV.values())}
     assert only == ROLE_ONLY_ENV.get(name, set()), f"{name}: role-only settings {only}"
-    if name == "atelier-api":
-        assert settings.session_secret is not None, "replicas must share the dashboard session key"
+    if name in SESSION_ROLES:
+        assert settings.session_secret is not None, f"{name}: replicas must share the session secret"
+    else:
+        assert secrets_init.SESSION_SECRET not in files, f"{name} signs no cookie or asset URL"
+    assert (secrets_init.C2PA_KEY in files) == (name in SIGNERS), f"{name}: only signers hold the signing key"
+    assert (secrets_init.C2PA_ANCHORS in files) == (name in VERIFIERS), name
+
+
+# ---------------------------------------------------------------- the shared identity
+
+
+def test_secrets_template_has_the_files_secrets_init_writes_and_only_placeholders(docs: list[dict[str, Any]]) -> None:
+    secrets = by_kind(docs, "Secret")
+    assert set(secrets[IDENTITY]["stringData"]) == {secrets_init.SESSION_SECRET, *secrets_init.C2PA_FILES}
+    assert set(secrets["atelier-database"]["stringData"]) == {secrets_init.DATABASE_URL}
+    assert secrets_init.S3_SECRET_KEY in secrets["atelier-s3"]["stringData"]
+    for name in (IDENTITY, "atelier-database", "atelier-s3"):
+        for key, value in secrets[name]["stringData"].items():
+            if key != secrets_init.PREFIX + "s3_access_key":  # a user name; the rest are credentials
+                assert value == "" or "change-me" in value, f"{name}/{key} holds a value, not a placeholder"
+    (config,) = by_kind(docs, "ConfigMap").values()
+    data = config["data"]
+    assert data["ATELIER_SECRETS_DIR"] == SECRETS_DIR
+    assert {data[f"ATELIER_C2PA_{k}"] for k in ("CERT_PATH", "KEY_PATH", "TRUST_ANCHORS_PATH")} == \
+        {f"{SECRETS_DIR}/{f}" for f in secrets_init.C2PA_FILES}
+
+
+def test_every_workload_that_signs_or_verifies_mounts_the_identity(docs: list[dict[str, Any]]) -> None:
+    for name, workload in atelier_workloads(docs).items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsUser"], \
+            f"{name}: the projected files (0440) are read through the pod's fsGroup"
+        (container,) = containers(workload)
+        assert not [s for s in container.get("envFrom", []) if "secretRef" in s], f"{name}: secrets are files"
+        files = secret_files(workload, docs).get(SECRETS_DIR, {})
+        uses_identity = name in SESSION_ROLES | SIGNERS | VERIFIERS
+        assert (set(files) & {secrets_init.SESSION_SECRET, *secrets_init.C2PA_FILES} != set()) == uses_identity, name
+        if name in SIGNERS:
+            assert set(secrets_init.C2PA_FILES) <= set(files), f"{name} signs: chain, key and anchors"
+
+
+def test_a_filled_identity_is_one_identity_in_every_workload(docs: list[dict[str, Any]], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Secrets filled from `atelier secrets init` (kubectl create secret --from-file): every workload reads the
+    same session secret, the signers sign with one certificate, and what gpu-watermark signs the API trusts."""
+    pv = pytest.importorskip("atelier_provenance.manifests", reason="atelier-provenance is not installed")
+    made = tmp_path / "made"
+    result = CliRunner().invoke(cli.app, ["secrets", "init", str(made), "--database-url",
+                                          "postgresql://atelier@postgres:5432/atelier"])
+    assert result.exit_code == 0, result.output
+    secrets = by_kind(docs, "Secret")
+    values = {name: {key: (made / key).read_text() for key in secrets[name]["stringData"] if (made / key).exists()}
+              for name in (IDENTITY, "atelier-database", "atelier-s3")}
+    values["atelier-s3"][secrets_init.PREFIX + "s3_access_key"] = "atelier"
+    workloads = atelier_workloads(docs)
+    every = {name: settings_of(w, docs, tmp_path / name, monkeypatch, values) for name, w in workloads.items()}
+    assert all(not s.insecure_secrets() for n, s in every.items() if n != "atelier-migrate")  # it reads no S3 key
+    assert {every[n].session_secret.get_secret_value() for n in SESSION_ROLES} == \
+        {(made / secrets_init.SESSION_SECRET).read_text()}
+    credentials = {n: pv.load_credentials(every[n], create=False) for n in SIGNERS}
+    assert {c.source for c in credentials.values()} == {"settings"}
+    assert len({(c.chain_pem, c.key_pem) for c in credentials.values()}) == 1
+
+    import io
+
+    from PIL import Image
+
+    image = io.BytesIO()
+    Image.new("RGB", (64, 48), (30, 120, 200)).save(image, format="PNG")
+    signed = pv.sign_asset(image.getvalue(), "image/png", credentials=credentials["atelier-gpu-watermark"],
+                           title="ad.png", generation={"job_id": "job_1"})
+    assert pv.read_manifest(signed, "image/png", anchors=pv.trust_anchors(every["atelier-api"])).state == "trusted"
 
 
 def test_home_is_a_writable_volume(docs: list[dict[str, Any]]) -> None:

@@ -215,7 +215,7 @@ def apply_brand_kit(session: Session, *, tenant_id: str, request: JobRequest) ->
     own = request.spec.get("brand")
     if isinstance(own, dict):
         resolved.update({k: v for k, v in own.items() if v is not None})
-    return JobRequest(kind=request.kind, spec={**request.spec, "brand": resolved})
+    return request.model_copy(update={"spec": {**request.spec, "brand": resolved}})  # external_id, metadata kept
 
 
 def _words(text: str) -> list[str]:
