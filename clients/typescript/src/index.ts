@@ -20,7 +20,10 @@ type Schemas = components["schemas"];
 // Names for the generated types (aliases, never copies: a change of the API changes them).
 export type Job = Schemas["JobView"];
 export type JobStatus = Job["status"];
-export type JobRequest = Schemas["JobRequest"];
+export type CampaignJobRequest = Schemas["CampaignJobRequest"];
+export type StoryJobRequest = Schemas["StoryJobRequest"];
+/** A job submission: a union discriminated by `kind` (the `spec` type follows it). */
+export type JobRequest = CampaignJobRequest | StoryJobRequest;
 export type CampaignSpec = Schemas["CampaignSpec"];
 export type StorySpec = Schemas["StorySpec"];
 export type JobList = Schemas["JobList"];

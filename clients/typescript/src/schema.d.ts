@@ -831,6 +831,30 @@ export interface components {
             updated_at: string;
         };
         /**
+         * CampaignJobRequest
+         * @description A campaign job: `spec` is a CampaignSpec.
+         */
+        CampaignJobRequest: {
+            /**
+             * External Id
+             * @description Your own reference for this job (a CRM record, a campaign id): echoed in the job, in every `job.*` webhook and filterable with `GET /v1/jobs?external_id=`. Not unique: several jobs may share one.
+             */
+            external_id?: string | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "campaign";
+            /**
+             * Metadata
+             * @description Up to 50 string labels (keys of letters, digits and `_.:-`, at most 40 characters; values at most 500), stored with the job and echoed in its view and in every `job.*` webhook.
+             */
+            metadata?: {
+                [key: string]: string;
+            };
+            spec: components["schemas"]["CampaignSpec"];
+        };
+        /**
          * CampaignSpec
          * @description A campaign: one product, its taglines, a brand and the ad sizes to produce.
          */
@@ -842,7 +866,8 @@ export interface components {
              * @enum {string}
              */
             backdrop?: "generated" | "studio";
-            brand: components["schemas"]["Brand"];
+            /** @description Required unless `brand_id` names a brand kit, whose fields fill it (the spec's own fields win). */
+            brand?: components["schemas"]["Brand"];
             /**
              * Brand Id
              * @description Brand kit id (/v1/brands); fills `brand` at submission.
@@ -1024,31 +1049,6 @@ export interface components {
              * @description Pass as `cursor` to get the next (older) page; null on the last page.
              */
             next_cursor: string | null;
-        };
-        /**
-         * JobRequest
-         * @description Body of ``POST /v1/jobs``.
-         */
-        JobRequest: {
-            /**
-             * External Id
-             * @description Your own reference for this job (a CRM record, a campaign id): echoed in the job, in every `job.*` webhook and filterable with `GET /v1/jobs?external_id=`. Not unique: several jobs may share one.
-             */
-            external_id?: string | null;
-            /**
-             * Kind
-             * @enum {string}
-             */
-            kind: "campaign" | "story";
-            /**
-             * Metadata
-             * @description Up to 50 string labels (keys of letters, digits and `_.:-`, at most 40 characters; values at most 500), stored with the job and echoed in its view and in every `job.*` webhook.
-             */
-            metadata?: {
-                [key: string]: string;
-            };
-            /** @description CampaignSpec when kind is `campaign`, StorySpec when kind is `story`. */
-            spec: components["schemas"]["CampaignSpec"] | components["schemas"]["StorySpec"];
         };
         /** JobView */
         JobView: {
@@ -1277,6 +1277,30 @@ export interface components {
             status: "pending" | "queued" | "running" | "succeeded" | "failed" | "canceled";
             /** Worker */
             worker: string | null;
+        };
+        /**
+         * StoryJobRequest
+         * @description A story job: `spec` is a StorySpec.
+         */
+        StoryJobRequest: {
+            /**
+             * External Id
+             * @description Your own reference for this job (a CRM record, a campaign id): echoed in the job, in every `job.*` webhook and filterable with `GET /v1/jobs?external_id=`. Not unique: several jobs may share one.
+             */
+            external_id?: string | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "story";
+            /**
+             * Metadata
+             * @description Up to 50 string labels (keys of letters, digits and `_.:-`, at most 40 characters; values at most 500), stored with the job and echoed in its view and in every `job.*` webhook.
+             */
+            metadata?: {
+                [key: string]: string;
+            };
+            spec: components["schemas"]["StorySpec"];
         };
         /** StoryLanguages */
         StoryLanguages: {
@@ -2153,7 +2177,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["JobRequest"];
+                "application/json": components["schemas"]["CampaignJobRequest"] | components["schemas"]["StoryJobRequest"];
             };
         };
         responses: {
@@ -2800,7 +2824,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["JobRequest"];
+                "application/json": components["schemas"]["CampaignJobRequest"] | components["schemas"]["StoryJobRequest"];
             };
         };
         responses: {

@@ -91,8 +91,20 @@ def test_openapi_documents_problems_and_models(client: TestClient) -> None:
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     events = schema["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in events
-    spec = schema["components"]["schemas"]["JobRequest"]["properties"]["spec"]
-    assert [r["$ref"].rsplit("/", 1)[-1] for r in spec["oneOf"]] == ["CampaignSpec", "StorySpec"]
+    # the body is a union discriminated by `kind`: each kind's request names its own spec
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    assert body["discriminator"] == {"propertyName": "kind", "mapping": {
+        "campaign": "#/components/schemas/CampaignJobRequest", "story": "#/components/schemas/StoryJobRequest"}}
+    assert [r["$ref"].rsplit("/", 1)[-1] for r in body["oneOf"]] == ["CampaignJobRequest", "StoryJobRequest"]
+    components = schema["components"]["schemas"]
+    for kind, spec in (("campaign", "CampaignSpec"), ("story", "StorySpec")):
+        variant = components[f"{spec.removesuffix('Spec')}JobRequest"]
+        assert variant["properties"]["kind"]["const"] == kind
+        assert variant["properties"]["spec"] == {"$ref": f"#/components/schemas/{spec}"}
+        assert {"external_id", "metadata"} <= set(variant["properties"])
+    assert "JobRequest" not in components and "brand" not in components["CampaignSpec"]["required"]  # brand_id
+    preview = schema["paths"]["/v1/plans:preview"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert preview == body
     assert {"Brand", "Product"} <= set(schema["components"]["schemas"])
     assert "$defs" not in json.dumps(schema), "every $ref must resolve inside components"
 

@@ -1,4 +1,4 @@
-"""The OpenAPI document: problem+json for every error, and the job spec schemas spelled out."""
+"""The OpenAPI document: problem+json for every error, and the job request as a union discriminated by `kind`."""
 
 from __future__ import annotations
 
@@ -38,15 +38,40 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                     response["content"] = {PROBLEM_JSON: {"schema": problem}}
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
-    # JobRequest.spec is a free dict in the contract (validated per kind); document what each kind takes
-    job_request = components.get("JobRequest", {}).get("properties", {})
-    if "spec" in job_request:
-        refs = [_add_schema(components, model) for model in SPEC_MODELS.values()]
-        job_request["spec"] = {
-            "oneOf": refs,
-            "description": "CampaignSpec when kind is `campaign`, StorySpec when kind is `story`.",
-        }
+    # JobRequest.spec is a free dict in the contract (validated per kind, after a brand kit filled it in): the
+    # document says what each kind takes, as a union discriminated by `kind` that code generators turn into types
+    job_request = components.pop("JobRequest", None)
+    if job_request is not None:
+        union = _job_request_union(components, job_request)
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+                if body.get("schema") == {"$ref": REF.format(model="JobRequest")}:
+                    body["schema"] = union
     return schema
+
+
+def _job_request_union(components: dict[str, Any], job_request: dict[str, Any]) -> dict[str, Any]:
+    """``CampaignJobRequest | StoryJobRequest``, one per kind (``kind`` a constant, ``spec`` that kind's spec, the
+    other JobRequest fields as they are), with an OpenAPI discriminator on ``kind``."""
+    shared = {k: v for k, v in job_request.get("properties", {}).items() if k not in ("kind", "spec")}
+    mapping: dict[str, str] = {}
+    for kind, model in SPEC_MODELS.items():
+        name = f"{model.__name__.removesuffix('Spec')}JobRequest"
+        spec = _add_schema(components, model)
+        components[name] = {
+            "type": "object", "title": name, "additionalProperties": False, "required": ["kind", "spec"],
+            "description": f"A {kind} job: `spec` is a {model.__name__}.",
+            "properties": {"kind": {"type": "string", "const": kind, "enum": [kind]}, "spec": spec, **shared},
+        }
+        mapping[kind] = REF.format(model=name)
+    campaign = components.get("CampaignSpec", {})
+    if "brand" in campaign.get("required", []):  # a brand kit (brand_id) fills it in at submission
+        campaign["required"] = [r for r in campaign["required"] if r != "brand"]
+        campaign["properties"]["brand"]["description"] = "Required unless `brand_id` names a brand kit, whose " \
+                                                         "fields fill it (the spec's own fields win)."
+    return {"oneOf": [{"$ref": ref} for ref in mapping.values()],
+            "discriminator": {"propertyName": "kind", "mapping": mapping}}
 
 
 def install_openapi(app: FastAPI) -> None:
