@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -11,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,11 +20,13 @@ from atelier_contracts.errors import AtelierError, Conflict
 from atelier_contracts.tasks import ALL_QUEUES, GPU_QUEUES, Q_ORCHESTRATOR
 from atelier_runtime.observability import configure_logging, start_metrics_server
 from atelier_runtime.settings import Settings
+from atelier_sdk import ApiError, ApiKeyInfo
 from celery.signals import setup_logging, worker_ready, worker_shutdown
 
 from .app import build_api
 from .app import migrate as migrate_database
 from .delivery_cli import register as register_delivery_commands
+from .output import JsonFlag, emit, fail, fail_api, fail_atelier, json_errors, stdout_to_stderr
 from .secrets_init import register as register_secrets_commands
 from .supervise import supervise as run_supervised
 from .watchdog import watchdog_step
@@ -60,8 +62,10 @@ def migrate() -> None:
 
 
 @tenants_app.command("create")
-def tenants_create(name: str) -> None:
-    """Create a tenant and print its API key (shown once; only its hash is stored)."""
+def tenants_create(name: str, as_json: JsonFlag = False) -> None:
+    """Create a tenant and print its API key (shown once; only its hash is stored).
+
+    --json: {"id", "name", "key"}, ``key`` being the API key (shown this once)."""
     # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
     from atelier_control.auth import create_tenant
     from atelier_control.db import engine_from_settings, session_factory, session_scope
@@ -73,11 +77,11 @@ def tenants_create(name: str) -> None:
     try:
         with session_scope(factory) as session:
             tenant, key = create_tenant(session, name)
+            tenant_id = tenant.id
     except Conflict as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
-    typer.echo(f"tenant {tenant.id} ({name})")
-    typer.echo(f"api key (store it now, it is not shown again): {key}")
+        raise fail_atelier(exc, as_json) from exc
+    emit({"id": tenant_id, "name": name, "key": key}, as_json,
+         f"tenant {tenant_id} ({name})\napi key (store it now, it is not shown again): {key}")
 
 
 # ---------------------------------------------------------------- keys: on the database, like `tenants create`
@@ -89,7 +93,7 @@ TenantOption = Annotated[str, typer.Option("--tenant", help="The tenant's id or 
 
 
 @contextmanager
-def _control_session() -> Iterator[Any]:
+def _control_session(json_mode: bool) -> Iterator[Any]:
     """A session on ATELIER_DATABASE_URL (the embedded SQLite file is migrated first), committed at the end;
     an Atelier error (unknown tenant or key, bad name) is printed and exits 1."""
     # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
@@ -103,59 +107,73 @@ def _control_session() -> Iterator[Any]:
         with session_scope(session_factory(engine)) as session:
             yield session
     except AtelierError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
+        raise fail_atelier(exc, json_mode) from exc
     finally:
         engine.dispose()
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; they are UTC (as the API shows them)."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _key_view(row: Any, key: str | None = None) -> dict[str, Any]:
+    """A key as the API shows it (GET /v1/keys); with KEY, the secret, as POST /v1/keys answers it that once."""
+    info = ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix, created_at=_utc(row.created_at),
+                      revoked_at=_utc(row.revoked_at), key=key)
+    return info.model_dump(mode="json", exclude=None if key else {"key"})
+
+
 @keys_app.command("create")
 def keys_create(name: Annotated[str, typer.Argument(help="What the key is for (e.g. ci).")],
-                tenant: TenantOption) -> None:
-    """Issue a new API key and print it (shown once; only its hash is stored)."""
+                tenant: TenantOption, as_json: JsonFlag = False) -> None:
+    """Issue a new API key and print it (shown once; only its hash is stored).
+
+    --json: the key as POST /v1/keys answers it: {"id", "name", "prefix", "created_at", "revoked_at", "key"}."""
     # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
     from atelier_control.auth import create_key, find_tenant
 
-    with _control_session() as session:
+    with _control_session(as_json) as session:
         owner = find_tenant(session, tenant)
         row, key = create_key(session, owner.id, name)
-        key_id, key_name, owner_name = row.id, row.name, owner.name
-    typer.echo(f"key {key_id} ({key_name}) of tenant {owner_name}")
-    typer.echo(f"api key (store it now, it is not shown again): {key}")
+        view, owner_name = _key_view(row, key), owner.name
+    emit(view, as_json, f"key {view['id']} ({view['name']}) of tenant {owner_name}\n"
+                        f"api key (store it now, it is not shown again): {key}")
 
 
 @keys_app.command("list")
 @keys_app.command("ls")
-def keys_ls(tenant: TenantOption,
-            as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False) -> None:
-    """List the tenant's keys, revoked ones included (never a secret)."""
+def keys_ls(tenant: TenantOption, as_json: JsonFlag = False) -> None:
+    """List the tenant's keys, revoked ones included (never a secret).
+
+    --json: a list of {"id", "name", "prefix", "created_at", "revoked_at"} (GET /v1/keys's items)."""
     # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
     from atelier_control.auth import find_tenant, list_keys
 
-    with _control_session() as session:
-        rows = [{"id": r.id, "name": r.name, "prefix": r.prefix, "created_at": r.created_at.isoformat(),
-                 "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
-                for r in list_keys(session, find_tenant(session, tenant).id)]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    typer.echo(f"{'id':<38}  {'prefix':<8}  {'created':<19}  {'status':<26}  name")
-    for r in rows:
-        status = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else "active"
-        typer.echo(f"{r['id']:<38}  {r['prefix']:<8}  {r['created_at'][:19]:<19}  {status:<26}  {r['name']}")
+    with _control_session(as_json) as session:
+        rows = [_key_view(r) for r in list_keys(session, find_tenant(session, tenant).id)]
+
+    def table() -> None:
+        typer.echo(f"{'id':<38}  {'prefix':<8}  {'created':<19}  {'status':<26}  name")
+        for r in rows:
+            status = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else "active"
+            typer.echo(f"{r['id']:<38}  {r['prefix']:<8}  {r['created_at'][:19]:<19}  {status:<26}  {r['name']}")
+
+    emit(rows, as_json, table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...), from `atelier keys ls`.")],
-                tenant: TenantOption) -> None:
-    """Revoke a key: refused from the next request on; the dashboard sessions signed in with it end."""
+                tenant: TenantOption, as_json: JsonFlag = False) -> None:
+    """Revoke a key: refused from the next request on; the dashboard sessions signed in with it end.
+
+    --json: the revoked key, {"id", "name", "prefix", "created_at", "revoked_at"}."""
     # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
     from atelier_control.auth import find_tenant, revoke_key
 
-    with _control_session() as session:
-        row = revoke_key(session, find_tenant(session, tenant).id, key_id)
-        name = row.name
-    typer.echo(f"revoked key {key_id} ({name}); its dashboard sessions are signed out")
+    with _control_session(as_json) as session:
+        view = _key_view(revoke_key(session, find_tenant(session, tenant).id, key_id))
+    emit(view, as_json, f"revoked key {key_id} ({view['name']}); its dashboard sessions are signed out")
 
 
 @models_app.command("init-tiny")
@@ -166,17 +184,27 @@ def models_init_tiny(
                                                 "ip-adapter.bin) for sdxl-tiny under DEST/identity and print the "
                                                 "ATELIER_IDENTITY_* settings that use them.")] = False,
     force: Annotated[bool, typer.Option(help="Rebuild folders that already exist.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Write tiny random-init SDXL and FLUX pipelines (save_pretrained) and a models.yaml, for tests and demos."""
-    from atelier_gpu import tiny  # a development facility of the GPU package (torch, diffusers): atelier[gpu]
+    """Write tiny random-init SDXL and FLUX pipelines (save_pretrained) and a models.yaml, for tests and demos.
 
-    path = tiny.init_tiny(dest, bench=bench, force=force)
-    typer.echo(f"wrote {path}")
-    if identity:
-        settings = tiny.init_tiny_instantid(dest / "identity", dest / "sdxl-tiny", force=force)
-        typer.echo("tiny InstantID weights (random: they exercise the path, they do not keep a face); use them with:")
-        for name, value in settings.items():
-            typer.echo(f"{name}={Path(value).resolve()}")
+    --json: {"models_file": path, "identity": {ATELIER_IDENTITY_*: path} or null}."""
+    with json_errors(as_json, OSError, ImportError), stdout_to_stderr(as_json):
+        from atelier_gpu import tiny  # a development facility of the GPU package (torch, diffusers): atelier[gpu]
+
+        path = tiny.init_tiny(dest, bench=bench, force=force)
+        settings = tiny.init_tiny_instantid(dest / "identity", dest / "sdxl-tiny", force=force) if identity else None
+    resolved = None if settings is None else {name: str(Path(value).resolve()) for name, value in settings.items()}
+
+    def lines() -> None:
+        typer.echo(f"wrote {path}")
+        if resolved is not None:
+            typer.echo("tiny InstantID weights (random: they exercise the path, they do not keep a face); use them "
+                       "with:")
+            for name, value in resolved.items():
+                typer.echo(f"{name}={value}")
+
+    emit({"models_file": str(path), "identity": resolved}, as_json, lines)
 
 
 @app.command()
@@ -215,23 +243,28 @@ def serve(
 @app.command()
 def healthcheck(
     max_age: Annotated[float, typer.Option(help="Seconds since the worker's last heartbeat that still count as alive.")] = 30.0,
+    as_json: JsonFlag = False,
 ) -> None:
     """Exit 0 when this container's worker is alive (its heartbeat file, ATELIER_WORKER_HEARTBEAT_FILE, was touched
     within MAX_AGE seconds: its event loop turns or a task runs), 1 otherwise — a compose healthcheck or a
-    Kubernetes liveness probe, with `atelier worker --no-supervise` so the platform restarts and counts failures."""
+    Kubernetes liveness probe, with `atelier worker --no-supervise` so the platform restarts and counts failures.
+
+    --json: {"healthy": true, "heartbeat_file", "age_s", "max_age_s"}; unhealthy is the error object (exit 1)."""
+
+    def unhealthy(reason: str) -> typer.Exit:
+        return fail(f"unhealthy: {reason}", as_json, human=f"unhealthy: {reason}")
+
     path = _settings().worker_heartbeat_file
     if path is None:
-        typer.echo("unhealthy: ATELIER_WORKER_HEARTBEAT_FILE is not set", err=True)
-        raise typer.Exit(1)
+        raise unhealthy("ATELIER_WORKER_HEARTBEAT_FILE is not set")
     try:
         age = time.time() - path.stat().st_mtime
     except OSError:
-        typer.echo(f"unhealthy: no heartbeat at {path} (the worker has not started consuming)", err=True)
-        raise typer.Exit(1) from None
+        raise unhealthy(f"no heartbeat at {path} (the worker has not started consuming)") from None
     if age > max_age:
-        typer.echo(f"unhealthy: last heartbeat {age:.0f} s ago (> {max_age:g} s)", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"healthy: last heartbeat {age:.1f} s ago")
+        raise unhealthy(f"last heartbeat {age:.0f} s ago (> {max_age:g} s)")
+    emit({"healthy": True, "heartbeat_file": str(path), "age_s": round(age, 3), "max_age_s": max_age}, as_json,
+         f"healthy: last heartbeat {age:.1f} s ago")
 
 
 @app.command()
@@ -328,42 +361,41 @@ def verify(
     api_url: Annotated[str | None, typer.Option(help="Ask this Atelier API instead (POST /v1/verify); with "
                                                      "--api-key it also names the job, within your tenant.")] = None,
     api_key: Annotated[str | None, typer.Option(help="Tenant API key for --api-url (default ATELIER_API_KEY).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON (POST /v1/verify's answer); "
+                                                        'an error as {"error": {...}}, same exit code.')] = False,
 ) -> None:
     """Is IMAGE ours? Invisible watermark (decision at the stated false-positive rate) + C2PA manifest.
 
-    Exits 0 when the watermark is found and the content credentials verify, 1 otherwise.
+    Exits 0 when the watermark is found and the content credentials verify, 1 otherwise (the report is printed
+    either way), 2 when it cannot be checked.
     """
     settings = _settings()
     data = image.read_bytes()
     if api_url:
         key = api_key or os.environ.get("ATELIER_API_KEY")
         if not key:
-            typer.echo("error: --api-url needs --api-key (or ATELIER_API_KEY)", err=True)
-            raise typer.Exit(2)
-        resp = httpx.post(api_url.rstrip("/") + "/v1/verify", files={"file": (image.name, data)},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=120)
+            raise fail("--api-url needs --api-key (or ATELIER_API_KEY)", as_json, code=2, field="api_key")
+        with json_errors(as_json, httpx.TransportError):
+            resp = httpx.post(api_url.rstrip("/") + "/v1/verify", files={"file": (image.name, data)},
+                              headers={"Authorization": f"Bearer {key}"}, timeout=120)
         if resp.status_code != 200:
-            typer.echo(f"error: {resp.status_code} {resp.text}", err=True)
-            raise typer.Exit(2)
+            raise fail_api(ApiError.from_response(resp), as_json, human=f"error: {resp.status_code} {resp.text}")
         report = resp.json()
     else:
         try:
             # the provenance package comes with the api, renderer and gpu extras; --api-url needs none of it
             from atelier_provenance.verify import verify_image
         except ModuleNotFoundError as exc:
-            typer.echo("error: verifying here needs the provenance package (pip install 'atelier[api]'), "
-                       "or ask a server with --api-url", err=True)
-            raise typer.Exit(2) from exc
+            raise fail("verifying here needs the provenance package (pip install 'atelier[api]'), or ask a server "
+                       "with --api-url", as_json, code=2) from exc
         try:
-            report = verify_image(data, settings=settings)
+            with stdout_to_stderr(as_json):
+                report = verify_image(data, settings=settings)
         except AtelierError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+            raise fail_atelier(exc, as_json, code=2) from exc
     mark, c2pa = report["watermark"], report["c2pa"]
-    if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
-    else:
+
+    def lines() -> None:
         typer.echo(f"{image}: {report['verdict']}")
         typer.echo(f"  watermark  {'found' if mark['detected'] else 'not found'} ({mark['method']}): "
                    f"{mark['matched_bits']}/{mark['bits_read']} bits, need {mark['threshold_bits']} at FPR "
@@ -372,6 +404,8 @@ def verify(
                    f"seed {c2pa['seed']}, signed {c2pa['created_at']}")
         if report.get("job"):
             typer.echo(f"  job        {report['job']['id']} ({report['job']['kind']}, {report['job']['status']})")
+
+    emit(report, as_json, lines)
     raise typer.Exit(0 if mark["detected"] and c2pa["valid"] else 1)
 
 

@@ -33,6 +33,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import typer
 from atelier_runtime.settings import Settings
 
+from .output import JsonFlag, emit, fail, json_errors, stdout_to_stderr
+
 PREFIX = Settings.model_config["env_prefix"].lower()  # "atelier_": secret files are named like the env variables
 SESSION_SECRET = f"{PREFIX}session_secret"
 S3_SECRET_KEY = f"{PREFIX}s3_secret_key"
@@ -59,6 +61,10 @@ class Outcome:
     action: str  # "generated" | "imported" | "kept"
     mode: int
     note: str = ""
+
+    def view(self) -> dict[str, str]:
+        """What ``--json`` shows of it: the file's name, what happened, its mode (octal text) and a note."""
+        return {"name": self.name, "action": self.action, "mode": oct(self.mode)[2:].zfill(4), "note": self.note}
 
     def line(self) -> str:
         verb = "kept " if self.action == "kept" else "wrote"
@@ -234,18 +240,28 @@ def register(app: typer.Typer) -> None:
         database_url: Annotated[str | None, typer.Option(
             help="Database URL without the password (postgresql://atelier@postgres:5432/atelier): written, with the "
                  f"password, as {DATABASE_URL}.")] = None,
+        as_json: JsonFlag = False,
     ) -> None:
         """Write the deployment's secrets and C2PA signing identity into DEST where missing (never replaces a file).
 
         Writes a session secret, an S3 secret key, a database password (and URL) and a development CA's signing
         chain, key and trust anchors; secrets 0600, certificates 0644. Prints file names, never values.
+
+        --json: {"dest", "files": [{"name", "action": generated|imported|kept, "mode", "note"}], "written", "kept"}.
         """
         try:
-            outcomes = init_secrets(dest, owner=_owner(owner), import_dir=import_dir, database_url=database_url)
+            with json_errors(as_json):
+                uid_gid = _owner(owner)
+            with stdout_to_stderr(as_json):
+                outcomes = init_secrets(dest, owner=uid_gid, import_dir=import_dir, database_url=database_url)
         except (SecretsInitError, OSError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
-        for outcome in outcomes:
-            typer.echo(outcome.line())
+            raise fail(str(exc), as_json) from exc
         written = sum(o.action != "kept" for o in outcomes)
-        typer.echo(f"{dest}: {written} written, {len(outcomes) - written} kept")
+
+        def lines() -> None:
+            for outcome in outcomes:
+                typer.echo(outcome.line())
+            typer.echo(f"{dest}: {written} written, {len(outcomes) - written} kept")
+
+        emit({"dest": str(dest), "files": [o.view() for o in outcomes], "written": written,
+              "kept": len(outcomes) - written}, as_json, lines)
