@@ -22,6 +22,7 @@ import pytest
 import yaml
 from atelier.demo import CAMPAIGN, product_png
 from atelier_sdk import AtelierClient, verify_webhook
+from standardwebhooks import Webhook as StandardWebhook
 
 from tests.conftest import free_port, wait_port
 from tests.procs import BIN, Proc, Receiver, api_key_from, cli
@@ -121,7 +122,16 @@ def test_atelier_submit_waits_and_leaves_the_demo_bundle_on_disk(stack: dict[str
     assert len(assets) == len(expected) and {a["sha256"] for a in assets} == set(by_sha)
     for a in assets:
         assert a["size"] == a["item"].split("-v")[0] and a["format"] == "png" and a["bytes"] > 0
-        assert a["url"].endswith(f"{a['artifact_id']}/content") or "/v1/assets/" in a["url"]
+        assert "/v1/assets/" in a["url"] and a["url_expires_at"]
+    # the Standard Webhooks reference library accepts the signature too
+    assert StandardWebhook(hook.secret).verify(body, headers)["data"]["job_id"] == job_id
+    # a receiver fetches an asset with its URL alone (no API key): the bytes the manifest names
+    url = assets[0]["url"]
+    got = httpx.get(url if url.startswith("http") else f"http://127.0.0.1:{stack['port']}{url}", timeout=30)
+    assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == assets[0]["sha256"]
+    tampered = url.replace("signature=", "signature=A")
+    assert httpx.get(tampered if tampered.startswith("http") else f"http://127.0.0.1:{stack['port']}{tampered}",
+                     timeout=30).status_code == 403
     time.sleep(1.0)
     assert len(receiver.requests) == 1  # once per event and endpoint
     receiver.server.shutdown()

@@ -6,6 +6,7 @@ of writing a second one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -133,6 +134,21 @@ class LocalStore:
         return _file_chunks(fh, offset, length)
 
 
+@contextlib.contextmanager
+def _reading(key: str) -> Iterator[None]:
+    """An S3 read's errors as the store's: a missing object is NotFound, anything else a StorageError."""
+    try:
+        yield
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject"):
+            raise NotFound(f"object {key} not found") from exc
+        raise StorageError(f"cannot read {key}: {exc}") from exc
+    except (NotFound, StorageError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise StorageError(f"cannot read {key}: {exc}") from exc
+
+
 class S3Store:
     """Artifacts in an S3 bucket through the ``minio`` SDK; the client is injectable for tests.
 
@@ -187,19 +203,13 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         _check_key(key)
-        try:
+        with _reading(key):
             resp = self.client.get_object(bucket_name=self.bucket, object_name=key)
             try:
                 return resp.read()
             finally:
                 resp.close()
                 resp.release_conn()
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise NotFound(f"object {key} not found") from exc
-            raise StorageError(f"cannot read {key}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"cannot read {key}: {exc}") from exc
 
     def exists(self, key: str) -> bool:
         try:
@@ -251,16 +261,10 @@ class S3Store:
         _check_range(offset, length)
         if length == 0:
             return iter(())
-        try:
+        with _reading(key):
             # minio asks for no range when both are 0 (the whole object), else bytes=offset-(offset+length-1)
             resp = self.client.get_object(bucket_name=self.bucket, object_name=key, offset=offset,
                                           length=length or 0)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise NotFound(f"object {key} not found") from exc
-            raise StorageError(f"cannot read {key}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"cannot read {key}: {exc}") from exc
         return _response_chunks(resp, key)
 
     def presigned_get(self, key: str, *, expires_s: int, content_type: str, filename: str,
