@@ -75,6 +75,10 @@ def test_campaign_bundle_lists_every_asset_with_its_checksum(client: TestClient,
     assert rows[0]["size"] == "1080x1080" and rows[0]["variant"] == "0" and rows[0]["taglines"] == "Go faster | Arrive first"
     assert rows[0]["sha256"] == first["sha256"] and rows[0]["c2pa_state"] == "trusted"
     assert "safe_zone=0.9:FAIL" in rows[0]["gates"] and rows[0]["gates_passed"] == "false"
+    # each file's row says where to fetch it again without a key: a signed, expiring URL of the same bytes
+    assert first["url"].startswith("/v1/assets/") and first["url_expires_at"].endswith("Z")
+    again = client.get(first["url"])
+    assert again.status_code == 200 and hashlib.sha256(again.content).hexdigest() == first["sha256"]
 
 
 def test_story_bundle_has_pages_and_the_storybook(client: TestClient, tenant: TenantCtx, factory: Any,

@@ -26,6 +26,7 @@ from typing import Any
 from atelier_contracts import items
 from atelier_contracts.errors import Conflict
 from atelier_contracts.keys import parse_stage_key
+from atelier_control.asset_urls import AssetLinks
 from atelier_control.jobs import get_job
 from atelier_control.models import Artifact, Stage
 from atelier_runtime.storage import ArtifactStore
@@ -55,12 +56,21 @@ class BundlePlan:
     entries: list[Entry]
 
 
+def _link(links: AssetLinks | None, artifact: Artifact) -> dict[str, Any]:
+    if links is None:
+        return {}
+    link = links.link(artifact.id, artifact.key, content_type=artifact.content_type, filename=artifact.name)
+    return {"url": link.url, "url_expires_at": link.expires_at.isoformat().replace("+00:00", "Z")}
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "job"
 
 
-def plan_bundle(session: Session, *, tenant_id: str, job_id: str) -> BundlePlan:
-    """Everything the bundle holds, read while the session is open (404 for another tenant's job)."""
+def plan_bundle(session: Session, *, tenant_id: str, job_id: str, links: AssetLinks | None = None) -> BundlePlan:
+    """Everything the bundle holds, read while the session is open (404 for another tenant's job). With ``links``,
+    each file's row in manifest.json also says where to fetch it again without an API key (``url``, expiring at
+    ``url_expires_at``): what a DAM or an ad platform importing the manifest pulls."""
     job = get_job(session, tenant_id=tenant_id, job_id=job_id)
     if job.status != "succeeded":
         raise Conflict(f"job {job_id} is {job.status}; its bundle is ready once it has succeeded")
@@ -93,13 +103,14 @@ def plan_bundle(session: Session, *, tenant_id: str, job_id: str) -> BundlePlan:
         row.update(gates=gates, gates_passed=all(g.get("passed") is not False for g in gates) if gates else None,
                    watermark={k: wm.get(k) for k in ("method", "payload_hex", "readback_ok", "carried") if k in wm} or None,
                    c2pa=_c2pa(meta))
-        entries.append(Entry(file=name, key=a.key, stored_sha256=a.sha256, row=row))
+        entries.append(Entry(file=name, key=a.key, stored_sha256=a.sha256, row={**row, **_link(links, a)}))
     for a in (a for a in arts if a.kind == "document"):
         ext = _ext(a.key)
         row = {"kind": "document", "width": None, "height": None, "size": None, "variant": None,
                "page": None, "taglines": [], "cta": None, "gates": [], "gates_passed": None, "watermark": None,
                "c2pa": _c2pa(a.meta or {}) if ext == "pdf" else None}
-        entries.append(Entry(file=f"{a.name}.{ext}", key=a.key, stored_sha256=a.sha256, row=row, compress=ext == "html"))
+        entries.append(Entry(file=f"{a.name}.{ext}", key=a.key, stored_sha256=a.sha256, row={**row, **_link(links, a)},
+                             compress=ext == "html"))
     created = as_utc(job.created_at)
     finished = as_utc(job.finished_at)
     brand = spec.get("brand") or {}

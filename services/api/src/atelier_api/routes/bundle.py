@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from .. import bundle as service
 from ..deps import SessionDep, StoreDep, TenantDep
 from ..problems import problem_responses
+from .assets import AssetLinksDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 404, 409, 503))
 
@@ -22,8 +23,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses
                      "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}},
 )
 def download_bundle(job_id: Annotated[str, Path(max_length=64)], principal: TenantDep, session: SessionDep,
-                    store: StoreDep) -> StreamingResponse:
-    plan = service.plan_bundle(session, tenant_id=principal.tenant_id, job_id=job_id)
+                    store: StoreDep, links: AssetLinksDep) -> StreamingResponse:
+    plan = service.plan_bundle(session, tenant_id=principal.tenant_id, job_id=job_id, links=links)
     return StreamingResponse(service.stream_bundle(plan, store), media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="{plan.filename}"',
         "Cache-Control": "private, no-cache",
