@@ -51,15 +51,17 @@ def generate(ctx: StageContext, *, prompt: str, negative_prompt: str, target: tu
     with reg.call_lock:  # one pipeline call at a time in this process
         pipe = reg.load(model_id)
         started = time.perf_counter()
+        encoding: dict[str, Any] = {}
         try:
             image = text_to_image.run(
                 pipe, family=spec.family, prompt=prompt, negative_prompt=negative_prompt, width=width,
                 height=height, steps=steps, guidance=spec.guidance, seed=seed, on_step=ctx.progress,
-                timesteps=list(spec.timesteps) if spec.timesteps else None, eta=spec.eta,
+                timesteps=list(spec.timesteps) if spec.timesteps else None, eta=spec.eta, report=encoding,
             )
         finally:
             ctx.gpu_seconds += time.perf_counter() - started
-    return image, {"width": width, "height": height, "seed": seed, "model": model_id, "steps": steps}
+    return image, {"width": width, "height": height, "seed": seed, "model": model_id, "steps": steps,
+                   "prompt_encoding": encoding}
 
 
 def put_image(ctx: StageContext, image: Image.Image, *, kind: str, info: dict[str, Any], prompt: str) -> str:

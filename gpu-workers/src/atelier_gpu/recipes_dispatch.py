@@ -40,7 +40,13 @@ def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
     negative = first.negative_prompt or None
     info: dict[str, Any] = {"recipe": first.recipe}
     if first.recipe == "text_to_image":
-        images = text_to_image.run_batch(pipe, prompt=[r.prompt for r in requests], negative_prompt=negative, **common)
+        encoding: dict[str, Any] = {}
+        images = text_to_image.run_batch(pipe, prompt=[r.prompt for r in requests], negative_prompt=negative,
+                                         report=encoding, **common)
+        info["prompt_encoding"] = encoding
+        if encoding.get("dropped_words"):  # never silent: the stage's output warning becomes a job.warning
+            info["warnings"] = [f"the prompt is longer than the text encoder's window; these words were dropped: "
+                                f"{' '.join(encoding['dropped_words'])}"]
     elif first.recipe == "regional":
         images = regional.run_batch(pipe, plan=first.params["plan"], negative_prompt=negative, **common)
     elif first.recipe == "layout":

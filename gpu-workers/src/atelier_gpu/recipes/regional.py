@@ -25,6 +25,7 @@ import torch
 from atelier_contracts.plans import RegionalPlan, split_ratio_to_boxes
 from pydantic import ValidationError
 
+from .. import prompt_encoding
 from ..attention import RegionalState, flux_processors, installed, sdxl_processors
 from .common import (
     NEGATIVE_FAMILIES,
@@ -126,17 +127,26 @@ def generate_with_regions(pipe: Any, *, family: str, base_prompt: str, negative_
     }
     if not prompts:  # nothing regional: plain text-to-image of the base prompt
         call.pop("num_images_per_prompt")
-        call.update(prompt=[base_prompt] * n, **text_kwargs(pipe, family))
-        if family in NEGATIVE_FAMILIES:
-            call["negative_prompt"] = [negative_prompt] * n if negative_prompt else None
+        negative = negative_prompt if family in NEGATIVE_FAMILIES else None
+        encoded = prompt_encoding.encode(pipe, family, [base_prompt] * n, negative)
+        if encoded is not None:  # SDXL/FLUX: weighted, never cut at 77 tokens
+            call.update(encoded.kwargs)
+        else:
+            call.update(prompt=[base_prompt] * n, **text_kwargs(pipe, family))
+            if family in NEGATIVE_FAMILIES:
+                call["negative_prompt"] = [negative_prompt] * n if negative_prompt else None
         return rgb_images(call_pipe(**call))
     with torch.no_grad():
         if family == "sdxl":
-            contexts = [pipe.encode_prompt(prompt=p, device=device, num_images_per_prompt=1,
-                                           do_classifier_free_guidance=False)[0] for p in prompts]
-            state.contexts = torch.cat(contexts, dim=0)
+            # the base prompt and the region captions through compel (weighted, chunked past 77 tokens; the
+            # regions in one call so their contexts share one length); the base attends as usual, each region
+            # inside its mask (attention.py)
+            regions = prompt_encoding.encode(pipe, family, list(prompts), None)
+            base = prompt_encoding.encode(pipe, family, [base_prompt], negative_prompt or None)
+            assert regions is not None and base is not None
+            state.contexts = regions.kwargs["prompt_embeds"]
             state.cfg = guidance > 1.0 and pipe.unet.config.time_cond_proj_dim is None
-            call.update(prompt=base_prompt, negative_prompt=negative_prompt or None)
+            call.update(base.kwargs)
             processors = sdxl_processors(pipe.unet, state)
             model = pipe.unet
         elif family == "flux":

@@ -23,6 +23,7 @@ from typing import Any
 
 from atelier_contracts.errors import StageError
 
+from .. import prompt_encoding
 from .common import (
     FAMILIES,
     MIN_SIDE,
@@ -85,7 +86,7 @@ def check_inputs(pipe: Any, *, family: str, prompt: Any, negative_prompt: Any, w
 def run_batch(pipe: Any, *, family: str, prompt: str | list[str], negative_prompt: str | None = "", width: int,
               height: int, steps: int, guidance: float, seeds: list[int],
               on_step: Callable[[int, int], None] | None = None, timesteps: list[int] | None = None,
-              eta: float | None = None) -> list[Any]:
+              eta: float | None = None, report: dict[str, Any] | None = None) -> list[Any]:
     """Generate ``len(seeds)`` images in one pipeline call, image ``i`` from ``seeds[i]``.
 
     Args:
@@ -99,6 +100,11 @@ def run_batch(pipe: Any, *, family: str, prompt: str | list[str], negative_promp
         seeds: one seed per image; the same seed, inputs and model give the same image alone or batched.
         on_step: called as ``on_step(step, total)`` after each step; whatever it raises stops the run.
         timesteps, eta: few-step preset values (``atelier_gpu.presets``), SDXL only.
+        report: filled with what the prompt encoding saw (``atelier_gpu.prompt_encoding``: token counts per
+            tokenizer, and the words an encoder's window dropped) when given.
+
+    SDXL and FLUX prompts are encoded by compel (weights, prompts longer than CLIP's 77 tokens in chunks); the
+    other families use their pipelines' own encoding.
 
     Returns:
         ``len(seeds)`` RGB ``PIL.Image.Image`` of ``width`` x ``height``.
@@ -116,14 +122,24 @@ def run_batch(pipe: Any, *, family: str, prompt: str | list[str], negative_promp
     }
     if family in NEGATIVE_FAMILIES:
         call["negative_prompt"] = [negative_prompt or ""] * n if negative_prompt else None
+    encoded = prompt_encoding.encode(pipe, family, prompts, negative_prompt if family in NEGATIVE_FAMILIES else None)
+    if encoded is not None:  # embeddings instead of text: nothing is cut at 77 tokens, weights are weights
+        call.pop("prompt")
+        call.pop("negative_prompt", None)
+        call.update(encoded.kwargs)
+        if report is not None:
+            report.update(encoded.report())
+    elif report is not None:
+        report.update(encoder="pipeline", tokens=prompt_encoding.token_counts(pipe, prompts))
     return rgb_images(pipe(**call))
 
 
 def run(pipe: Any, *, family: str, prompt: str, negative_prompt: str | None = "", width: int, height: int,
         steps: int, guidance: float, seed: int, on_step: Callable[[int, int], None] | None = None,
-        timesteps: list[int] | None = None, eta: float | None = None) -> Any:
+        timesteps: list[int] | None = None, eta: float | None = None, report: dict[str, Any] | None = None) -> Any:
     """Generate one image (``run_batch`` with one seed); an RGB ``PIL.Image.Image`` of ``width`` x ``height``."""
     check_inputs(pipe, family=family, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                  steps=steps, guidance=guidance, seed=seed, on_step=on_step)
     return run_batch(pipe, family=family, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-                     steps=steps, guidance=guidance, seeds=[seed], on_step=on_step, timesteps=timesteps, eta=eta)[0]
+                     steps=steps, guidance=guidance, seeds=[seed], on_step=on_step, timesteps=timesteps, eta=eta,
+                     report=report)[0]
