@@ -91,15 +91,17 @@ def token_counts(pipe: Any, prompts: list[str]) -> dict[str, int]:
     return out
 
 
-def encode(pipe: Any, family: str, prompts: list[str], negative_prompt: str | None) -> Encoded | None:
+def encode(pipe: Any, family: str, prompts: list[str], negative_prompt: str | None, *,
+           count: bool = False) -> Encoded | None:
     """The pipeline's prompt embeddings for ``prompts`` (one per image) and ``negative_prompt`` (SDXL; an empty one
-    is left to the pipeline, which zeroes it as SDXL was trained), or None for a family compel does not encode."""
+    is left to the pipeline, which zeroes it as SDXL was trained), or None for a family compel does not encode.
+    ``count``: also count each tokenizer's tokens (for an artifact's record; the recipes that keep none skip it)."""
     if family not in COMPEL_FAMILIES:
         return None
     _expect_long_prompts(pipe)
     parsed = [to_compel(p) for p in prompts]
     plain = [re.sub(r"\)(?:\d*\.?\d+)?", "", p).replace("(", "") for p in parsed]  # the words, without weights
-    tokens = token_counts(pipe, plain)
+    tokens = token_counts(pipe, plain) if count else {}
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", None)
     if family == "sdxl":
         negative = [to_compel(negative_prompt)] * len(parsed) if negative_prompt else None

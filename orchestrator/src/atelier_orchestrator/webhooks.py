@@ -43,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpcore
 import httpx
-from atelier_contracts import placements
+from atelier_contracts import items, placements
 from atelier_contracts.catalogue import S_DELIVER
 from atelier_control.asset_urls import AssetLink, AssetLinks
 from atelier_control.events import envelope, message_id
@@ -105,13 +105,11 @@ _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "app
 
 def _asset(artifact: Artifact, item: str, links: LinkFor | None) -> dict[str, Any]:
     """One delivered file as a webhook lists it: what it is, where it goes, and how to fetch and check it."""
-    size = item.split("-v")[0] if "x" in item.split("-")[0] else None
-    placement_name = None
-    if size is not None:
-        try:
-            placement_name = placements.placement(size).name
-        except ValueError:
-            size = None
+    try:  # a campaign's "<size>-v<k>" item; a story's pages and documents have no placement
+        size: str | None = items.parse_size_variant(item)[0]
+        placement_name = placements.placement(size).name  # type: ignore[arg-type]
+    except ValueError:
+        size = placement_name = None
     return {"artifact_id": artifact.id, "item": item, "kind": artifact.kind, "placement": placement_name,
             "size": f"{artifact.width}x{artifact.height}" if artifact.width and artifact.height else size,
             "width": artifact.width, "height": artifact.height,

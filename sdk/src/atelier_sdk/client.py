@@ -30,28 +30,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .errors import ApiError, AtelierError
-from .models import (
-    ApiKeyInfo,
-    Artifact,
-    BrandKit,
-    Capabilities,
-    DeliveryPage,
-    Event,
-    FieldError,
-    ItemFailure,
-    Job,
-    JobPage,
-    Placement,
-    PlanPreview,
-    Problem,
-    SizeLimits,
-    Stage,
-    StoryLanguages,
-    Upload,
-    Webhook,
-    WebhookDelivery,
-)
+from .errors import AtelierError
+from .models import Event, Job
 from .operations import (
     EVENTS_ROUTE,
     AsyncSender,
@@ -71,12 +51,7 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 60.0
 
-__all__ = [
-    "ApiError", "ApiKeyInfo", "Artifact", "AsyncAtelierClient", "AtelierClient", "AtelierError", "BrandKit",
-    "Capabilities", "DeliveryPage", "Event", "FieldError", "ItemFailure", "Job", "JobPage", "Placement",
-    "PlanPreview", "Problem", "RetryPolicy", "SizeLimits", "Stage", "StoryLanguages", "Upload", "Webhook",
-    "WebhookDelivery",
-]
+__all__ = ["AsyncAtelierClient", "AtelierClient"]  # the models: atelier_sdk
 
 
 def _http_options(base_url: str, api_key: str | None, timeout: float | httpx.Timeout) -> dict[str, Any]:

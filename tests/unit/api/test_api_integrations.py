@@ -173,11 +173,7 @@ def test_a_test_event_is_signed_sent_and_logged(client: TestClient, tenant: Tena
         assert r.status_code == 202 and r.json()["status"] == "pending" and r.json()["event_type"] == "webhook.test"
         assert client.post(f"/v1/webhooks/{h['id']}/test", headers=other_tenant.headers).status_code == 404
         delivered = REGISTRY.get_sample_value("atelier_webhook_deliveries_total", {"outcome": "succeeded"}) or 0.0
-        d = WebhookDispatcher(factory, settings)
-        try:
-            _drain(d, lambda: len(receiver.requests) >= 1)
-        finally:
-            d.stop()
+        _dispatch(factory, settings, receiver, 1)
         headers, body = receiver.requests[0]
         payload = verify_webhook(h["secret"], headers, body)
         assert payload["type"] == "webhook.test" and payload["data"]["webhook_id"] == h["id"]
@@ -227,12 +223,17 @@ def _sent(client: TestClient, t: TenantCtx, factory: Any, settings: Settings, re
           job_events: list[str] | None = None, **submit: Any) -> str:
     job_id = _submit(client, t, **submit).json()["id"]
     emit_events(factory, t.id, job_id, job_events or ["job.succeeded"])
+    _dispatch(factory, settings, receiver, events)
+    return str(job_id)
+
+
+def _dispatch(factory: Any, settings: Settings, receiver: Receiver, requests: int) -> None:
+    """Run a dispatcher until the receiver has had ``requests`` requests."""
     d = WebhookDispatcher(factory, settings)
     try:
-        _drain(d, lambda: len(receiver.requests) >= events)
+        _drain(d, lambda: len(receiver.requests) >= requests)
     finally:
         d.stop()
-    return str(job_id)
 
 
 def test_a_rotated_secret_keeps_signing_beside_the_new_one_for_its_grace_period(
@@ -292,11 +293,7 @@ def test_a_slack_endpoint_gets_a_one_line_message_with_links(client: TestClient,
         _delivered(factory, tenant.id, job_id)
         emit_events(factory, tenant.id, job_id, ["job.succeeded"])
         public = settings.model_copy(update={"public_base_url": "https://atelier.example.com"})
-        d = WebhookDispatcher(factory, public)
-        try:
-            _drain(d, lambda: len(receiver.requests) >= 1)
-        finally:
-            d.stop()
+        _dispatch(factory, public, receiver, 1)
         headers, body = receiver.requests[0]
         message = json.loads(body)
         assert set(message) == {"text"}

@@ -122,7 +122,8 @@ def run_batch(pipe: Any, *, family: str, prompt: str | list[str], negative_promp
     }
     if family in NEGATIVE_FAMILIES:
         call["negative_prompt"] = [negative_prompt or ""] * n if negative_prompt else None
-    encoded = prompt_encoding.encode(pipe, family, prompts, negative_prompt if family in NEGATIVE_FAMILIES else None)
+    encoded = prompt_encoding.encode(pipe, family, prompts, negative_prompt if family in NEGATIVE_FAMILIES else None,
+                                     count=report is not None)
     if encoded is not None:  # embeddings instead of text: nothing is cut at 77 tokens, weights are weights
         call.pop("prompt")
         call.pop("negative_prompt", None)
