@@ -38,8 +38,10 @@ def finish_later(factory: sessionmaker[Session], tenant_id: str, job_id: str, *,
         for event_type in STAGES:
             emit_events(factory, tenant_id, job_id, [event_type])
             time.sleep(0.05)
-        set_job(factory, job_id, status=status)
+        # the terminal event before the row's status (the orchestrator writes both in one transaction): a stream
+        # that sees the job ended with no terminal event yet would close early and the client resume once more
         emit_events(factory, tenant_id, job_id, [f"job.{status}"])
+        set_job(factory, job_id, status=status)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
