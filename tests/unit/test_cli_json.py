@@ -115,11 +115,12 @@ def test_tenants_create(home: Path) -> None:
 def test_keys_create_ls_revoke(home: Path) -> None:
     data("tenants", "create", "acme")
     made = data("keys", "create", "ci", "--tenant", "acme")
-    assert set(made) == {"id", "name", "prefix", "created_at", "revoked_at", "key"}  # POST /v1/keys's answer
-    assert made["name"] == "ci" and made["key"].startswith(f"atl_{made['prefix']}_") and made["revoked_at"] is None
+    assert set(made) == {"id", "name", "role", "prefix", "created_at", "revoked_at", "key"}  # POST /v1/keys's answer
+    assert made["name"] == "ci" and made["role"] == "member" and made["key"].startswith(f"atl_{made['prefix']}_") and made["revoked_at"] is None
     listed = data("keys", "ls", "--tenant", "acme")
     assert [k["name"] for k in listed] == ["default", "ci"] and listed[1]["id"] == made["id"]
-    assert all(set(k) == {"id", "name", "prefix", "created_at", "revoked_at"} for k in listed)  # never the key
+    assert all(set(k) == {"id", "name", "role", "prefix", "created_at", "revoked_at"} for k in listed)  # never the key
+    assert [k["role"] for k in listed] == ["admin", "member"]
     assert listed[1]["created_at"] == made["created_at"]  # the same instant, written the same way
     assert data("keys", "list", "--tenant", "acme") == listed
     revoked = data("keys", "revoke", made["id"], "--tenant", "acme")
@@ -130,6 +131,13 @@ def test_keys_create_ls_revoke(home: Path) -> None:
     assert error("keys", "ls", "--tenant", "nobody", code=1)["status"] == 404
     assert error("keys", "revoke", "key_nope", "--tenant", "acme", code=1)["status"] == 404
     assert error("keys", "create", "   ", "--tenant", "acme", code=1)["field"] == "name"
+    assert error("keys", "create", "ops", "--role", "owner", "--tenant", "acme", code=1)["field"] == "role"
+    # the tenant's only admin key stays; with a second admin key it may go
+    first = listed[0]["id"]
+    last = error("keys", "revoke", first, "--tenant", "acme", code=1)
+    assert last["status"] == 409 and "last active admin key" in last["message"]
+    assert data("keys", "create", "ops", "--role", "admin", "--tenant", "acme")["role"] == "admin"
+    assert data("keys", "revoke", first, "--tenant", "acme")["revoked_at"] is not None
 
 
 # ---------------------------------------------------------------- this machine: healthcheck, secrets, tiny models

@@ -119,25 +119,28 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def _key_view(row: Any, key: str | None = None) -> dict[str, Any]:
     """A key as the API shows it (GET /v1/keys); with KEY, the secret, as POST /v1/keys answers it that once."""
-    info = ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix, created_at=_utc(row.created_at),
+    info = ApiKeyInfo(id=row.id, name=row.name, role=row.role, prefix=row.prefix, created_at=_utc(row.created_at),
                       revoked_at=_utc(row.revoked_at), key=key)
     return info.model_dump(mode="json", exclude=None if key else {"key"})
 
 
 @keys_app.command("create")
 def keys_create(name: Annotated[str, typer.Argument(help="What the key is for (e.g. ci).")],
-                tenant: TenantOption, as_json: JsonFlag = False) -> None:
+                tenant: TenantOption,
+                role: Annotated[str, typer.Option(help="member: every API route but /v1/keys; admin: also issues, "
+                                                       "lists and revokes the tenant's keys.")] = "member",
+                as_json: JsonFlag = False) -> None:
     """Issue a new API key and print it (shown once; only its hash is stored).
 
-    --json: the key as POST /v1/keys answers it: {"id", "name", "prefix", "created_at", "revoked_at", "key"}."""
+    --json: the key as POST /v1/keys answers it: {"id", "name", "role", "prefix", "created_at", "revoked_at", "key"}."""
     # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
     from atelier_control.auth import create_key, find_tenant
 
     with _control_session(as_json) as session:
         owner = find_tenant(session, tenant)
-        row, key = create_key(session, owner.id, name)
+        row, key = create_key(session, owner.id, name, role=role)
         view, owner_name = _key_view(row, key), owner.name
-    emit(view, as_json, f"key {view['id']} ({view['name']}) of tenant {owner_name}\n"
+    emit(view, as_json, f"{view['role']} key {view['id']} ({view['name']}) of tenant {owner_name}\n"
                         f"api key (store it now, it is not shown again): {key}")
 
 
@@ -146,7 +149,7 @@ def keys_create(name: Annotated[str, typer.Argument(help="What the key is for (e
 def keys_ls(tenant: TenantOption, as_json: JsonFlag = False) -> None:
     """List the tenant's keys, revoked ones included (never a secret).
 
-    --json: a list of {"id", "name", "prefix", "created_at", "revoked_at"} (GET /v1/keys's items)."""
+    --json: a list of {"id", "name", "role", "prefix", "created_at", "revoked_at"} (GET /v1/keys's items)."""
     # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
     from atelier_control.auth import find_tenant, list_keys
 
@@ -154,10 +157,11 @@ def keys_ls(tenant: TenantOption, as_json: JsonFlag = False) -> None:
         rows = [_key_view(r) for r in list_keys(session, find_tenant(session, tenant).id)]
 
     def table() -> None:
-        typer.echo(f"{'id':<38}  {'prefix':<8}  {'created':<19}  {'status':<26}  name")
+        typer.echo(f"{'id':<38}  {'prefix':<8}  {'role':<6}  {'created':<19}  {'status':<26}  name")
         for r in rows:
             status = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else "active"
-            typer.echo(f"{r['id']:<38}  {r['prefix']:<8}  {r['created_at'][:19]:<19}  {status:<26}  {r['name']}")
+            typer.echo(f"{r['id']:<38}  {r['prefix']:<8}  {r['role']:<6}  {r['created_at'][:19]:<19}  {status:<26}  "
+                       f"{r['name']}")
 
     emit(rows, as_json, table)
 
@@ -165,9 +169,10 @@ def keys_ls(tenant: TenantOption, as_json: JsonFlag = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...), from `atelier keys ls`.")],
                 tenant: TenantOption, as_json: JsonFlag = False) -> None:
-    """Revoke a key: refused from the next request on; the dashboard sessions signed in with it end.
+    """Revoke a key: refused from the next request on; the dashboard sessions signed in with it end. The tenant's
+    last active admin key stays (409): issue another admin key first.
 
-    --json: the revoked key, {"id", "name", "prefix", "created_at", "revoked_at"}."""
+    --json: the revoked key, {"id", "name", "role", "prefix", "created_at", "revoked_at"}."""
     # the control plane is an optional extra (atelier[api] / atelier[orchestrator]): a GPU host has no database
     from atelier_control.auth import find_tenant, revoke_key
 

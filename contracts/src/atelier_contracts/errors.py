@@ -7,6 +7,7 @@
     ├── NotFound              404 — also for other tenants' objects
     ├── Conflict              409 — idempotency key reused with another body, illegal transition
     ├── Unauthorized          401
+    ├── Forbidden             403 — authenticated, but the key's role does not allow it
     ├── StorageError          503 — object store unreachable or failed
     └── StageError            — a stage failed; ``retryable`` says whether to try again
 """
@@ -54,6 +55,11 @@ class Conflict(AtelierError):
 class Unauthorized(AtelierError):
     status = 401
     title = "Unauthorized"
+
+
+class Forbidden(AtelierError):
+    status = 403
+    title = "Forbidden"
 
 
 class StorageError(AtelierError):

@@ -1,6 +1,11 @@
 """Tenants, API keys and dashboard sessions. A key is ``atl_<prefix>_<secret>``; only its SHA-256 is stored.
 
-Revoking a key stops it at the next request and ends the dashboard sessions signed in with it."""
+Revoking a key stops it at the next request and ends the dashboard sessions signed in with it.
+
+Roles: an ``admin`` key may also issue, list and revoke the tenant's keys; a ``member`` key does everything else
+(and may revoke itself, the one thing to do with a key that leaked). A tenant's first key is an admin key, new keys
+are members unless asked otherwise, and the tenant's last active admin key cannot be revoked (nobody could
+manage keys through the API after it; an operator still can, with ``atelier keys`` on the database)."""
 
 from __future__ import annotations
 
@@ -10,11 +15,11 @@ import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 
-from atelier_contracts.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from atelier_contracts.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from .models import ApiKey, DashboardSession, Tenant, utcnow
+from .models import KEY_ROLES, ApiKey, DashboardSession, Tenant, utcnow
 
 MAX_ACTIVE_KEYS = 100  # per tenant: a leaked key cannot mint keys without bound
 KEY_NAME_MAX = 200
@@ -34,16 +39,19 @@ def create_tenant(session: Session, name: str) -> tuple[Tenant, str]:
     return tenant, issue_key(session, tenant.id)
 
 
-def issue_key(session: Session, tenant_id: str, name: str = "default") -> str:
-    """A new key for the system's own callers (tenant creation, the demo): no cap on active keys."""
-    return create_key(session, tenant_id, name, capped=False)[1]
+def issue_key(session: Session, tenant_id: str, name: str = "default", *, role: str = "admin") -> str:
+    """A new key for the system's own callers (tenant creation, the demo): an admin key unless told, no cap."""
+    return create_key(session, tenant_id, name, role=role, capped=False)[1]
 
 
-def create_key(session: Session, tenant_id: str, name: str = "default", *,
+def create_key(session: Session, tenant_id: str, name: str = "default", *, role: str = "member",
                capped: bool = True) -> tuple[ApiKey, str]:
     """A new key of the tenant: its row and the key itself (returned once, never stored).
 
+    ``role``: ``admin`` or ``member`` (InvalidInput naming ``role`` otherwise).
     ``capped``: refuse when the tenant already has ``MAX_ACTIVE_KEYS`` active keys (InvalidInput)."""
+    if role not in KEY_ROLES:
+        raise InvalidInput(f"a key's role is one of {', '.join(KEY_ROLES)}, not {role!r}", field="role")
     name = name.strip()
     if not name or len(name) > KEY_NAME_MAX:
         raise InvalidInput(f"a key name is 1 to {KEY_NAME_MAX} characters", field="name")
@@ -57,7 +65,7 @@ def create_key(session: Session, tenant_id: str, name: str = "default", *,
                                field="name")
     prefix = secrets.token_hex(4)
     key = f"atl_{prefix}_{secrets.token_urlsafe(32)}"
-    row = ApiKey(tenant_id=tenant_id, prefix=prefix, hash=hash_key(key), name=name)
+    row = ApiKey(tenant_id=tenant_id, prefix=prefix, hash=hash_key(key), name=name, role=role)
     session.add(row)
     session.flush()
     return row, key
@@ -69,15 +77,28 @@ def list_keys(session: Session, tenant_id: str) -> Sequence[ApiKey]:
                            .order_by(ApiKey.created_at, ApiKey.id)).all()
 
 
+def require_admin(role: str, action: str) -> None:
+    """Forbidden unless ``role`` (the calling key's) is ``admin``; ``action`` names what was asked."""
+    if role != "admin":
+        raise Forbidden(f"this API key's role is {role!r}: only an admin key may {action}")
+
+
 def revoke_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
     """Revoke one of the tenant's keys and end the dashboard sessions signed in with it.
 
     Another tenant's key is NotFound, exactly like a key that does not exist. Revoking a revoked key
-    changes nothing (its first ``revoked_at`` stays)."""
+    changes nothing (its first ``revoked_at`` stays). The tenant's last active admin key is a Conflict."""
+    # FOR UPDATE on the tenant's active admin keys: two admins revoking each other's keys at once cannot both pass
+    # the last-admin check (SQLite serialises writers anyway)
+    admins = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.role == "admin",
+                                                  ApiKey.revoked_at.is_(None)).with_for_update()).all()
     row = session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id))
     if row is None:
         raise NotFound(f"API key {key_id} not found")
     now = utcnow()
+    if row.revoked_at is None and row.role == "admin" and len(admins) <= 1:
+        raise Conflict(f"{key_id} is the tenant's last active admin key: issue another admin key before revoking "
+                       "it", field="key_id")
     if row.revoked_at is None:
         row.revoked_at = now
     session.execute(update(DashboardSession)

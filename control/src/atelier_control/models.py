@@ -47,8 +47,13 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+KEY_ROLES = ("admin", "member")
+
+
 class ApiKey(Base):
-    """API keys are stored as SHA-256 of a 256-bit random secret; the prefix finds the row."""
+    """API keys are stored as SHA-256 of a 256-bit random secret; the prefix finds the row.
+
+    ``role``: ``admin`` keys also manage the tenant's keys (``/v1/keys``); ``member`` keys do everything else."""
 
     __tablename__ = "api_keys"
 
@@ -57,6 +62,7 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200), default="default")
+    role: Mapped[str] = mapped_column(String(16), default="member", server_default="member")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -174,6 +174,7 @@ class ApiKeyInfo(_Model):
 
     id: str
     name: str
+    role: Literal["admin", "member"] = Field(description="`admin` keys also manage the tenant's keys.")
     prefix: str
     created_at: datetime
     revoked_at: datetime | None = None

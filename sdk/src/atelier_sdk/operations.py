@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import IO, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
@@ -388,18 +388,20 @@ class Operations:
     # ------------------------------------------------------------ API keys
 
     @endpoint("POST", "/v1/keys")
-    def create_key(self, name: str) -> Call[ApiKeyInfo]:
-        """Issue a new key of this tenant; ``.key`` holds it, shown this once: store it now."""
-        return Call(_model(ApiKeyInfo), json={"name": name})
+    def create_key(self, name: str, *, role: Literal["admin", "member"] = "member") -> Call[ApiKeyInfo]:
+        """Issue a new key of this tenant (this client's key must be an admin key); ``.key`` holds it, shown this
+        once: store it now. ``role="admin"`` makes a key that may manage keys too."""
+        return Call(_model(ApiKeyInfo), json={"name": name, "role": role})
 
     @endpoint("GET", "/v1/keys")
     def keys(self) -> Call[list[ApiKeyInfo]]:
-        """The tenant's keys, revoked ones included (no secrets)."""
+        """The tenant's keys, revoked ones included (no secrets); needs an admin key."""
         return Call(_items(ApiKeyInfo))
 
     @endpoint("POST", "/v1/keys/{key_id}/revoke")
     def revoke_key(self, key_id: str) -> Call[ApiKeyInfo]:
-        """Revoke a key (this client's own too): refused from the next request on; its dashboard sessions end."""
+        """Revoke a key: refused from the next request on; its dashboard sessions end. Another key needs an admin
+        key; any key may revoke itself; the tenant's last active admin key is a 409."""
         return Call(_model(ApiKeyInfo), path={"key_id": key_id})
 
     @endpoint("DELETE", "/v1/keys/{key_id}")

@@ -21,8 +21,9 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def issue(client: TestClient, tenant: TenantCtx, name: str = "ci") -> dict[str, Any]:
-    r = client.post("/v1/keys", json={"name": name}, headers=tenant.headers)
+def issue(client: TestClient, tenant: TenantCtx, name: str = "ci", role: str | None = None) -> dict[str, Any]:
+    body = {"name": name} if role is None else {"name": name, "role": role}
+    r = client.post("/v1/keys", json=body, headers=tenant.headers)
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -31,7 +32,7 @@ def test_issue_list_use_revoke(client: TestClient, tenant: TenantCtx, factory: s
     made = issue(client, tenant, "  ci  ")
     key = made["key"]
     assert key.startswith(f"atl_{made['prefix']}_") and made["id"].startswith("key_")
-    assert made["name"] == "ci" and made["revoked_at"] is None and made["created_at"]
+    assert made["name"] == "ci" and made["revoked_at"] is None and made["created_at"] and made["role"] == "member"
     # only the hash is stored
     with factory() as s:
         row = s.get(ApiKey, made["id"])
@@ -42,13 +43,15 @@ def test_issue_list_use_revoke(client: TestClient, tenant: TenantCtx, factory: s
     assert r.status_code == 200
     items = r.json()["items"]
     assert [i["name"] for i in items] == ["default", "ci"]
-    assert all(set(i) == {"id", "name", "prefix", "created_at", "revoked_at"} for i in items)
+    assert all(set(i) == {"id", "name", "role", "prefix", "created_at", "revoked_at"} for i in items)
+    assert [i["role"] for i in items] == ["admin", "member"]  # the tenant's first key is its admin key
     assert key not in r.text and key.split("_", 2)[2] not in r.text and hash_key(key) not in r.text
     assert tenant.key.split("_", 2)[2] not in r.text
 
-    # the new key works like any other
+    # the new key works like any other, but a member key does not manage keys
     assert client.get("/v1/jobs", headers=bearer(key)).status_code == 200
-    assert client.get("/v1/keys", headers=bearer(key)).json()["items"] == items
+    forbidden = client.get("/v1/keys", headers=bearer(key))
+    assert forbidden.status_code == 403 and "admin" in forbidden.json()["detail"]
 
     # revoked: refused from the very next request on; the tenant's other key keeps working
     r = client.post(f"/v1/keys/{made['id']}/revoke", headers=tenant.headers)
@@ -99,7 +102,8 @@ def test_another_tenants_key_is_404_and_untouched(client: TestClient, tenant: Te
     theirs = client.get("/v1/keys", headers=other_tenant.headers)
     assert made["id"] not in theirs.text and [i["name"] for i in theirs.json()["items"]] == ["default"]
     # a key minted by one tenant authenticates as that tenant only
-    mine = client.get("/v1/keys", headers=bearer(made["key"])).json()["items"]
+    admin = issue(client, tenant, "second-admin", role="admin")
+    mine = client.get("/v1/keys", headers=bearer(admin["key"])).json()["items"]
     assert made["id"] in {i["id"] for i in mine}
 
 
@@ -112,7 +116,8 @@ def test_keys_need_a_bearer_key(client: TestClient) -> None:
 
 @pytest.mark.parametrize("body, field", [({}, "name"), ({"name": "   "}, "name"), ({"name": "x" * 201}, "name"),
                                          ({"name": "a\x00b"}, "name"), ({"name": "a\nb"}, "name"),
-                                         ({"name": "ok", "scopes": ["all"]}, "scopes")])
+                                         ({"name": "ok", "scopes": ["all"]}, "scopes"),
+                                         ({"name": "ok", "role": "owner"}, "role"), ({"name": "ok", "role": None}, "role")])
 def test_bad_bodies_are_422_naming_the_field_and_write_nothing(client: TestClient, tenant: TenantCtx,
                                                                  body: dict[str, Any], field: str) -> None:
     r = client.post("/v1/keys", json=body, headers=tenant.headers)
@@ -142,7 +147,50 @@ def test_openapi_documents_the_key_routes(client: TestClient) -> None:
     assert "application/problem+json" in revoke["responses"]["404"]["content"]
     schemas = spec["components"]["schemas"]
     assert "key" in schemas["ApiKeyCreated"]["properties"]
-    assert set(schemas["ApiKeyView"]["properties"]) == {"id", "name", "prefix", "created_at", "revoked_at"}
+    assert set(schemas["ApiKeyView"]["properties"]) == {"id", "name", "role", "prefix", "created_at", "revoked_at"}
+    assert "403" in create["responses"] and "409" in revoke["responses"]
+
+
+def test_member_keys_cannot_manage_keys_but_may_revoke_themselves(client: TestClient, tenant: TenantCtx,
+                                                                  factory: sessionmaker[Session]) -> None:
+    member = issue(client, tenant, "member")
+    other = issue(client, tenant, "other")
+    for method, path, body in (("POST", "/v1/keys", {"name": "x", "role": "admin"}), ("GET", "/v1/keys", None),
+                               ("POST", f"/v1/keys/{other['id']}/revoke", None), ("DELETE", f"/v1/keys/{other['id']}", None),
+                               ("POST", f"/v1/keys/{tenant_key_id(client, tenant)}/revoke", None)):
+        r = client.request(method, path, json=body, headers=bearer(member["key"]))
+        assert r.status_code == 403, (method, path, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json") and "member" in r.json()["detail"]
+    with factory() as s:  # nothing was written: no new key, nobody revoked
+        rows = s.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)).all()
+    assert len(rows) == 3 and all(r.revoked_at is None for r in rows)
+    # a member key's other routes stay open, and it may revoke itself (what to do with a leaked key)
+    assert client.get("/v1/jobs", headers=bearer(member["key"])).status_code == 200
+    assert client.delete(f"/v1/keys/{member['id']}", headers=bearer(member["key"])).status_code == 200
+    assert client.get("/v1/jobs", headers=bearer(member["key"])).status_code == 401
+
+
+def tenant_key_id(client: TestClient, tenant: TenantCtx) -> str:
+    return str(client.get("/v1/keys", headers=tenant.headers).json()["items"][0]["id"])
+
+
+def test_an_admin_key_issues_admins_and_the_last_admin_key_stays(client: TestClient, tenant: TenantCtx) -> None:
+    first = tenant_key_id(client, tenant)
+    # the tenant's only admin key: revoking it (even by itself) would leave nobody to manage keys
+    for path in (f"/v1/keys/{first}/revoke", f"/v1/keys/{first}"):
+        r = client.request("POST" if path.endswith("revoke") else "DELETE", path, headers=tenant.headers)
+        assert r.status_code == 409 and r.json()["errors"][0]["field"] == "key_id", r.text
+    assert client.get("/v1/jobs", headers=tenant.headers).status_code == 200
+    second = issue(client, tenant, "second-admin", role="admin")
+    assert second["role"] == "admin"
+    assert client.get("/v1/keys", headers=bearer(second["key"])).status_code == 200
+    # with a second admin the first may go; then the second is the last one
+    assert client.post(f"/v1/keys/{first}/revoke", headers=bearer(second["key"])).status_code == 200
+    assert client.get("/v1/jobs", headers=tenant.headers).status_code == 401
+    assert client.post(f"/v1/keys/{second['id']}/revoke", headers=bearer(second["key"])).status_code == 409
+    # a revoked admin key does not count, and revoking it again changes nothing
+    again = client.post(f"/v1/keys/{first}/revoke", headers=bearer(second["key"]))
+    assert again.status_code == 200 and again.json()["revoked_at"] is not None
 
 
 def test_revoking_a_key_revokes_its_rows_in_the_database(client: TestClient, tenant: TenantCtx,
@@ -175,14 +223,19 @@ def test_sdk_create_list_revoke(client: TestClient, tenant: TenantCtx, other_ten
         assert isinstance(made, ApiKeyInfo) and made.active and made.key and made.key.startswith("atl_")
         listed = atelier.keys()
         assert [k.name for k in listed] == ["default", "sdk"] and all(k.key is None for k in listed)
+        assert made.role == "member" and [k.role for k in listed] == ["admin", "member"]
         with sdk(client, made.key) as fresh:
-            assert [k.id for k in fresh.keys()] == [k.id for k in listed]
+            with pytest.raises(ApiError) as exc:
+                fresh.keys()  # a member key does not list keys
+            assert exc.value.status == 403
             revoked = fresh.revoke_key(made.id)  # a key may revoke itself
             assert not revoked.active and revoked.revoked_at is not None
             with pytest.raises(ApiError) as exc:
                 fresh.keys()
             assert exc.value.status == 401
-        assert {k.id: k.active for k in atelier.keys()} == {listed[0].id: True, made.id: False}
+        admin = atelier.create_key("sdk-admin", role="admin")
+        assert admin.role == "admin"
+        assert {k.id: k.active for k in atelier.keys()} == {listed[0].id: True, made.id: False, admin.id: True}
     with sdk(client, other_tenant.key) as other, pytest.raises(ApiError) as exc:
         other.revoke_key(listed[0].id)
     assert exc.value.status == 404

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from atelier_contracts.errors import Unauthorized
-from atelier_control.auth import authenticate
+from atelier_control.auth import authenticate_key
 from atelier_runtime.settings import Settings
 from atelier_runtime.state import RuntimeState
 from atelier_runtime.storage import ArtifactStore
@@ -22,10 +22,12 @@ from .metrics import ApiMetrics
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the tenant that owns the API key."""
+    """Who is calling: the tenant that owns the API key, and the key (its id and role)."""
 
     tenant_id: str
     tenant_name: str
+    key_id: str
+    role: str  # "admin" or "member" (atelier_control.models.KEY_ROLES)
 
 
 def get_settings(request: Request) -> Settings:
@@ -92,8 +94,8 @@ def current_tenant(
     """The tenant owning the bearer key; 401 (with ``WWW-Authenticate: Bearer``) otherwise."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
-    tenant = authenticate(session, credentials.credentials)
-    principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name)
+    tenant, key = authenticate_key(session, credentials.credentials)
+    principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name, key_id=key.id, role=key.role)
     # end the read transaction: on SQLite (WAL) a snapshot held into a later write fails as BUSY_SNAPSHOT
     session.commit()
     return principal
