@@ -37,6 +37,16 @@ def _placeholder(value: str) -> bool:
     return value.lower() in PLACEHOLDER_SECRETS or "change-me" in value.lower()
 
 
+def _pem_file(path: Path) -> bool:
+    """True when ``path`` reads as PEM (a ``-----BEGIN`` block) and holds no placeholder text (base64 has no '-',
+    so a real PEM body never reads as ``change-me``)."""
+    try:
+        head = path.read_text(errors="replace")[:65536]
+    except OSError:
+        return False
+    return "-----BEGIN " in head and not _placeholder(head)
+
+
 # where secret files are read from when ATELIER_SECRETS_DIR is not set (Docker's and Kubernetes' convention)
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
 
@@ -362,6 +372,11 @@ class Settings(BaseSettings):
         if password is not None and (_placeholder(password) or len(password) < MIN_SECRET_CHARS):
             problems.append(f"the password in ATELIER_DATABASE_URL is a placeholder or shorter than "
                             f"{MIN_SECRET_CHARS} characters")
+        for var, path in (("ATELIER_C2PA_CERT_PATH", self.c2pa_cert_path), ("ATELIER_C2PA_KEY_PATH", self.c2pa_key_path),
+                          ("ATELIER_C2PA_TRUST_ANCHORS_PATH", self.c2pa_trust_anchors_path)):
+            # a role that neither signs nor verifies has no such file mounted: only a file that is there is judged
+            if path is not None and path.is_file() and not _pem_file(path):
+                problems.append(f"{var} ({path}) is a placeholder or not a PEM file")
         return problems
 
     @property

@@ -364,6 +364,10 @@ def test_each_workload_environment_builds_valid_settings(docs: list[dict[str, An
         assert secrets_init.SESSION_SECRET not in files, f"{name} signs no cookie or asset URL"
     assert (secrets_init.C2PA_KEY in files) == (name in SIGNERS), f"{name}: only signers hold the signing key"
     assert (secrets_init.C2PA_ANCHORS in files) == (name in VERIFIERS), name
+    # the template's placeholders are what services mode refuses to start with, the C2PA files included
+    problems = " ".join(settings.insecure_secrets())
+    assert ("ATELIER_C2PA_KEY_PATH" in problems) == (name in SIGNERS), problems
+    assert ("ATELIER_C2PA_TRUST_ANCHORS_PATH" in problems) == (name in VERIFIERS), problems
 
 
 # ---------------------------------------------------------------- the shared identity

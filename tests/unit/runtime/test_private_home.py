@@ -54,3 +54,16 @@ def test_services_mode_names_placeholder_and_short_secrets() -> None:
     good = Settings(broker_url="redis://127.0.0.1:6379/0", storage="s3", s3_secret_key="k" * 24,
                     database_url="postgresql://postgres@db/atelier", session_secret="s" * 64)
     assert good.insecure_secrets() == []
+
+
+def test_placeholder_or_non_pem_signing_files_are_named(tmp_path: Path) -> None:
+    chain, key, roots = (tmp_path / n for n in ("chain.pem", "key.pem", "roots.pem"))
+    chain.write_text("change-me: the signing certificate chain, PEM, leaf first")
+    key.write_text("not a key at all")
+    roots.write_text("-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n")
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0", c2pa_cert_path=chain, c2pa_key_path=key,
+                        c2pa_trust_anchors_path=roots)
+    problems = settings.insecure_secrets()
+    assert len(problems) == 2 and "ATELIER_C2PA_CERT_PATH" in problems[0] and "ATELIER_C2PA_KEY_PATH" in problems[1]
+    # a path with no file behind it (a role that has none mounted) is not judged here
+    assert Settings(broker_url="redis://127.0.0.1:6379/0", c2pa_key_path=tmp_path / "absent.pem").insecure_secrets() == []
