@@ -28,6 +28,51 @@ def _controls(registry: Any, spec: Any, first: Any, width: int, height: int) -> 
     return out
 
 
+def _regional(spec: Any, pipe: Any, first: Any, negative: str | None, common: dict[str, Any]
+              ) -> tuple[list[Any], dict[str, Any]]:
+    """The regional recipe: RPG cells (``plan``) or boxes (``regions``), around a product when it has one.
+
+    With ``product_key`` the regions act inside the inpainting pipeline's one call (the product's latents kept),
+    at every step; without, the regional recipe runs on its own. The info records what ran (``regional``).
+    """
+    params = first.params
+    width, height = first.width, first.height
+    labels: list[dict[str, Any] | None] | None = None
+    if params.get("regions") is not None:
+        boxes = regional.parse_regions(params["regions"])
+        base_prompt, base_ratio = first.prompt, params.get("base_ratio", regional.BASE_RATIO)
+        regional.check_base_ratio(regional.RECIPE, base_ratio)
+        masks = regional.box_masks(boxes, width, height)
+        prompts = [b.caption for b in boxes]
+        labels = [r.get("label") if isinstance(r, dict) else None for r in params["regions"]]
+    else:
+        plan = regional.parse_plan(params["plan"])
+        boxes, base_prompt, base_ratio = regional.plan_boxes(plan), plan.base_prompt, plan.base_ratio
+        masks = regional.cell_masks(plan.split_ratio, width, height)
+        prompts = regional.region_prompts(plan)
+    extra: dict[str, Any] = {}
+    if params.get("product_key"):
+        product = first.ctx.get_image(params["product_key"], "product image")
+        images, placement = inpaint.run_batch(
+            pipe, prompt=base_prompt, product=product, product_box=params["product_box"], negative_prompt=negative,
+            regions=list(zip(prompts, masks, strict=True)), base_ratio=float(base_ratio), grounding_fraction=1.0,
+            **common)
+        extra.update(product_rect=list(placement.rect), product_mode="inpainted")
+        mode = "inpaint"
+    elif params.get("regions") is not None:
+        images = regional.run_boxes_batch(pipe, base_prompt=base_prompt, regions=boxes, base_ratio=float(base_ratio),
+                                          negative_prompt=negative, **common)
+        mode = "text_to_image"
+    else:
+        images = regional.run_batch(pipe, plan=plan, negative_prompt=negative, **common)
+        mode = "text_to_image"
+    total = len(common["timesteps"]) if common.get("timesteps") else common["steps"]
+    extra["regional"] = regional.record(boxes, masks, base_prompt=base_prompt, base_ratio=float(base_ratio),
+                                        source=params.get("source") or ("layout" if labels is not None else "rpg"),
+                                        mode=mode, steps=total, labels=labels)
+    return images, extra
+
+
 def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
         on_step: Callable[[int, int], None]) -> list[tuple[Any, dict[str, Any]]]:
     """Call the recipe of ``requests`` (all compatible) once; (image, extra info) per request."""
@@ -48,7 +93,8 @@ def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
             info["warnings"] = [f"the prompt is longer than the text encoder's window; these words were dropped: "
                                 f"{' '.join(encoding['dropped_words'])}"]
     elif first.recipe == "regional":
-        images = regional.run_batch(pipe, plan=first.params["plan"], negative_prompt=negative, **common)
+        images, extra = _regional(spec, pipe, first, negative, common)
+        info.update(extra)
     elif first.recipe == "layout":
         images = layout.run_batch(pipe, plan=first.params["plan"], base_ratio=first.params.get("base_ratio", 0.3),
                                   negative_prompt=negative, **common)

@@ -13,22 +13,20 @@ the diffusion model, and a box covering the whole canvas is the base prompt's jo
 overlap, the higher ``z`` wins, then the smaller box (a thing in front of its backdrop).
 
 1. ``check_inputs`` says exactly what is wrong.
-2. ``box_masks`` paints the boxes onto the latent grid.
+2. ``box_masks`` (shared with the regional recipe) paints the boxes onto the latent grid.
 3. ``run_batch`` generates one image per seed.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from atelier_contracts.plans import Box, LayoutPlan
 from pydantic import ValidationError
 
 from .common import check_common, check_prompt, fail
-from .regional import LATENT_FACTOR, generate_with_regions
+from .regional import box_masks, generate_with_regions
 
 RECIPE = "layout"
 FAMILIES = ("sdxl", "flux")
@@ -53,33 +51,6 @@ def grounded_boxes(plan: LayoutPlan, roles: tuple[str, ...] = GROUNDED_ROLES) ->
         if box.role in roles and box.caption.strip() and (x2 - x1) * (y2 - y1) < FULL_CANVAS:
             out.append(box)
     return out
-
-
-def box_masks(boxes: list[Box], width: int, height: int) -> torch.Tensor:
-    """(boxes, height/8, width/8) 0/1 masks; overlaps go to the higher ``z``, then to the smaller box.
-
-    A box too small to own a latent pixel keeps the one under its centre.
-    """
-    h, w = height // LATENT_FACTOR, width // LATENT_FACTOR
-    owner = torch.full((h, w), -1, dtype=torch.long)
-
-    def area(b: Box) -> float:
-        return (b.bbox[2] - b.bbox[0]) * (b.bbox[3] - b.bbox[1])
-
-    order = sorted(range(len(boxes)), key=lambda i: (boxes[i].z, -area(boxes[i])))
-    for i in order:  # later boxes (higher z, then smaller) paint over earlier ones
-        x1, y1, x2, y2 = boxes[i].bbox
-        c1, c2 = math.floor(x1 * w), max(math.floor(x1 * w) + 1, math.ceil(x2 * w))
-        r1, r2 = math.floor(y1 * h), max(math.floor(y1 * h) + 1, math.ceil(y2 * h))
-        owner[r1:r2, c1:c2] = i
-    masks = torch.stack([(owner == i).float() for i in range(len(boxes))]) if boxes else torch.zeros(0, h, w)
-    for i, b in enumerate(boxes):
-        if masks[i].sum() == 0:
-            cx, cy = (b.bbox[0] + b.bbox[2]) / 2, (b.bbox[1] + b.bbox[3]) / 2
-            r, c = min(h - 1, int(cy * h)), min(w - 1, int(cx * w))
-            masks[:, r, c] = 0.0
-            masks[i, r, c] = 1.0
-    return masks
 
 
 def grounding_steps(fraction: float, steps: int) -> int:
