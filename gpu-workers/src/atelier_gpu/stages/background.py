@@ -4,10 +4,21 @@ generated so the product's pixels stay exact. The recipe, in order of preference
 * ``control`` when the spec has ``control``: the model's ControlNets of those kinds on the uploaded control
   images; a product image is then pasted back unchanged into its box (``product_mode: "pasted"``), because the
   control recipe takes no mask. The output records each condition, its ControlNet and effective scale;
+* ``regional`` when the variant's layout has object boxes (``entity``/``background`` boxes besides the product
+  and the canvas): each object's caption acts inside its box at every step, the background caption everywhere
+  else (RPG's complementary regional diffusion; ``source: "layout"``). With a product image this runs inside
+  the inpainting call around the product — one denoising loop, the product's pixels exact
+  (``regional.mode: "inpaint"``, ``product_mode: "inpainted"``); without one, the product's box is one more region
+  drawn from its caption;
+* ``regional`` on the RPG plan of ``plan.ad_prompts`` (``source: "rpg"``) when there are no object boxes: around
+  the product image when there is one (and the plan has at least two regions), else when the layout has no
+  product box to draw;
 * ``inpaint`` around the product when the campaign has a product image (box from the variant's layout);
-* ``layout`` on the variant's layout (background objects and, without an image, the product in its box);
-* ``regional``: the RPG plan of ``plan.ad_prompts``;
+* ``layout`` on the variant's layout (without an image, the product in its box);
 * ``text_to_image`` otherwise (and for families without regional attention).
+
+A regional background records ``regional``: mode, source, base prompt and ``base_ratio``, and every region's box,
+prompt and share of the canvas (``recipes.regional.record``), in its output and its artifact's meta.
 
 Batched with compatible queued backgrounds and character sheets (``atelier_gpu.serving``).
 """
@@ -20,6 +31,7 @@ from atelier_contracts import items
 from atelier_contracts.catalogue import S_BACKGROUND
 from atelier_contracts.errors import StageError
 from atelier_contracts.keys import upload_key
+from atelier_contracts.plans import Box
 from atelier_contracts.specs import BackgroundControl
 from atelier_contracts.stage_io import BackgroundInputs, BackgroundOutput
 from atelier_runtime.stage_runner import StageContext, stage_task
@@ -32,7 +44,16 @@ from ..recipes import control as control_recipe
 from ..recipes import identity as identity_recipe
 from ..recipes import inpaint as inpaint_recipe
 from ..recipes import layout as layout_recipe
+from ..recipes import regional as regional_recipe
 from ..serving import GenRequest
+
+OBJECT_ROLES = ("entity", "background")  # a layout's scene objects (a full-canvas background box is the caption's)
+OBJECT_BASE_RATIO = regional_recipe.BASE_RATIO
+
+
+def region_item(box: Box) -> dict[str, Any]:
+    """A layout box as the regional recipe's region: its box, caption as prompt, role and z."""
+    return {"box": list(box.bbox), "prompt": box.caption, "role": box.role, "z": box.z}
 
 
 def background_seed(plan_seed: int, variant_index: int, size_index: int) -> int:
@@ -108,7 +129,8 @@ def _with_control_output(req: GenRequest, record: list[dict[str, Any]], product:
 
 @serving.batchable(S_BACKGROUND)
 def prepare_background(ctx: StageContext) -> GenRequest:
-    """One ad background's request: control, else inpaint around the product, else layout, else text-to-image."""
+    """One ad background's request: control, else regional (objects, then the RPG plan; around the product when
+    there is an image), else inpaint around the product, else layout, else text-to-image."""
     up = ctx.inputs(BackgroundInputs)
     plan = up.ad_layout.plan
     size_name, variant_index = ctx.parsed_item(items.parse_size_variant)
@@ -139,14 +161,26 @@ def prepare_background(ctx: StageContext) -> GenRequest:
         product = (upload_key(ctx.task.tenant_id, product_id), list(product_box.bbox)) \
             if product_id and product_box is not None else None
         return _with_control_output(req, record, product)
-    if spec.family in REGIONAL_FAMILIES and product_id and product_box is not None:
-        recipe, params = "inpaint", {"product_key": upload_key(ctx.task.tenant_id, product_id),
-                                     "product_box": list(product_box.bbox), "plan": layout_json}
-    elif spec.family in REGIONAL_FAMILIES and layout_recipe.grounded_boxes(variant.layout):
-        recipe, params = "layout", {"plan": layout_json}
-    elif spec.family in REGIONAL_FAMILIES and regional is not None and regional.regions:
+    around: dict[str, Any] = {}  # the product image the background is inpainted around, if any
+    if product_id and product_box is not None:
+        around = {"product_key": upload_key(ctx.task.tenant_id, product_id), "product_box": list(product_box.bbox)}
+    # without an image the product is drawn from its caption in its box, so it is one of the regions
+    drawn_product = product_box if not around and product_box is not None and product_box.caption.strip() else None
+    objects = layout_recipe.grounded_boxes(variant.layout, roles=OBJECT_ROLES)
+    rpg_regions = len(regional.regions) if regional is not None else 0
+    if spec.family not in REGIONAL_FAMILIES:
+        recipe, params = "text_to_image", {}
+    elif objects:
+        regions = [*objects, *([drawn_product] if drawn_product is not None else [])]
+        recipe, params = "regional", {"source": "layout", "base_ratio": OBJECT_BASE_RATIO, **around,
+                                      "regions": [region_item(b) for b in regions]}
+    elif regional is not None and drawn_product is None and rpg_regions >= (2 if around else 1):
         # the RPG plan of the background caption, when plan.ad_prompts is among this stage's upstreams
-        recipe, params = "regional", {"plan": regional.model_dump(mode="json")}
+        recipe, params = "regional", {"source": "rpg", "plan": regional.model_dump(mode="json"), **around}
+    elif around:
+        recipe, params = "inpaint", {**around, "plan": layout_json}
+    elif layout_recipe.grounded_boxes(variant.layout):
+        recipe, params = "layout", {"plan": layout_json}
     else:
         recipe, params = "text_to_image", {}
     return request(ctx, recipe=recipe, target=target, seed=seed, prompt=caption,

@@ -1,7 +1,16 @@
 """``gpu.scene``: one story scene (item ``s<index>``) from its ``LayoutPlan`` (``plan.scene_layout``), the cast
 kept recognisable by the identity path the settings allow (``recipes/identity.py``: InstantID, IP-Adapter, or
 the weight-free reference-only attention on the character sheets). A gate's regeneration offsets the seed and
-is stored under its own name (``s2.r1``)."""
+is stored under its own name (``s2.r1``).
+
+The recipe: a scene with two or more characters is ``regional`` (``source: "cast"``): each character's prompt
+(its box caption — name, pose, expression — and the character's look) acts only inside that character's box,
+at every step, blended with the scene prompt by ``CAST_BASE_RATIO``; the rest of the picture gets the scene
+prompt alone. That keeps two characters' looks from bleeding into each other. A scene with one character (or
+none) is ``layout`` (its boxes ground the first steps). The output and the artifact record ``regional``
+(``recipes.regional.record``: every region's box, prompt and character id, and the base ratio). InstantID and
+the IP-Adapter path run their own pipeline call and take the scene prompt alone.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ from typing import Any
 from atelier_contracts import items
 from atelier_contracts.catalogue import S_SCENE, S_SCENE_LAYOUT
 from atelier_contracts.errors import StageError
-from atelier_contracts.plans import LayoutPlan
+from atelier_contracts.plans import Box, CastMember, Character, LayoutPlan, Scene
 from atelier_contracts.stage_io import SceneInputs, SceneOutput
 from atelier_runtime.stage_runner import StageContext, stage_task
 from PIL import Image
@@ -19,19 +28,69 @@ from .. import serving
 from ..generation import REGIONAL_FAMILIES, generate, model_and_size, registry, request
 from ..recipes import identity as identity_recipe
 
+CAST_BASE_RATIO = 0.5  # the characters share a class (people): RPG's advice is a base prompt at about 0.5
 
-def _scene_generator(layout: LayoutPlan) -> Any:
-    """The ``generate`` the identity path calls for the scene's pixels: the layout recipe on the scene's boxes."""
+
+def cast_regions(layout: LayoutPlan, scene: Scene, characters: dict[str, Character],
+                 sheet_keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The layout's character boxes as regions, each with its own character's prompt and id.
+
+    A box is matched to its cast member by its sheet key (``ref_artifact``), else by its box, else by cast
+    order; its prompt is the box caption (name, pose, expression, or those of the member) and the character's
+    look. Boxes without a prompt are left to the scene prompt.
+    """
+    by_sheet = {key: cid for cid, key in (sheet_keys or {}).items()}
+    left = list(scene.cast)
+    regions = []
+    for box in (b for b in layout.boxes if b.role == "character"):
+        member = _member_for(box, left, by_sheet)
+        if member is not None:
+            left.remove(member)
+        character = characters.get(member.character_id) if member is not None else None
+        parts = [box.caption.strip()] if box.caption.strip() else (
+            [character.name if character else "", member.pose, member.expression] if member is not None else [])
+        if character is not None and character.description.strip() and character.description not in box.caption:
+            parts.append(character.description.strip())
+        prompt = ", ".join(p for p in parts if p)
+        if not prompt:
+            continue
+        label = {"character_id": member.character_id} if member is not None else None
+        if label is not None and character is not None:
+            label["name"] = character.name
+        regions.append({"box": list(box.bbox), "prompt": prompt, "role": "character", "z": box.z, "label": label})
+    return regions
+
+
+def _member_for(box: Box, left: list[CastMember], by_sheet: dict[str, str]) -> CastMember | None:
+    """The cast member a character box shows: by sheet key, else the same box, else the next in cast order."""
+    if box.ref_artifact and box.ref_artifact in by_sheet:
+        found = next((m for m in left if m.character_id == by_sheet[box.ref_artifact]), None)
+        if found is not None:
+            return found
+    same = next((m for m in left if all(abs(a - b) <= 1e-3 for a, b in zip(m.box.bbox, box.bbox, strict=True))),
+                None)
+    return same or (left[0] if left else None)
+
+
+def _scene_generator(layout: LayoutPlan, regions: list[dict[str, Any]] | None = None) -> Any:
+    """The ``generate`` the identity path calls for the scene's pixels: the regional recipe on the cast's boxes
+    when there are two or more characters, else the layout recipe on the scene's boxes."""
 
     def generate_scene(ctx: StageContext, *, prompt: str, negative_prompt: str, target: tuple[int, int], seed: int
                        ) -> tuple[Image.Image, dict[str, Any]]:
         model_id, spec, steps, (width, height) = model_and_size(ctx, target)
         if spec.family not in REGIONAL_FAMILIES:
             return generate(ctx, prompt=prompt, negative_prompt=negative_prompt, target=target, seed=seed)
-        # the scene prompt (characters, poses, backdrop) is the base prompt; the boxes ground the cast
-        plan = layout.model_copy(update={"global_caption": prompt}).model_dump(mode="json")
-        req = request(ctx, recipe="layout", target=target, seed=seed, prompt=prompt,
-                      negative_prompt=negative_prompt, params={"plan": plan}, kind="scene", output_key="scene_key")
+        if regions is not None and len(regions) >= 2:
+            # the scene prompt (characters, poses, backdrop) is the base prompt; each character's own prompt acts
+            # only inside its box, so two characters' looks do not bleed into each other
+            recipe, params = "regional", {"source": "cast", "base_ratio": CAST_BASE_RATIO, "regions": regions}
+        else:
+            # the scene prompt is the base prompt; the boxes ground the cast for the first steps
+            recipe = "layout"
+            params = {"plan": layout.model_copy(update={"global_caption": prompt}).model_dump(mode="json")}
+        req = request(ctx, recipe=recipe, target=target, seed=seed, prompt=prompt,
+                      negative_prompt=negative_prompt, params=params, kind="scene", output_key="scene_key")
         outcome = serving.execute(registry(ctx.res), [req], max_batch=1)[id(req)]
         if outcome.error is not None:
             raise outcome.error
@@ -57,8 +116,10 @@ def scene(ctx: StageContext) -> SceneOutput:
                          retryable=False)
     layout = layouts[position]
     prompt = ordered[position].scene_prompt
+    regions = cast_regions(layout, ordered[position], {c.id: c for c in plan.characters},
+                           {cid: sheet.sheet_key for cid, sheet in up.sheets.items()})
     image, info = identity_recipe.generate_scene(
-        ctx, generate=_scene_generator(layout), prompt=prompt,
+        ctx, generate=_scene_generator(layout, regions), prompt=prompt,
         negative_prompt=layout.negative_prompt or plan.negative_prompt, target=(layout.width, layout.height),
         seed=identity_recipe.scene_seed(layout.seed, ctx.task.regeneration),
         cast=list(dict.fromkeys(c.character_id for c in ordered[position].cast)), layout=layout)
