@@ -335,6 +335,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/layouts:design": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Design a layout (CreatiLayout)
+         * @description From a prompt — and optionally centre points for its entities or boxes to keep — the planner's layout designer returns captioned boxes for the target size, validated and repaired. Use the boxes as a campaign's `spec.layout` (roles product, tagline, cta, logo, underlay, entity), edited or not.
+         */
+        post: operations["design_layout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/plans:preview": {
         parameters: {
             query?: never;
@@ -744,6 +764,36 @@ export interface components {
              */
             file: string;
         };
+        /** Box */
+        Box: {
+            /**
+             * Bbox
+             * @description [x1,y1,x2,y2] in 0..1, top-left origin
+             */
+            bbox: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /**
+             * Caption
+             * @default
+             */
+            caption?: string;
+            /** Ref Artifact */
+            ref_artifact?: string | null;
+            /**
+             * Role
+             * @enum {string}
+             */
+            role: "entity" | "background" | "product" | "logo" | "tagline" | "underlay" | "cta" | "character";
+            /**
+             * Z
+             * @default 0
+             */
+            z?: number;
+        };
         /** Brand */
         Brand: {
             /**
@@ -847,6 +897,30 @@ export interface components {
              */
             updated_at: string;
         };
+        /** CampaignBox */
+        CampaignBox: {
+            /**
+             * Bbox
+             * @description [x1, y1, x2, y2] in 0..1, top-left origin.
+             */
+            bbox: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /**
+             * Caption
+             * @description What an `entity` box shows (it is painted in the background).
+             * @default
+             */
+            caption?: string;
+            /**
+             * Role
+             * @enum {string}
+             */
+            role: "product" | "tagline" | "cta" | "logo" | "underlay" | "entity";
+        };
         /**
          * CampaignJobRequest
          * @description A campaign job: `spec` is a CampaignSpec.
@@ -870,6 +944,17 @@ export interface components {
                 [key: string]: string;
             };
             spec: components["schemas"]["CampaignSpec"];
+        };
+        /**
+         * CampaignLayout
+         * @description A campaign's own layout (designed with ``POST /v1/layouts:design`` or edited by hand), used for every size.
+         *
+         *     One ``product`` box; ``tagline`` boxes take the taglines in order (reading order: top to bottom); a ``cta``
+         *     box needs ``spec.cta`` and a ``logo`` box ``spec.brand.logo``.
+         */
+        CampaignLayout: {
+            /** Boxes */
+            boxes: components["schemas"]["CampaignBox"][];
         };
         /**
          * CampaignSpec
@@ -908,6 +993,11 @@ export interface components {
             formats?: {
                 [key: string]: components["schemas"]["AssetFormat"];
             };
+            /**
+             * @description Your own layout for every size (from POST /v1/layouts:design, or edited by hand): boxes in 0..1 with roles product (exactly one), tagline (the taglines in reading order), cta, logo, underlay, entity (a captioned object painted into the background). Each size's safe zone may move a box; the plan's layout info lists every repair. Unset: the planner designs the layout.
+             * @default null
+             */
+            layout?: components["schemas"]["CampaignLayout"] | null;
             /**
              * Locale
              * @default en-US
@@ -1023,6 +1113,48 @@ export interface components {
             /** Webhook Id */
             webhook_id: string;
         };
+        /**
+         * DesignBox
+         * @description A box the designer keeps (repaired only when it breaks a rule: outside the canvas, too small).
+         */
+        DesignBox: {
+            /**
+             * Bbox
+             * @description [x1, y1, x2, y2] in 0..1, top-left origin.
+             */
+            bbox: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /**
+             * Caption
+             * @default
+             */
+            caption?: string;
+            /**
+             * Role
+             * @default entity
+             * @enum {string}
+             */
+            role?: "entity" | "character" | "product" | "logo" | "tagline" | "cta" | "underlay";
+        };
+        /**
+         * DesignPoint
+         * @description A centre point for one of the prompt's entities: matched by ``caption`` when given, else by order.
+         */
+        DesignPoint: {
+            /**
+             * Caption
+             * @description The entity this point places (a word of the prompt).
+             */
+            caption?: string | null;
+            /** X */
+            x: number;
+            /** Y */
+            y: number;
+        };
         /** FieldError */
         FieldError: {
             /**
@@ -1132,6 +1264,97 @@ export interface components {
              */
             status: "queued" | "running" | "succeeded" | "failed" | "canceled";
         };
+        /**
+         * LayoutDesign
+         * @description A designed layout: the global caption and up to 10 captioned boxes, repaired, with what the repair changed.
+         */
+        LayoutDesign: {
+            /**
+             * Backend
+             * @description The planner backend that answered: rules, openai, transformers or vllm.
+             */
+            backend: string;
+            /** @description Boxes in 0..1 of the target size (`bbox` [x1, y1, x2, y2], `role`, `caption`); the boxes given in the request are kept unless a rule moved them (see `notes`). */
+            layout: components["schemas"]["LayoutPlan"];
+            /**
+             * Notes
+             * @description What the repair changed (clamped, grown to a minimum size, moved off the product...); empty when nothing.
+             */
+            notes: string[];
+            /**
+             * Planner
+             * @description How it was made: backend, model, prompt version, fallback.
+             */
+            planner: {
+                [key: string]: unknown;
+            };
+        };
+        /**
+         * LayoutDesignRequest
+         * @description Body of ``POST /v1/layouts:design``: a prompt, optional centre points or fixed boxes, a target size.
+         */
+        LayoutDesignRequest: {
+            /**
+             * Boxes
+             * @description Boxes to keep; the designer places the prompt's other entities around them.
+             */
+            boxes?: components["schemas"]["DesignBox"][];
+            /**
+             * Height
+             * @description Target height in pixels.
+             * @default 1024
+             */
+            height?: number;
+            /**
+             * Points
+             * @description Centre points, one per entity (by caption or in order).
+             */
+            points?: components["schemas"]["DesignPoint"][];
+            /**
+             * Prompt
+             * @description What the picture shows, e.g. 'a red kite on the left and a dog on the right, watercolour'.
+             */
+            prompt: string;
+            /** Seed */
+            seed?: number | null;
+            /**
+             * Width
+             * @description Target width in pixels.
+             * @default 1024
+             */
+            width?: number;
+        };
+        /** LayoutPlan */
+        LayoutPlan: {
+            /** Boxes */
+            boxes?: components["schemas"]["Box"][];
+            /** Global Caption */
+            global_caption: string;
+            /**
+             * Grounding Fraction
+             * @default 0.3
+             */
+            grounding_fraction?: number;
+            /** Height */
+            height: number;
+            /**
+             * Negative Prompt
+             * @default
+             */
+            negative_prompt?: string;
+            /** Plan Id */
+            plan_id: string;
+            planner: components["schemas"]["PlannerInfo"];
+            /** Seed */
+            seed: number;
+            /**
+             * Version
+             * @default 1
+             */
+            version?: string;
+            /** Width */
+            width: number;
+        };
         /** PlacementView */
         PlacementView: {
             /**
@@ -1191,6 +1414,18 @@ export interface components {
                     [key: string]: unknown;
                 };
             };
+        };
+        /** PlannerInfo */
+        PlannerInfo: {
+            /**
+             * Backend
+             * @enum {string}
+             */
+            backend: "llm" | "rules";
+            /** Model */
+            model: string;
+            /** Prompt Version */
+            prompt_version: string;
         };
         /**
          * Problem
@@ -2877,6 +3112,95 @@ export interface operations {
             };
             /** @description Validation Error */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    design_layout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LayoutDesignRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LayoutDesign"];
+                };
+            };
+            /** @description Malformed body: not parseable as its content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The tenant already runs as many of these at once as it may. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Bad Gateway */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Gateway Timeout */
+            504: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from . import placements
+from .layouts import CampaignLayout
 
 HEX_COLOR = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
@@ -180,6 +181,31 @@ class CampaignSpec(_Spec):
         if control and info.data.get("backdrop") == "studio":
             raise ValueError("control steers the generated background; backdrop 'studio' has none (use 'generated')")
         return control
+
+    layout: CampaignLayout | None = Field(
+        default=None,
+        description="Your own layout for every size (from POST /v1/layouts:design, or edited by hand): boxes in 0..1 "
+                    "with roles product (exactly one), tagline (the taglines in reading order), cta, logo, underlay, "
+                    "entity (a captioned object painted into the background). Each size's safe zone may move a box; "
+                    "the plan's layout info lists every repair. Unset: the planner designs the layout.")
+
+    @field_validator("layout")
+    @classmethod
+    def _layout_fits_the_spec(cls, layout: CampaignLayout | None, info: ValidationInfo) -> CampaignLayout | None:
+        if layout is None:
+            return None
+        brand = info.data.get("brand")
+        for i, box in enumerate(layout.boxes):
+            if box.role == "cta" and not info.data.get("cta"):
+                raise ValueError(f"boxes[{i}]: a cta box needs spec.cta (the button's text)")
+            if box.role == "logo" and (brand is None or not brand.logo):
+                raise ValueError(f"boxes[{i}]: a logo box needs spec.brand.logo (an uploaded logo)")
+            if box.role == "entity" and not box.caption:
+                raise ValueError(f"boxes[{i}]: an entity box needs a caption (what it shows)")
+        taglines = sum(b.role == "tagline" for b in layout.boxes)
+        if taglines > len(info.data.get("taglines") or []):
+            raise ValueError(f"{taglines} tagline boxes for {len(info.data.get('taglines') or [])} taglines")
+        return layout
 
 
 class StorySpec(_Spec):

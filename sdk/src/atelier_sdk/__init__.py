@@ -18,6 +18,7 @@ from .models import (
     ItemFailure,
     Job,
     JobPage,
+    LayoutDesign,
     Placement,
     PlanPreview,
     Problem,
@@ -36,7 +37,7 @@ from .webhooks import WEBHOOK_EVENTS, WebhookVerificationError, sign_webhook, ve
 __all__ = [
     "OPERATIONS", "SCHEMA_MODELS", "UNSET", "WEBHOOK_EVENTS", "ApiError", "ApiKeyInfo", "Artifact",
     "AsyncAtelierClient", "AtelierClient", "AtelierError", "BrandKit", "Capabilities", "DeliveryPage", "Event",
-    "FieldError", "ItemFailure", "Job", "JobPage", "Placement", "PlanPreview", "Problem", "RetryPolicy",
+    "FieldError", "ItemFailure", "Job", "JobPage", "Placement", "PlanPreview", "LayoutDesign", "Problem", "RetryPolicy",
     "SizeLimits", "Stage", "StoryLanguages", "Upload", "Webhook", "WebhookDelivery", "WebhookVerificationError",
     "__version__", "sign_webhook", "verify_webhook",
 ]

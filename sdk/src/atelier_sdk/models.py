@@ -223,6 +223,47 @@ class PlanPreview(_Model):
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class PlannerInfo(_Model):
+    backend: str
+    model: str
+    prompt_version: str
+
+
+class LayoutBox(_Model):
+    """A box of a layout: ``bbox`` [x1, y1, x2, y2] in 0..1 (top-left origin), its role and caption."""
+
+    bbox: tuple[float, float, float, float]
+    role: str
+    caption: str = ""
+    z: int = 0
+    ref_artifact: str | None = None
+
+
+class LayoutPlan(_Model):
+    plan_id: str
+    version: str = "1"
+    seed: int = 0
+    width: int
+    height: int
+    negative_prompt: str = ""
+    planner: PlannerInfo
+    global_caption: str
+    boxes: list[LayoutBox] = Field(default_factory=list)
+    grounding_fraction: float = 0.3
+
+
+class LayoutDesign(_Model):
+    """``POST /v1/layouts:design``'s answer: the layout, what the repair changed, and how it was made.
+
+    Its boxes (those of roles product, tagline, cta, logo, underlay, entity) make a campaign's ``spec.layout``:
+    ``{"boxes": [{"bbox": b.bbox, "role": b.role, "caption": b.caption} for b in design.layout.boxes]}``."""
+
+    layout: LayoutPlan
+    notes: list[str] = Field(default_factory=list)
+    backend: str
+    planner: dict[str, Any] = Field(default_factory=dict)
+
+
 class FieldError(_Model):
     field: str
     message: str
@@ -261,6 +302,10 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "DeliveryView": WebhookDelivery,
     "DeliveryList": DeliveryPage,
     "PlanPreview": PlanPreview,
+    "LayoutDesign": LayoutDesign,
+    "LayoutPlan": LayoutPlan,
+    "Box": LayoutBox,
+    "PlannerInfo": PlannerInfo,
     "Problem": Problem,
     "FieldError": FieldError,
 }

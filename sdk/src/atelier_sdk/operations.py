@@ -30,6 +30,7 @@ from .models import (
     Items,
     Job,
     JobPage,
+    LayoutDesign,
     PlanPreview,
     Upload,
     Webhook,
@@ -90,6 +91,7 @@ OPERATIONS: dict[str, str] = {
     "upload_font": "upload_brand_font",
     "verify": "verify",
     "preview_plans": "preview_plans",
+    "design_layout": "design_layout",
 }
 
 
@@ -374,6 +376,22 @@ class Operations:
                       external_id: str | None = None, metadata: Mapping[str, str] | None = None) -> Call[PlanPreview]:
         """What the planner would plan for this spec (prompts, layouts, story), without creating a job."""
         return Call(_model(PlanPreview), json=_job_request(spec, kind, external_id, metadata))
+
+    @endpoint("POST", "/v1/layouts:design")
+    def design_layout(self, prompt: str, *, width: int = 1024, height: int = 1024,
+                      points: Sequence[Mapping[str, Any]] | None = None, boxes: Sequence[Mapping[str, Any]] | None = None,
+                      seed: int | None = None) -> Call[LayoutDesign]:
+        """The layout designer: captioned boxes for ``prompt`` at ``width`` x ``height``, validated and repaired.
+        ``points``: ``{"x", "y", "caption"?}`` centres for the prompt's entities; ``boxes``: ``{"bbox", "caption",
+        "role"}`` boxes to keep. The answer's boxes can become a campaign's ``spec.layout``."""
+        body: dict[str, Any] = {"prompt": prompt, "width": width, "height": height}
+        if points:
+            body["points"] = [dict(p) for p in points]
+        if boxes:
+            body["boxes"] = [dict(b) for b in boxes]
+        if seed is not None:
+            body["seed"] = seed
+        return Call(_model(LayoutDesign), json=body)
 
     @endpoint("POST", "/v1/verify")
     def verify(self, file: FileInput, *, filename: str | None = None) -> Call[dict[str, Any]]:

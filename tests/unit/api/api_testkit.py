@@ -8,6 +8,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+from atelier_sdk import AtelierClient
+from fastapi.testclient import TestClient
 from PIL import Image
 
 UPLOAD_MAX_BYTES = 512 * 1024
@@ -129,3 +132,15 @@ def sign_in(client: Any, key: str) -> str:
     jobs = client.get("/dashboard/jobs")
     assert jobs.status_code == 200
     return CSRF_META.search(jobs.text).group(1)  # type: ignore[union-attr]
+
+
+def sdk_over(client: TestClient, key: str) -> AtelierClient:
+    """The SDK talking to the app in-process (its requests replayed through the TestClient)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        r = client.request(request.method, str(request.url.copy_with(scheme=None, host=None, port=None)),
+                           headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+                           content=request.content)
+        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+
+    return AtelierClient("http://testserver", api_key=key, transport=httpx.MockTransport(handler))

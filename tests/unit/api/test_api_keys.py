@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
-from api_testkit import TenantCtx
+from api_testkit import TenantCtx, sdk_over
 from atelier_control import auth
 from atelier_control.auth import hash_key
 from atelier_control.models import ApiKey
-from atelier_sdk import ApiError, ApiKeyInfo, AtelierClient
+from atelier_sdk import ApiError, ApiKeyInfo
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -205,26 +204,14 @@ def test_revoking_a_key_revokes_its_rows_in_the_database(client: TestClient, ten
 # ---------------------------------------------------------------- the SDK
 
 
-def sdk(client: TestClient, key: str) -> AtelierClient:
-    """The SDK talking to the app in-process (its requests replayed through the TestClient)."""
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        r = client.request(request.method, str(request.url.copy_with(scheme=None, host=None, port=None)),
-                           headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-                           content=request.content)
-        return httpx.Response(r.status_code, headers=r.headers, content=r.content)
-
-    return AtelierClient("http://testserver", api_key=key, transport=httpx.MockTransport(handler))
-
-
 def test_sdk_create_list_revoke(client: TestClient, tenant: TenantCtx, other_tenant: TenantCtx) -> None:
-    with sdk(client, tenant.key) as atelier:
+    with sdk_over(client, tenant.key) as atelier:
         made = atelier.create_key("sdk")
         assert isinstance(made, ApiKeyInfo) and made.active and made.key and made.key.startswith("atl_")
         listed = atelier.keys()
         assert [k.name for k in listed] == ["default", "sdk"] and all(k.key is None for k in listed)
         assert made.role == "member" and [k.role for k in listed] == ["admin", "member"]
-        with sdk(client, made.key) as fresh:
+        with sdk_over(client, made.key) as fresh:
             with pytest.raises(ApiError) as exc:
                 fresh.keys()  # a member key does not list keys
             assert exc.value.status == 403
@@ -236,6 +223,6 @@ def test_sdk_create_list_revoke(client: TestClient, tenant: TenantCtx, other_ten
         admin = atelier.create_key("sdk-admin", role="admin")
         assert admin.role == "admin"
         assert {k.id: k.active for k in atelier.keys()} == {listed[0].id: True, made.id: False, admin.id: True}
-    with sdk(client, other_tenant.key) as other, pytest.raises(ApiError) as exc:
+    with sdk_over(client, other_tenant.key) as other, pytest.raises(ApiError) as exc:
         other.revoke_key(listed[0].id)
     assert exc.value.status == 404

@@ -26,6 +26,7 @@ OPERATION_IDS = {
     "healthz", "readyz", "metrics",
     "submit_job", "list_jobs", "get_job", "cancel_job", "retry_job", "list_artifacts", "stream_events",
     "artifact_content", "asset_content", "upload", "download_bundle", "capabilities", "verify", "preview_plans",
+    "design_layout",
     "list_keys", "create_key", "revoke_key", "delete_key",
     "list_webhooks", "create_webhook", "get_webhook", "update_webhook", "delete_webhook", "rotate_secret",
     "list_deliveries", "get_delivery", "redeliver", "send_test",

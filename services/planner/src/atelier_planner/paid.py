@@ -296,6 +296,38 @@ def rules_drafts(spec: CampaignSpec, *, width: int, height: int, objects: list[s
     return drafts, slots
 
 
+_SPEC_Z = {"entity": Z_ENTITY, "product": Z_PRODUCT, "underlay": Z_UNDERLAY, "tagline": Z_TEXT, "cta": Z_TEXT,
+           "logo": Z_LOGO}
+
+
+def spec_layout_drafts(spec: CampaignSpec) -> list[Draft]:
+    """``spec.layout``'s boxes as drafts (the repair then fits them to each size's safe zone). The tagline boxes in
+    reading order (top to bottom, then left to right) take the taglines in order, headline first; the cta, logo and
+    product boxes take what the rules' boxes of those roles take."""
+    assert spec.layout is not None
+    texts = sorted((b for b in spec.layout.boxes if b.role == "tagline"), key=lambda b: (b.bbox[1], b.bbox[0]))
+    drafts = [Draft("tagline", tuple(b.bbox), c, Z_TEXT) for b, c in zip(texts, text_captions(spec), strict=False)]  # type: ignore[arg-type]
+    for b in spec.layout.boxes:
+        if b.role == "tagline":
+            continue
+        caption = {"cta": f"cta: {spec.cta}", "logo": f"logo: {spec.brand.name}", "underlay": "underlay",
+                   "product": ""}.get(b.role, b.caption)
+        ref = spec.product.image if b.role == "product" else spec.brand.logo if b.role == "logo" else None
+        drafts.append(Draft(b.role, tuple(b.bbox), caption, _SPEC_Z[b.role], ref))  # type: ignore[arg-type]
+    return drafts
+
+
+def spec_layout_align(spec: CampaignSpec) -> str:
+    """Text alignment for ``spec.layout``: the side the first tagline box sits on (centred when it spans the middle)."""
+    assert spec.layout is not None
+    texts = [b.bbox for b in spec.layout.boxes if b.role == "tagline"]
+    if not texts:
+        return "center"
+    x1, _, x2, _ = min(texts, key=lambda b: (b[1], b[0]))
+    mid = (x1 + x2) / 2
+    return "left" if mid < 0.4 else "right" if mid > 0.6 else "center"
+
+
 _ORDER = {"background": 0, "entity": 1, "product": 2, "underlay": 3, "tagline": 4, "cta": 5, "logo": 6}
 
 
@@ -400,17 +432,22 @@ def layout_variant(spec: CampaignSpec, *, size: str, job_id: str, seed: int, pro
     w, h = parse_size(size)
     safe = safe_zone_for(w, h)
     colours = choose_colours(list(spec.brand.palette), scene.tone)
-    placed = list(scene.objects if objects is None else objects)
-    drafts, slots = rules_drafts(spec, width=w, height=h, objects=placed, colours=colours, safe=safe,
-                                 allow_occlude=allow_occlude, sides=object_sides(prompts.background, placed),
-                                 product_aspect=product_aspect)
-    variant, info = assemble_variant(spec, size=size, drafts=drafts, colours=colours, align=slots.align, job_id=job_id,
+    if spec.layout is not None:
+        drafts, align, arrangement = spec_layout_drafts(spec), spec_layout_align(spec), "spec.layout"
+    else:
+        placed = list(scene.objects if objects is None else objects)
+        drafts, slots = rules_drafts(spec, width=w, height=h, objects=placed, colours=colours, safe=safe,
+                                     allow_occlude=allow_occlude, sides=object_sides(prompts.background, placed),
+                                     product_aspect=product_aspect)
+        align, arrangement = slots.align, slots.arrangement
+    variant, info = assemble_variant(spec, size=size, drafts=drafts, colours=colours, align=align, job_id=job_id,
                                      seed=seed, prompts=prompts, negative=negative, planner=planner, safe=safe,
                                      allow_occlude=allow_occlude)
-    info["arrangement"] = slots.arrangement
+    info["arrangement"] = arrangement
     info["product_aspect"] = product_aspect
-    variant.mirror_odd = info["mirror_odd"] = mirror_ok(w, h, safe)
-    shown = min(len(slots.texts), len(spec.taglines))
+    # the user's composition is kept as drawn: no mirrored variants of it
+    variant.mirror_odd = info["mirror_odd"] = spec.layout is None and mirror_ok(w, h, safe)
+    shown = min(sum(d.role == "tagline" for d in drafts), len(spec.taglines))
     info["taglines_shown"] = shown
     if shown < len(spec.taglines):
         info["taglines_left_out"] = list(spec.taglines[shown:])

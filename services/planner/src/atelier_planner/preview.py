@@ -29,7 +29,8 @@ from atelier_contracts.catalogue import (
 )
 from atelier_contracts.errors import NotFound, StorageError
 from atelier_contracts.keys import upload_key
-from atelier_contracts.plans import StoryPlan
+from atelier_contracts.layouts import DESIGN_STEP, LayoutDesignRequest
+from atelier_contracts.plans import Box, StoryPlan
 from atelier_contracts.specs import CampaignSpec, StorySpec
 from atelier_contracts.tasks import PREVIEW_REPLY_PREFIX, Q_PLANNING, T_PREVIEW
 from atelier_runtime.stage_runner import resources
@@ -71,9 +72,20 @@ def preview_plans(backend: PlannerBackend, *, kind: str, spec: dict[str, Any],
         plan = StoryPlan.model_validate(stages[S_SCENES]["plan"])
         # no character sheet exists before a job runs: the layouts leave ref_artifact empty
         stages[S_SCENE_LAYOUT] = backend.scene_layouts(plan, sheets={}, job_id=pid, require_sheets=False)
+    elif kind == "layout":
+        stages[DESIGN_STEP] = design(backend, LayoutDesignRequest.model_validate(spec), plan_id=pid)
     else:
-        raise ValueError(f"kind must be campaign or story, not {kind!r}")
+        raise ValueError(f"kind must be campaign, story or layout, not {kind!r}")
     return {"kind": kind, "preview_id": pid, "backend": backend.name, "stages": stages}
+
+
+def design(backend: PlannerBackend, request: LayoutDesignRequest, *, plan_id: str) -> dict[str, Any]:
+    """The designer's layout for a ``POST /v1/layouts:design`` body, the repair notes and how it was made."""
+    fixed = [Box(bbox=b.bbox, caption=b.caption, role=b.role) for b in request.boxes]
+    points = [p.model_dump() for p in request.points]
+    planned = backend.design_layout(request.prompt, width=request.width, height=request.height, points=points or None,
+                                    boxes=fixed or None, plan_id=plan_id, seed=request.seed or 0)
+    return {"layout": planned.value.model_dump(mode="json"), "notes": list(planned.notes), "planner": planned.run}
 
 
 def answer_preview(app: Celery, backend: PlannerBackend, request: dict[str, Any],

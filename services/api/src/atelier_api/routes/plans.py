@@ -1,4 +1,6 @@
-"""``POST /v1/plans:preview``: the plans the planner would make for a spec — no job, no GPU time.
+"""``POST /v1/plans:preview``: the plans the planner would make for a spec — no job, no GPU time; and
+``POST /v1/layouts:design``: the CreatiLayout designer as a product feature (prompt, centre points or fixed boxes,
+a target size → captioned boxes, validated and repaired), to start a campaign's ``spec.layout`` from.
 
 The body is the same as ``POST /v1/jobs`` (``{kind, spec}``), validated the same way (problem+json naming
 the field; product images must be the caller's uploads). The planning itself runs on a planner worker,
@@ -20,6 +22,8 @@ import uuid
 from typing import Any
 
 from atelier_contracts.errors import AtelierError, InvalidInput
+from atelier_contracts.layouts import DESIGN_STEP, LayoutDesignRequest
+from atelier_contracts.plans import LayoutPlan
 from atelier_contracts.specs import JobRequest
 from atelier_contracts.tasks import PREVIEW_REPLY_PREFIX, Q_PLANNING, T_PREVIEW
 from celery import Celery
@@ -111,11 +115,46 @@ def preview_plans(body: JobRequest, principal: TenantDep, session: SessionDep, c
     with concurrency.hold("previews", principal.tenant_id):  # each holds a worker thread until the planner answers
         reply = request_preview(celery, kind=body.kind, spec=spec.model_dump(mode="json"),
                                 tenant_id=principal.tenant_id, timeout_s=settings.plan_preview_timeout_s)
+    checked(reply, field="spec")
+    return PlanPreview(kind=reply["kind"], preview_id=reply["preview_id"], backend=reply["backend"],
+                       stages=reply["stages"])
+
+
+def checked(reply: dict[str, Any], *, field: str) -> dict[str, Any]:
+    """The planner's reply when it succeeded; its refusal as a 422 naming ``field``, any other failure a 502."""
     if not reply.get("ok"):
         error = reply.get("error") or {}
         message = str(error.get("message") or "the planner failed")
         if error.get("type") == "InvalidSpec":
-            raise InvalidInput(f"the planner refused the spec: {message}", field="spec")
+            raise InvalidInput(f"the planner refused the request: {message}", field=field)
         raise PlannerFailed(message)
-    return PlanPreview(kind=reply["kind"], preview_id=reply["preview_id"], backend=reply["backend"],
-                       stages=reply["stages"])
+    return reply
+
+
+class LayoutDesign(BaseModel):
+    """A designed layout: the global caption and up to 10 captioned boxes, repaired, with what the repair changed."""
+
+    layout: LayoutPlan = Field(description="Boxes in 0..1 of the target size (`bbox` [x1, y1, x2, y2], `role`, "
+                                           "`caption`); the boxes given in the request are kept unless a rule moved "
+                                           "them (see `notes`).")
+    notes: list[str] = Field(description="What the repair changed (clamped, grown to a minimum size, moved off the "
+                                         "product...); empty when nothing.")
+    backend: str = Field(description="The planner backend that answered: rules, openai, transformers or vllm.")
+    planner: dict[str, Any] = Field(description="How it was made: backend, model, prompt version, fallback.")
+
+
+@router.post(
+    "/v1/layouts:design", response_model=LayoutDesign, summary="Design a layout (CreatiLayout)",
+    responses={**problem_responses(502, 503, 504), **CONCURRENCY_LIMITED_DOC},
+    description="From a prompt — and optionally centre points for its entities or boxes to keep — the planner's "
+                "layout designer returns captioned boxes for the target size, validated and repaired. Use the boxes "
+                "as a campaign's `spec.layout` (roles product, tagline, cta, logo, underlay, entity), edited or not.",
+)
+def design_layout(body: LayoutDesignRequest, principal: TenantDep, celery: CeleryDep, settings: SettingsDep,
+                  concurrency: ConcurrencyDep) -> LayoutDesign:
+    with concurrency.hold("previews", principal.tenant_id):
+        reply = request_preview(celery, kind="layout", spec=body.model_dump(mode="json"),
+                                tenant_id=principal.tenant_id, timeout_s=settings.plan_preview_timeout_s)
+    designed = checked(reply, field="prompt")["stages"][DESIGN_STEP]
+    return LayoutDesign(layout=designed["layout"], notes=designed["notes"], backend=reply["backend"],
+                        planner=designed["planner"])

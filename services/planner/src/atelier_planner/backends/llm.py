@@ -164,6 +164,9 @@ class LLMBackend:
 
     def ad_layout(self, spec: CampaignSpec, *, job_id: str,
                   prompts_output: AdPromptsOutput | dict[str, Any] | None) -> dict[str, Any]:
+        if spec.layout is not None:  # the caller's own layout: no model draws it, the repair fits it to each size
+            return self.rules.ad_layout(spec, job_id=job_id,
+                                        prompts_output=prompts_output or self.ad_prompts(spec, job_id=job_id))
         prompts, negative, objects_out = paid.captions_of(prompts_output or self.ad_prompts(spec, job_id=job_id))
         seed = seed_for(job_id, spec.seed)
         scene = paid.pick_scene(spec, seed)
