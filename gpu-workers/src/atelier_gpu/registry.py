@@ -20,8 +20,9 @@
         svdquant: svdquant/unet.safetensors   # the SVDQuant checkpoint (quantization: svdquant-int4)
 
 Weights are only ever read from local folders: loads pass ``local_files_only=True`` and the process
-runs with ``HF_HUB_OFFLINE=1``. LoRAs are fused into the weights once at load (before torchao/quanto
-quantise them); on an SVDQuant model they are concatenated onto the low-rank branches instead.
+runs with ``HF_HUB_OFFLINE=1``. LoRAs (kohya/A1111, PEFT or diffusers layouts, through diffusers' loaders) are
+fused into the weights once at load (before torchao/quanto quantise them); on an SVDQuant model a PEFT-layout LoRA
+is concatenated onto the low-rank branches instead.
 
 The LRU keeps at most ``cache_size`` pipelines and, when ``memory_budget_bytes`` is set, evicts the
 least recently used until the new model fits (the estimate before loading is the size of its weight
@@ -262,17 +263,59 @@ def nunchaku_support() -> tuple[bool, str]:
     return True, ""
 
 
+def _lora_file(path: Path) -> Path:
+    """The LoRA's .safetensors file: ``path`` itself, or the first one in the folder ``path`` names."""
+    file = path if path.is_file() else next(iter(sorted(path.glob("*.safetensors"))), None) if path.is_dir() else None
+    if file is None or not file.is_file():
+        raise StageError(f"LoRA {path} not found (a .safetensors file or a folder holding one)", retryable=False)
+    return file
+
+
 def _load_lora_state(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file  # heavy (safetensors (torch)): loaded on first use
 
-    file = path if path.is_file() else next(iter(sorted(path.glob("*.safetensors"))), None)
-    if file is None or not file.is_file():
-        raise StageError(f"LoRA {path} not found (a .safetensors file or a folder holding one)", retryable=False)
-    return load_file(str(file))
+    file = _lora_file(path)
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+        raise StageError(f"LoRA {file}: not a readable .safetensors file ({exc})", retryable=False) from exc
 
 
 def _apply_loras(pipe: Any, spec: ModelSpec) -> None:
-    """Fuse every LoRA into the denoiser weights (``W += scale * B A``), once, at load."""
+    """Fuse every LoRA into the weights, once, at load.
+
+    Pipelines with diffusers' LoRA loaders (SDXL, FLUX, SD3) take any layout those loaders convert — kohya /
+    A1111 (``lora_unet_*.lora_down`` / ``lora_up`` / ``alpha``, SGM block names, conv layers), PEFT, diffusers —
+    for the denoiser and the text encoders; several LoRAs are set as adapters with their scales, fused together and
+    the adapter layers unloaded (the fused weights stay). On an SVDQuant model, and on pipelines without loaders
+    (PixArt), a PEFT-layout LoRA of the denoiser is folded in by hand (``quant.svdquant.fold_lora``)."""
+    if not spec.loras:
+        return
+    if spec.quantization == "svdquant-int4" or not hasattr(pipe, "load_lora_weights"):
+        _fold_loras(pipe, spec)
+        return
+    names = []
+    for lora in spec.loras:
+        file = _lora_file(lora.path)
+        _load_lora_state(file)  # a damaged file is named as such, not as a conversion error
+        try:
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=lora.name,
+                                   local_files_only=True)
+        except (ValueError, KeyError, IndexError, RuntimeError, TypeError, OSError) as exc:
+            pipe.unload_lora_weights()
+            raise StageError(f"model {spec.id}: LoRA {file} does not fit this {spec.family} pipeline: {exc}",
+                             retryable=False) from exc
+        if not any(lora.name in adapters for adapters in pipe.get_list_adapters().values()):
+            pipe.unload_lora_weights()
+            raise StageError(f"model {spec.id}: LoRA {file} matches no layer of this {spec.family} pipeline "
+                             "(a LoRA for another model family?)", retryable=False)
+        names.append(lora.name)
+    pipe.set_adapters(names, adapter_weights=[lora.scale for lora in spec.loras])
+    pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+    pipe.unload_lora_weights()  # the LoRA layers go; what was fused into the weights stays
+
+
+def _fold_loras(pipe: Any, spec: ModelSpec) -> None:
     from .quant.svdquant import fold_lora  # heavy (torch, diffusers): loaded on first use
 
     denoiser = getattr(pipe, spec.denoiser)

@@ -420,6 +420,73 @@ def _write_lora(path: Path, sdxl_folder: Path, *, force: bool, rank: int = 4) ->
     return path
 
 
+# diffusers' resnet layer -> kohya/SGM's name for it (SDXL's LDM UNet: in_layers.2 is conv1, out_layers.3 conv2)
+_SGM_RESNET = {"conv1": "in_layers_2", "conv2": "out_layers_3", "time_emb_proj": "emb_layers_1",
+               "conv_shortcut": "skip_connection"}
+_SGM_INNER = {"resnets": 0, "attentions": 1}
+
+
+def sgm_lora_name(module: str, layers_per_block: int) -> str | None:
+    """The kohya (sd-scripts) SDXL name of a diffusers UNet module, in the SGM/LDM block numbering real SDXL LoRAs
+    use (``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`` -> ``lora_unet_input_blocks_4_1_transformer_
+    blocks_0_attn1_to_q``); None for a module outside the blocks this writer covers."""
+    parts = module.split(".")
+    per = layers_per_block + 1
+    if parts[0] in ("down_blocks", "up_blocks") and len(parts) > 4 and parts[2] in _SGM_INNER:
+        block, kind, layer, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        index = (1 + block * per + layer) if parts[0] == "down_blocks" else (block * per + layer)
+        group = "input_blocks" if parts[0] == "down_blocks" else "output_blocks"
+    elif parts[0] == "mid_block" and len(parts) > 3 and parts[1] in _SGM_INNER:
+        kind, layer, rest = parts[1], int(parts[2]), parts[3:]
+        index, group = (1 if kind == "attentions" else 2 * layer), "middle_block"
+    else:
+        return None
+    if kind == "resnets":
+        if len(rest) != 1 or rest[0] not in _SGM_RESNET:
+            return None
+        tail = _SGM_RESNET[rest[0]]
+    else:
+        tail = "_".join(rest)
+    if group == "middle_block":  # SGM's middle block is one sequence: resnet, attention, resnet (no inner index)
+        return f"lora_unet_{group}_{index}_{tail}"
+    return f"lora_unet_{group}_{index}_{_SGM_INNER[kind]}_{tail}"
+
+
+def write_kohya_lora(path: Path, sdxl_folder: Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 5,
+                     strength: float = 0.2) -> Path:
+    """A random LoRA for a saved SDXL pipeline's UNet in the layout the few-step LoRAs ship in (kohya sd-scripts:
+    ``lora_unet_<SGM block>_*.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``), covering the attention
+    projections and the resnets' 3x3 convolutions (``lora_down`` a rank x in x 3 x 3 kernel, ``lora_up`` 1x1)."""
+    import torch  # heavy (torch, diffusers, safetensors (torch)): loaded on first use
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(sdxl_folder / "unet", local_files_only=True)
+    layers = int(unet.config.layers_per_block if isinstance(unet.config.layers_per_block, int)
+                 else unet.config.layers_per_block[0])
+    gen = torch.Generator().manual_seed(seed)
+    tensors: dict[str, Any] = {}
+    for name, module in unet.named_modules():
+        key = sgm_lora_name(name, layers)
+        if key is None:
+            continue
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
+            down = torch.randn(rank, module.in_features, generator=gen)
+            up = torch.randn(module.out_features, rank, generator=gen)
+        elif isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3):
+            down = torch.randn(rank, module.in_channels, 3, 3, generator=gen)
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=gen)
+        else:
+            continue
+        tensors[f"{key}.lora_down.weight"] = down * strength
+        tensors[f"{key}.lora_up.weight"] = up * strength
+        tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
+                                            "ss_network_alpha": str(alpha)})
+    return path
+
+
 def _write_svdquant(path: Path, sdxl_folder: Path, *, force: bool) -> Path:
     """SVDQuant checkpoint of the tiny SDXL UNet, calibrated on a few prompts through the real pipeline."""
     from .quant.pipeline import CALIBRATION_PROMPTS, quantize_pipeline  # heavy (torch, diffusers): loaded on first use
