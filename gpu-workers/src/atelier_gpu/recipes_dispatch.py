@@ -28,7 +28,7 @@ def _controls(registry: Any, spec: Any, first: Any, width: int, height: int) -> 
     return out
 
 
-def _regional(spec: Any, pipe: Any, first: Any, negative: str | None, common: dict[str, Any]
+def _regional(pipe: Any, first: Any, negative: str | None, common: dict[str, Any]
               ) -> tuple[list[Any], dict[str, Any]]:
     """The regional recipe: RPG cells (``plan``) or boxes (``regions``), around a product when it has one.
 
@@ -93,7 +93,7 @@ def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
             info["warnings"] = [f"the prompt is longer than the text encoder's window; these words were dropped: "
                                 f"{' '.join(encoding['dropped_words'])}"]
     elif first.recipe == "regional":
-        images, extra = _regional(spec, pipe, first, negative, common)
+        images, extra = _regional(pipe, first, negative, common)
         info.update(extra)
     elif first.recipe == "layout":
         images = layout.run_batch(pipe, plan=first.params["plan"], base_ratio=first.params.get("base_ratio", 0.3),
