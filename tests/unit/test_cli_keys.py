@@ -66,8 +66,9 @@ def test_create_ls_revoke(home: Path, factory: sessionmaker[Session]) -> None:
 
     listed = json.loads(run("keys", "ls", "--tenant", acme_id, "--json"))  # by id as well as by name
     assert [k["name"] for k in listed] == ["default", "ci"] and listed[1]["id"] == key_id
-    assert all(set(k) == {"id", "name", "prefix", "created_at", "revoked_at"} and k["revoked_at"] is None
+    assert all(set(k) == {"id", "name", "role", "prefix", "created_at", "revoked_at"} and k["revoked_at"] is None
                for k in listed)
+    assert [k["role"] for k in listed] == ["admin", "member"]  # the tenant's first key is its admin
     assert json.loads(run("keys", "list", "--tenant", acme_id, "--json")) == listed  # `list` spells `ls` too
     table = run("keys", "ls", "--tenant", "acme")
     assert key_id in table and "active" in table and key.split("_", 2)[2] not in table
