@@ -1,8 +1,9 @@
 """The identity gate on PostgreSQL: the real engine and the real gate stage, with a test embedder.
 
 The diffusion stages are played by a painter (the tiny random models draw no faces): the character sheet is
-Asha's face; the first scene shows someone else, its regeneration shows Asha. The gate must regenerate
-once, keep the second attempt, and record both with their scores.
+Asha's face; the first attempt at scene s0 shows someone else, its regeneration shows Asha; scene s1 shows Asha
+at once. The gate must regenerate s0 once (and s1 never), keep s0's second attempt, and record both with their
+scores.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def test_mismatching_scene_is_regenerated_on_postgres(pg_url: str, tmp_path: Pat
     with session_scope(factory) as s:
         tenant, _ = create_tenant(s, "identity-it")
         job, _ = create_job(s, tenant_id=tenant.id, kind="story",
-                            spec=StorySpec.model_validate({"premise": "p", "culture": "Japan", "pages": 1}))
+                            spec=StorySpec.model_validate({"premise": "p", "culture": "Japan", "pages": 2}))
         job_id = job.id
     sent: list[tuple[str, list[Any]]] = []
 
@@ -88,24 +89,26 @@ def test_mismatching_scene_is_regenerated_on_postgres(pg_url: str, tmp_path: Pat
                                 "title": "T", "story": "S", "language": "en", "culture_notes": [],
                                 "characters": [{"id": "c0", "name": "Asha", "description": "d", "sheet_prompt": "s",
                                                 "seed": 0}],
-                                "scenes": [{"index": 0, "narration": "n", "backdrop": "b", "scene_prompt": "p",
-                                            "cast": CAST}]}}
+                                "scenes": [{"index": i, "narration": "n", "backdrop": "b", "scene_prompt": "p",
+                                            "cast": CAST} for i in range(2)]}}
             elif t.stage == "gpu.character_sheet":
                 rec = ctx.put(name="c0", data=_png(face(256, **ASHA, bg=(250, 250, 250))), ext="png",
                               content_type="image/png", kind="character_sheet")
                 out = {"sheet_key": rec.key}
-            elif t.stage == "gpu.scene":  # the painter: someone else first, Asha when regenerated
-                who = RAMU if t.regeneration == 0 else ASHA
+            elif t.stage == "gpu.scene":  # the painter: someone else first in s0, Asha when regenerated and in s1
+                who = RAMU if (t.item, t.regeneration) == ("s0", 0) else ASHA
                 name = t.item if not t.regeneration else f"{t.item}.r{t.regeneration}"
                 rec = ctx.put(name=name, data=_png(face(256, **who, bg=(60, 120, 60))), ext="png",
                               content_type="image/png", kind="scene")
                 out = {"scene_key": rec.key, "seed": 100 + t.regeneration}
             finish(t, out, ctx.artifacts)
     assert ran.count("gpu.scene[s0]r0") == 1 and ran.count("gpu.scene[s0]r1") == 1
+    assert ran.count("gpu.scene[s1]r0") == 1 and not any(r.startswith("gpu.scene[s1]r1") for r in ran)
+    assert ran.count("gate.identity[s1]r0") == 1  # the scene whose character passed is never redrawn
     assert ran.index("gate.identity[s0]r1") < ran.index("render.storybook[s0]r0")
     with session_scope(factory) as s:
         assert s.get(Job, job_id).status == "succeeded"
-        gate = s.scalar(select(Stage).where(Stage.job_id == job_id, Stage.name == "gate.identity"))
+        gate = s.scalar(select(Stage).where(Stage.job_id == job_id, Stage.name == "gate.identity", Stage.item == "s0"))
         assert gate.output["passed"] is True and gate.output["kept"] == 1
         first, second = gate.output["attempts"]
         assert first["score"] < 0.8 <= second["score"]
@@ -114,6 +117,6 @@ def test_mismatching_scene_is_regenerated_on_postgres(pg_url: str, tmp_path: Pat
         assert scenes["s0"]["gate_selected"] is False and scenes["s0.r1"]["gate_selected"] is True
         assert scenes["s0"]["gates"]["gate.identity"]["passed"] is False
         reports = s.scalars(select(Artifact.name).where(Artifact.job_id == job_id, Artifact.kind == "gate_report")).all()
-        assert sorted(reports) == ["s0", "s0.r1"]
+        assert sorted(reports) == ["s0", "s0.r1", "s1"]
         types = [e.type for e in s.scalars(select(Event).where(Event.job_id == job_id))]
     assert types.count("stage.regenerating") == 1 and "job.warning" not in types

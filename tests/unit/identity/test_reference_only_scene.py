@@ -58,6 +58,9 @@ def test_two_characters_each_read_their_own_sheet_in_their_box(res, registry):
     [artifact] = ctx.artifacts
     assert artifact.meta["identity_method"] == "reference_only" and artifact.meta["identity"]["mode"] == "reference_only"
     assert "recipe" in artifact.meta  # the layout recipe still made the scene (its meta keys are kept)
+    # gate.identity looks for each character's face in the box the scene was drawn with
+    assert out["cast_boxes"] == [{"character_id": "c0", "name": "c0", "box": LEFT},
+                                 {"character_id": "c1", "name": "c1", "box": RIGHT}]
     image = Image.open(io.BytesIO(ctx.get(out["scene_key"])))
     assert image.size == (out["width"], out["height"]) == (64, 48)
     assert recipe.reference_regions(LayoutPlan.model_validate(ctx.task.upstream["plan.scene_layout"]["layouts"][0]),

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 CASCADE_NAME = "haarcascade_frontalface_default.xml"
+EYE_CASCADE_NAME = "haarcascade_eye.xml"
 SEARCH_DIRS = ("/usr/share/opencv4/haarcascades", "/usr/share/opencv/haarcascades",
                "/usr/local/share/opencv4/haarcascades")
 
@@ -35,13 +36,15 @@ class FaceModelMissing(RuntimeError):
 
 @dataclass(frozen=True)
 class Face:
-    """A detected face: box (x, y, w, h) in pixels, and how many raw windows voted for it."""
+    """A detected face: box (x, y, w, h) in pixels, how many raw windows voted for it, and the five landmarks
+    (eyes, nose tip, mouth corners, in image pixels) when the detector gives them (YuNet does, Haar does not)."""
 
     x: int
     y: int
     w: int
     h: int
     neighbors: int
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -71,8 +74,9 @@ class Cascade:
     path: str
 
 
-def find_cascade(configured: Path | None = None) -> Path:
-    """The cascade to use: the configured file, else OpenCV's frontal-face cascade where OpenCV installs it."""
+def find_cascade(configured: Path | None = None, *, name: str = CASCADE_NAME) -> Path:
+    """The cascade to use: the configured file, else OpenCV's cascade ``name`` (frontal faces) where OpenCV
+    installs it."""
     if configured is not None:
         if not Path(configured).is_file():
             raise FaceModelMissing(f"ATELIER_IDENTITY_CASCADE_PATH={configured} does not exist")
@@ -81,14 +85,14 @@ def find_cascade(configured: Path | None = None) -> Path:
     try:
         import cv2  # heavy (OpenCV): loaded on first use
 
-        candidates.append(Path(cv2.data.haarcascades) / CASCADE_NAME)
+        candidates.append(Path(cv2.data.haarcascades) / name)
     except (ImportError, AttributeError):
         pass
-    candidates += [Path(d) / CASCADE_NAME for d in SEARCH_DIRS]
+    candidates += [Path(d) / name for d in SEARCH_DIRS]
     for c in candidates:
         if c.is_file():
             return c
-    raise FaceModelMissing(f"no {CASCADE_NAME}: install Debian's opencv-data (infra/dev/apt-packages.txt) or set "
+    raise FaceModelMissing(f"no {name}: install Debian's opencv-data (infra/dev/apt-packages.txt) or set "
                            "ATELIER_IDENTITY_CASCADE_PATH")
 
 

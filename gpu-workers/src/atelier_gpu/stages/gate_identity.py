@@ -1,9 +1,16 @@
 """``gate.identity`` (queue ``gpu.identity``): does every character of a scene look like their sheet?
 
-A quality gate of ``gpu.scene`` (ID-Aligner's reward): finds the faces in the scene, embeds them and scores the
-cosine with each cast member's character sheet (``identity.score.identity_score``), and returns the gate
-contract the orchestrator acts on (regenerate, keep the best attempt, or fail a strict job). A JSON report of
-each attempt is stored next to it (``gate.identity/s2.r1.json`` for regeneration 1).
+A quality gate of ``gpu.scene`` (ID-Aligner's reward): looks for each character's face in their box, aligns it
+to the ArcFace template (``identity.align``), embeds it and scores the cosine with that character's sheet
+(``identity.score.identity_score``), and returns the gate contract the orchestrator acts on (regenerate this
+scene, keep the best attempt, or fail a strict job). A JSON report of each attempt is stored next to it
+(``gate.identity/s2.r1.json`` for regeneration 1).
+
+The boxes are the layout's, as ``gpu.scene`` recorded them (``cast_boxes``): a face outside its character's
+box is not that character's. Where the scene recorded none (an older scene, a layout without that character's
+box), the story plan's cast box is used, and a character whose box holds no face may take a face left over
+elsewhere (``in_box: false``). ``report.characters`` records, per character: id, name, box (pixels), found,
+in_box, face box, landmarks and their source (``detector``/``eyes``/``box``), score, passed.
 
 What the gate cannot do it reports and never passes: face detection unavailable (no cascade), no embedder
 configured, no face found.
@@ -20,9 +27,10 @@ from atelier_contracts.errors import StageError
 from atelier_contracts.stage_io import GateOutput, IdentityInputs
 from atelier_runtime.stage_runner import StageContext, WorkerResources, stage_task
 
+from ..identity.align import TEMPLATE_SIDE, FaceFinder, YuNetDetector, find_yunet
 from ..identity.embedder import Embedder, EmbedderMissing
 from ..identity.faces import FaceDetector, FaceModelMissing
-from ..identity.score import identity_score
+from ..identity.score import BOX_MARGIN, identity_score
 
 DETECTOR_KEY = "atelier_gpu.identity.detector"
 EMBEDDER_KEY = "atelier_gpu.identity.embedder"
@@ -41,6 +49,24 @@ def _tool(res: WorkerResources, key: str, build: Any) -> Any:
                     value = exc
                 res.extras[key] = value
     return value
+
+
+def _load_finder(settings: Any) -> FaceFinder:
+    """The Haar detector, the eye cascade, and a YuNet detector (landmarks) when the InstantID face model folder
+    (``ATELIER_IDENTITY_FACE_MODEL_DIR``) has one."""
+    yunet = find_yunet(settings.identity_face_model_dir)
+    return FaceFinder(FaceDetector(settings.identity_cascade_path),
+                      yunet=YuNetDetector(yunet) if yunet is not None else None)
+
+
+def cast_boxes(scene_output: Any, scene: Any) -> tuple[dict[str, Any], set[str]]:
+    """Each cast member's box (normalised) and the ids whose box is the layout's (strict): the layout's boxes
+    ``gpu.scene`` recorded, else the story plan's."""
+    recorded = (getattr(scene_output, "model_extra", None) or {}).get("cast_boxes") or []
+    layout = {b["character_id"]: b["box"] for b in recorded if isinstance(b, dict) and b.get("box")}
+    boxes = {m.character_id: list(m.box.bbox) for m in scene.cast}
+    boxes.update(layout)
+    return boxes, set(layout)
 
 
 def _load_embedder(path: Any) -> Embedder:
@@ -69,7 +95,7 @@ def identity_gate(ctx: StageContext) -> GateOutput:
     cast = list(dict.fromkeys(c.character_id for c in scene.cast))
     settings = ctx.settings
     strict = settings.identity_gate_strict
-    detector = _tool(ctx.res, DETECTOR_KEY, lambda: FaceDetector(settings.identity_cascade_path))
+    detector = _tool(ctx.res, DETECTOR_KEY, lambda: _load_finder(settings))
     embedder = _tool(ctx.res, EMBEDDER_KEY, lambda: _load_embedder(settings.identity_embedder_path))
     extra = {"regeneration": ctx.task.regeneration, "cast": cast, "threshold": settings.identity_threshold,
              "identity_mode": (up.scene.identity or {}).get("mode")}
@@ -85,9 +111,15 @@ def identity_gate(ctx: StageContext) -> GateOutput:
                 raise StageError(f"gate.identity: no character sheet for {cid} upstream", retryable=False)
             sheets[cid] = ctx.get_image(up.sheets[cid].sheet_key, f"character sheet of {cid}").convert("RGB")
         ctx.progress(1, 2)
+        boxes, strict_ids = cast_boxes(up.scene, scene)
+        names = {c.id: c.name for c in up.scenes.plan.characters}
         result = identity_score(image, sheets, detector=detector, embedder=embedder,
-                                threshold=settings.identity_threshold)
-        extra.update({"characters": result.characters, "faces": result.faces})
+                                threshold=settings.identity_threshold, boxes=boxes, names=names,
+                                strict_boxes=strict_ids)
+        report = {"characters": result.characters, "faces": result.faces, "box_margin": BOX_MARGIN,
+                  "boxes_from": {cid: "layout" if cid in strict_ids else "story_plan" for cid in boxes},
+                  "alignment": f"arcface-5pt-{TEMPLATE_SIDE}", "threshold": settings.identity_threshold}
+        extra.update({"characters": result.characters, "faces": result.faces, "report": report})
         out = gate_output(score=None if result.score is None else round(result.score, 4), passed=result.passed,
                           regenerate=result.regenerate, detail=result.detail, artifact_key=scene_key,
                           strict=strict, warnings=result.warnings, extra=extra)

@@ -10,6 +10,9 @@ prompt alone. That keeps two characters' looks from bleeding into each other. A 
 none) is ``layout`` (its boxes ground the first steps). The output and the artifact record ``regional``
 (``recipes.regional.record``: every region's box, prompt and character id, and the base ratio). InstantID and
 the IP-Adapter path run their own pipeline call and take the scene prompt alone.
+
+The output records ``cast_boxes`` (each character box of the layout with the cast member it shows), so
+``gate.identity`` looks for each character's face in the box the scene was drawn with.
 """
 
 from __future__ import annotations
@@ -59,6 +62,25 @@ def cast_regions(layout: LayoutPlan, scene: Scene, characters: dict[str, Charact
             label["name"] = character.name
         regions.append({"box": list(box.bbox), "prompt": prompt, "role": "character", "z": box.z, "label": label})
     return regions
+
+
+def cast_boxes(layout: LayoutPlan, scene: Scene, characters: dict[str, Character],
+               sheet_keys: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The layout's character boxes with the cast member each shows (matched as ``cast_regions`` does):
+    ``character_id``, ``name``, ``box`` (normalised x1, y1, x2, y2) — what ``gate.identity`` scores each
+    character in."""
+    by_sheet = {key: cid for cid, key in (sheet_keys or {}).items()}
+    left = list(scene.cast)
+    out = []
+    for box in (b for b in layout.boxes if b.role == "character"):
+        member = _member_for(box, left, by_sheet)
+        if member is None:
+            continue
+        left.remove(member)
+        character = characters.get(member.character_id)
+        out.append({"character_id": member.character_id, "name": character.name if character else member.character_id,
+                    "box": list(box.bbox)})
+    return out
 
 
 def _member_for(box: Box, left: list[CastMember], by_sheet: dict[str, str]) -> CastMember | None:
@@ -116,12 +138,14 @@ def scene(ctx: StageContext) -> SceneOutput:
                          retryable=False)
     layout = layouts[position]
     prompt = ordered[position].scene_prompt
-    regions = cast_regions(layout, ordered[position], {c.id: c for c in plan.characters},
-                           {cid: sheet.sheet_key for cid, sheet in up.sheets.items()})
+    characters = {c.id: c for c in plan.characters}
+    sheet_keys = {cid: sheet.sheet_key for cid, sheet in up.sheets.items()}
+    regions = cast_regions(layout, ordered[position], characters, sheet_keys)
     image, info = identity_recipe.generate_scene(
         ctx, generate=_scene_generator(layout, regions), prompt=prompt,
         negative_prompt=layout.negative_prompt or plan.negative_prompt, target=(layout.width, layout.height),
         seed=identity_recipe.scene_seed(layout.seed, ctx.task.regeneration),
         cast=list(dict.fromkeys(c.character_id for c in ordered[position].cast)), layout=layout)
     key = identity_recipe.put_scene(ctx, image, info=info, prompt=prompt)
-    return SceneOutput.model_validate({"scene_key": key, **info})
+    boxes = cast_boxes(layout, ordered[position], characters, sheet_keys)
+    return SceneOutput.model_validate({"scene_key": key, **info, "cast_boxes": boxes})
