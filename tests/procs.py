@@ -20,14 +20,16 @@ BIN = Path(sys.executable).parent
 class Proc:
     """One ``atelier ...`` process in its own process group, logging to a file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
+                 exe: list[str] | None = None) -> None:
         self.name, self.args, self.env = name, args, env
+        self.exe = exe or [str(BIN / "atelier")]  # another command line (a bench script) instead of ``atelier``
         self.log = log_dir / f"{name}.log"
         self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
         fh = open(self.log, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self.p = subprocess.Popen([str(BIN / "atelier"), *self.args], env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+        self.p = subprocess.Popen([*self.exe, *self.args], env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         return self
 
