@@ -7,12 +7,13 @@ PACKAGES := contracts runtime control provenance sdk migrations orchestrator ser
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv sysdeps chaos fuzz demo test test-unit test-integration bench lint docs services clean ts-client ts-check
+.PHONY: help venv sysdeps chaos scale fuzz demo test test-unit test-integration bench lint docs services clean ts-client ts-check
 
 help:
 	@echo "make demo   - set up and run one campaign and one story on the embedded default"
 	@echo "make test   - set up and run the test suite (needs the machine's PostgreSQL and Redis, and npm)"
 	@echo "make bench  - services-mode benchmarks -> bench/results.json, bench/REPORT.md (charts in bench/report/)"
+	@echo "make scale  - the control plane at fleet scale: 1/8/32/128 simulated GPUs (bench-only) -> bench/scale.json, REPORT.md"
 	@echo "make lint   - ruff"
 	@echo "make docs   - regenerate README.md's 'where is it' table from the stage catalogue"
 	@echo "make ts-client - regenerate the TypeScript client's openapi.json and src/schema.d.ts from the API"
@@ -63,6 +64,15 @@ bench: sysdeps venv services
 
 chaos: venv services
 	$(BIN)/python bench/chaos.py
+
+# the control plane at fleet scale on the bench-only simulated GPU fleet (bench/simfleet.py, which refuses to run
+# without ATELIER_BENCH_SIMULATED_GPU=1; scale.py sets it for its own workers): 1, 8, 32 and 128 simulated GPUs, 20 s
+# of warm-up and 60 s measured each (about 8 minutes) -> bench/scale.json, then bench/REPORT.md is re-rendered.
+# Never part of `make test` or `make bench`. SCALE_ARGS: e.g. --sizes 1,8 --window 30
+SCALE_ARGS ?=
+scale: sysdeps venv services
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
+	$(BIN)/python bench/report.py
 
 # schemathesis against a live API process (PostgreSQL, Redis, S3): >= 5,000 generated requests, no 5xx,
 # every response as documented; the failures (if any) also go to out/fuzz/report.txt. `make test` runs 300.

@@ -202,13 +202,14 @@ class Services:
     """A fresh services-mode stack; ``with Services(...) as s: s.start(...)``."""
 
     def __init__(self, name: str, *, redis_db: int, models_file: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, redis_url: str | None = None) -> None:
         self.name = name
         self.work = WORK / name
         self.logs = self.work / "logs"
         self.dbname = f"atelier_bench_{uuid.uuid4().hex[:8]}"
         self.pg_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.dbname}"
-        self.redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+        # redis_url: another server (a bench that reads INFO counters runs its own, so nothing else is counted)
+        self.redis_url = redis_url or f"redis://127.0.0.1:6379/{redis_db}"
         self.models_file = models_file
         self.extra_env = env or {}
         self.procs: list[Proc] = []
@@ -253,6 +254,12 @@ class Services:
         self.api_port = free_port()
         p = self.start("api", ["serve", "--port", str(self.api_port)])
         wait_port(self.api_port, timeout=90)
+        return p
+
+    def start_script(self, name: str, script: Path, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        """Start ``python SCRIPT ARGS`` (a bench launcher) like :meth:`start`."""
+        p = Proc(name, args, dict(self.env, **(env or {})), self.logs, exe=[sys.executable, str(script)]).start()
+        self.procs.append(p)
         return p
 
     def worker(self, name: str, queues: str, env: dict[str, str] | None = None) -> Proc:
