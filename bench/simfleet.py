@@ -119,17 +119,19 @@ def dims(size: str | None) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- the simulated handlers
 
-def _simulate(ctx: Any, profile: Profile, scale: float) -> float:
-    """Sleep the task's device time in ``steps`` parts with the production per-step callback; return the time."""
+def _simulate(ctx: Any, profile: Profile, scale: float) -> tuple[float, float]:
+    """Sleep the task's device time in ``steps`` parts with the production per-step callback; return when it
+    started (epoch seconds) and how long it took."""
     task = ctx.task
     total = device_seconds(profile, task.stage_id, task.regeneration, task.attempt, scale)
+    began = time.time()
     t0 = time.perf_counter()
     for step in range(1, profile.steps + 1):
         remaining = t0 + total * step / profile.steps - time.perf_counter()
         if remaining > 0:
             time.sleep(remaining)
         ctx.progress(step, profile.steps)  # heartbeat + cancel check + progress event, as the real step callback
-    return time.perf_counter() - t0
+    return began, time.perf_counter() - t0
 
 
 def _image(ctx: Any, size: str | None, kind: str, meta: dict[str, Any]) -> Any:
@@ -142,8 +144,9 @@ def _image(ctx: Any, size: str | None, kind: str, meta: dict[str, Any]) -> Any:
                    content_type="image/png", kind=kind, width=w, height=h, meta={"simulated": True, **meta})
 
 
-def _sim_record(profile: Profile, seconds: float) -> dict[str, Any]:
-    return {"device_s": round(seconds, 4), "profile": profile.what, "slot": threading.current_thread().name}
+def _sim_record(profile: Profile, began: float, seconds: float) -> dict[str, Any]:
+    return {"device_start": round(began, 4), "device_s": round(seconds, 4), "profile": profile.what,
+            "slot": threading.current_thread().name}
 
 
 def handler_for(stage: str, *, scale: float, gate_pass_rate: float) -> Callable[[Any], Any]:
@@ -158,10 +161,10 @@ def handler_for(stage: str, *, scale: float, gate_pass_rate: float) -> Callable[
 
     def handler(ctx: Any) -> Any:
         inputs = ctx.inputs(decl.inputs)  # the production parse of the upstream outputs
-        seconds = _simulate(ctx, profile, scale)
+        began, seconds = _simulate(ctx, profile, scale)
         if gpu:
             ctx.gpu_seconds = seconds
-        sim = _sim_record(profile, seconds)
+        sim = _sim_record(profile, began, seconds)
         item = ctx.task.item
         seed = int(hashlib.sha256(ctx.task.stage_id.encode()).hexdigest()[:8], 16)
         if stage == "gpu.background":
