@@ -32,6 +32,9 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 	$(BIN)/pip install -q -c constraints.txt --no-deps invisible-watermark==0.2.0
 	# planner's transformers backend: xgrammar's triton requirement serves CUDA kernels only, so not on CPU
 	$(BIN)/pip install -q -c constraints.txt --no-deps xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
+	# OpenAI CLIP's BPE merges (open_clip/bpe_simple_vocab_16e6.txt.gz): the real-vocabulary tokenizer of the tests
+	# and the planners' token counts read that file; open_clip itself needs torchvision, so it is never imported
+	$(BIN)/pip install -q -c constraints.txt --no-deps open_clip_torch==3.3.0
 	touch $(STAMP)
 
 services:

@@ -36,6 +36,11 @@ def to_compel(prompt: str) -> str:
     return prompt
 
 
+def words_of(prompt: str) -> str:
+    """The words of ``prompt`` without its weighting syntax: what the tokenizers count (``(a, b:1.3) c`` → ``a, b c``)."""
+    return re.sub(r"\)(?:\d*\.?\d+)?", "", to_compel(prompt)).replace("(", "")
+
+
 @dataclass
 class Encoded:
     """What to pass the pipeline instead of ``prompt``/``negative_prompt``, and what the encoding saw."""
@@ -100,7 +105,7 @@ def encode(pipe: Any, family: str, prompts: list[str], negative_prompt: str | No
         return None
     _expect_long_prompts(pipe)
     parsed = [to_compel(p) for p in prompts]
-    plain = [re.sub(r"\)(?:\d*\.?\d+)?", "", p).replace("(", "") for p in parsed]  # the words, without weights
+    plain = [words_of(p) for p in prompts]
     tokens = token_counts(pipe, plain) if count else {}
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", None)
     if family == "sdxl":

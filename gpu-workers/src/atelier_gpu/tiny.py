@@ -4,7 +4,8 @@ A development and test facility (``atelier models init-tiny DIR``, ``atelier dem
 production process imports it.
 
 Nothing here touches a model hub: every component is built from a config, the tokenizers from a
-vocabulary generated in memory, and the result is written with ``save_pretrained``. The registry
+vocabulary generated in memory (or, for ``sdxl-tiny-clip`` / ``flux-tiny-clip``, OpenAI CLIP's real vocabulary
+from the BPE file the ``open_clip_torch`` wheel ships), and the result is written with ``save_pretrained``. The registry
 then loads these folders with ``from_pretrained(..., local_files_only=True)`` exactly like real
 weights. Weights are seeded, so the same call writes the same tensors.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,82 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
-def build_clip_tokenizer(*, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> Any:
-    """A byte-level BPE CLIP tokenizer: every byte, word-final variants, and merges for common words."""
+# OpenAI CLIP's BPE merges as the open_clip_torch wheel ships them (1.3 MB, gzip): the real vocabulary's source
+CLIP_BPE_FILE = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+CLIP_VOCAB_SIZE = 49408  # 256 bytes, their 256 word-final variants, 48,894 merges, <|startoftext|>, <|endoftext|>
+_CLIP_MERGES = CLIP_VOCAB_SIZE - 2 * 256 - 2
+
+
+def clip_bpe_file() -> Path | None:
+    """Where the installed open_clip_torch keeps OpenAI's BPE merges; None without the package.
+
+    Found through the distribution's file list: ``open_clip`` itself is never imported (it imports torchvision,
+    which the venv must not have; the Makefile installs the wheel with ``--no-deps`` for this file alone)."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("open_clip_torch") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).replace("\\", "/") == CLIP_BPE_FILE:
+            path = Path(str(f.locate()))
+            return path if path.is_file() else None
+    return None
+
+
+@cache
+def clip_vocabulary() -> tuple[dict[str, int], tuple[str, ...]]:
+    """OpenAI CLIP's vocabulary (token → id) and merges (``"a b"`` lines), derived from the BPE file exactly as
+    CLIP's ``simple_tokenizer`` does: the byte characters, the same with ``</w>``, one token per merge, then the two
+    specials — 49,408 tokens, ``<|startoftext|>`` = 49406 and ``<|endoftext|>`` = 49407."""
+    import gzip
+
+    path = clip_bpe_file()
+    if path is None:
+        raise FileNotFoundError(f"the real CLIP vocabulary needs {CLIP_BPE_FILE} from open_clip_torch "
+                                "(pip install --no-deps open_clip_torch, as `make venv` does)")
+    lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
+    merges = tuple(lines[1:1 + _CLIP_MERGES])  # line 0 is the file's version header
+    chars = list(_bytes_to_unicode().values())
+    tokens = [*chars, *(c + "</w>" for c in chars), *(m.replace(" ", "") for m in merges),
+              "<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE:
+        raise ValueError(f"{path}: {len(vocab)} distinct tokens, not CLIP's {CLIP_VOCAB_SIZE}")
+    return vocab, merges
+
+
+def write_clip_vocabulary(folder: Path) -> Path:
+    """``vocab.json`` and ``merges.txt`` of the real CLIP vocabulary in ``folder`` (the two files of a CLIP
+    tokenizer folder on a model hub, ``#version: 0.2`` header included); returns ``folder``."""
+    import json
+
+    vocab, merges = clip_vocabulary()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return folder
+
+
+def build_real_clip_tokenizer(*, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> Any:
+    """A ``CLIPTokenizer`` with OpenAI CLIP's real vocabulary, read from ``vocab.json`` + ``merges.txt`` as a real
+    model folder's are ("a photo of a cat" → 49406, 320, 1125, 539, 320, 2368, 49407). SDXL's second tokenizer pads
+    with ``"!"`` (id 0), its first and FLUX's with ``<|endoftext|>``."""
+    from transformers import CLIPTokenizer  # heavy (transformers): loaded on first use
+
+    with tempfile.TemporaryDirectory(prefix="clip-vocab-") as tmp:
+        return CLIPTokenizer.from_pretrained(write_clip_vocabulary(Path(tmp)), model_max_length=model_max_length,
+                                             pad_token=pad_token)
+
+
+def build_clip_tokenizer(*, model_max_length: int = 77, pad_token: str = "<|endoftext|>",
+                         real_vocab: bool = False) -> Any:
+    """A byte-level BPE CLIP tokenizer: every byte, word-final variants, and merges for common words (``real_vocab``:
+    OpenAI CLIP's own 49,408 tokens instead, :func:`build_real_clip_tokenizer`)."""
+    if real_vocab:
+        return build_real_clip_tokenizer(model_max_length=model_max_length, pad_token=pad_token)
     from transformers import CLIPTokenizer  # heavy (transformers): loaded on first use
 
     alphabet = sorted(set(_bytes_to_unicode().values()))
@@ -84,8 +159,17 @@ def build_clip_tokenizer(*, model_max_length: int = 77, pad_token: str = "<|endo
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=model_max_length)
 
 
-def build_t5_tokenizer(*, model_max_length: int = 512) -> Any:
-    """A Unigram T5 tokenizer (``<pad>``=0, ``</s>``=1, ``<unk>``=2) over characters and common words."""
+def clip_words() -> list[str]:
+    """The whole ASCII words of OpenAI CLIP's vocabulary (32,911, most frequent first): a stand-in for T5's own
+    32,100-piece vocabulary, which no installable package ships."""
+    vocab, _ = clip_vocabulary()
+    return [t[:-4] for t in vocab if t.endswith("</w>") and t[:-4].isascii() and t[:-4].isalnum()]
+
+
+def build_t5_tokenizer(*, model_max_length: int = 512, words: list[str] | None = None) -> Any:
+    """A Unigram T5 tokenizer (``<pad>``=0, ``</s>``=1, ``<unk>``=2) over characters and common words; ``words``
+    adds a piece per word (lower-case and capitalised, in order of preference), e.g. :func:`clip_words` so that an
+    English prompt takes about as many tokens as in T5's real vocabulary instead of being spelled out."""
     from transformers import T5TokenizerFast  # heavy (transformers): loaded on first use
 
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
@@ -95,6 +179,12 @@ def build_t5_tokenizer(*, model_max_length: int = 512) -> Any:
         if piece not in seen:
             pieces.append((piece, -3.0 - 0.01 * len(pieces)))
             seen.add(piece)
+    extra = words or []
+    for i, word in enumerate(extra):
+        for piece in ("\u2581" + word, "\u2581" + word.capitalize()):
+            if piece not in seen:  # -5..-7: one word beats spelling it (two or more characters at -9/-10)
+                pieces.append((piece, -5.0 - 2.0 * i / len(extra)))
+                seen.add(piece)
     chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
     for ch in chars:
         for piece, score in (("\u2581" + ch, -9.0), (ch, -10.0)):
@@ -125,13 +215,13 @@ def _clip_text_config(tokenizer: Any, *, hidden: int, layers: int, heads: int, p
 
 def _sdxl_pipeline(*, unet_channels: tuple[int, ...], layers_per_block: int, transformer_layers: tuple[int, ...],
                    heads: tuple[int, ...], text_hidden: tuple[int, int], text_layers: int,
-                   vae_channels: tuple[int, ...], vae_groups: int) -> Any:
+                   vae_channels: tuple[int, ...], vae_groups: int, real_vocab: bool = False) -> Any:
     import torch  # heavy (torch, diffusers, transformers): loaded on first use
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    tokenizer = build_clip_tokenizer()
-    tokenizer_2 = build_clip_tokenizer(pad_token="!")
+    tokenizer = build_clip_tokenizer(real_vocab=real_vocab)
+    tokenizer_2 = build_clip_tokenizer(pad_token="!", real_vocab=real_vocab)
     h1, h2 = text_hidden
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_clip_text_config(tokenizer, hidden=h1, layers=text_layers, heads=4, projection=h1))
@@ -182,10 +272,13 @@ def _sdxl_pipeline(*, unet_channels: tuple[int, ...], layers_per_block: int, tra
     )
 
 
-def build_sdxl_tiny() -> Any:
-    """SDXL with a two-level 32/64-channel UNet; VAE keeps SDXL's 8x downsampling."""
+def build_sdxl_tiny(*, real_vocab: bool = False) -> Any:
+    """SDXL with a two-level 32/64-channel UNet; VAE keeps SDXL's 8x downsampling. ``real_vocab``: both tokenizers
+    have OpenAI CLIP's vocabulary (:func:`build_real_clip_tokenizer`; the text encoders' 49,408-row embeddings are
+    the only part that grows)."""
     return _sdxl_pipeline(unet_channels=(32, 64), layers_per_block=1, transformer_layers=(1, 1), heads=(2, 4),
-                          text_hidden=(32, 32), text_layers=2, vae_channels=(8, 16, 32, 32), vae_groups=8)
+                          text_hidden=(32, 32), text_layers=2, vae_channels=(8, 16, 32, 32), vae_groups=8,
+                          real_vocab=real_vocab)
 
 
 def build_sdxl_bench() -> Any:
@@ -195,14 +288,16 @@ def build_sdxl_bench() -> Any:
                           vae_channels=(32, 64, 128, 128), vae_groups=32)
 
 
-def build_flux_tiny() -> Any:
-    """FLUX.1-dev-shaped pipeline: 16-channel latents packed 2x2, guidance embedding, CLIP + T5 text."""
+def build_flux_tiny(*, real_vocab: bool = False) -> Any:
+    """FLUX.1-dev-shaped pipeline: 16-channel latents packed 2x2, guidance embedding, CLIP + T5 text. ``real_vocab``:
+    the CLIP tokenizer has OpenAI CLIP's vocabulary, and T5 a piece per CLIP word (:func:`clip_words`; no real T5
+    vocabulary ships offline), so a prompt's words fit T5's 512-token window as they do with the real one."""
     import torch  # heavy (torch, diffusers, transformers): loaded on first use
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    tokenizer = build_clip_tokenizer()
-    tokenizer_2 = build_t5_tokenizer()
+    tokenizer = build_clip_tokenizer(real_vocab=real_vocab)
+    tokenizer_2 = build_t5_tokenizer(words=clip_words() if real_vocab else None)
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_clip_text_config(tokenizer, hidden=32, layers=2, heads=4, projection=32))
     torch.manual_seed(0)
@@ -371,6 +466,11 @@ TINY_CONTROLNETS: dict[str, tuple[Callable[[], Any], tuple[str, ...], str]] = {
 BENCH_MODELS: dict[str, tuple[str, Callable[[], Any], int]] = {
     "sdxl-bench": ("sdxl", build_sdxl_bench, 256),
 }
+# the tiny SDXL and FLUX with OpenAI CLIP's real vocabulary (needs open_clip_torch's BPE file): real token counts
+REAL_VOCAB_MODELS: dict[str, tuple[str, Callable[[], Any], int]] = {
+    "sdxl-tiny-clip": ("sdxl", partial(build_sdxl_tiny, real_vocab=True), 128),
+    "flux-tiny-clip": ("flux", partial(build_flux_tiny, real_vocab=True), 128),
+}
 
 
 def _write_pipeline(folder: Path, build: Callable[[], Any], *, force: bool) -> None:
@@ -501,12 +601,13 @@ def _write_svdquant(path: Path, sdxl_folder: Path, *, force: bool) -> Path:
     return path
 
 
-def init_tiny(dest: Path, *, bench: bool = False, force: bool = False) -> Path:
+def init_tiny(dest: Path, *, bench: bool = False, real_vocab: bool = False, force: bool = False) -> Path:
     """Write the tiny pipelines (and ``sdxl-bench`` when asked) into ``dest``; return ``dest/models.yaml``.
 
     Every family gets one (``sdxl-tiny``, ``flux-tiny``, ``sd3-tiny``, ``pixart-tiny``); SDXL and FLUX
     also get a tiny canny ControlNet, and ``sdxl-tiny-svdq`` is the tiny SDXL with an SVDQuant INT4
-    checkpoint and a tiny LoRA folded into its low-rank branches.
+    checkpoint and a tiny LoRA folded into its low-rank branches. ``real_vocab`` adds ``sdxl-tiny-clip`` and
+    ``flux-tiny-clip``, the same pipelines with OpenAI CLIP's real vocabulary (:data:`REAL_VOCAB_MODELS`).
 
     Entries already in an existing ``models.yaml`` (real weights) are kept. Folders written by the same
     version of this module are reused unless ``force``.
@@ -519,6 +620,8 @@ def init_tiny(dest: Path, *, bench: bool = False, force: bool = False) -> Path:
     wanted = dict(TINY_MODELS)
     if bench:
         wanted.update(BENCH_MODELS)
+    if real_vocab:
+        wanted.update(REAL_VOCAB_MODELS)
     models_file = dest / "models.yaml"
     doc: dict[str, Any] = {}
     if models_file.is_file():
