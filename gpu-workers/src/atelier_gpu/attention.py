@@ -80,16 +80,25 @@ class RegionalState:
 # ---------------------------------------------------------------- SDXL (UNet cross-attention)
 
 class SDXLRegionalProcessor:
-    """Cross-attention with per-region contexts blended by masks (replaces ``attn2`` processors)."""
+    """Cross-attention with per-region contexts blended by masks (replaces ``attn2`` processors).
 
-    def __init__(self, state: RegionalState) -> None:
-        self.state = state
+    With ``ip`` (the IP-Adapter processor ``load_ip_adapter`` installed on the layer: its ``to_k_ip``/``to_v_ip``
+    and scales) the layer also reads the image-prompt tokens the UNet passes beside the text (InstantID's face
+    tokens), as diffusers' ``IPAdapterAttnProcessor2_0`` does, and ``faces`` (a state whose masks are one per
+    image of the adapter) keeps each image's tokens inside its own mask: each character's face only in their box.
+    """
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+    def __init__(self, state: RegionalState, *, ip: Any = None, faces: RegionalState | None = None) -> None:
+        self.state, self.ip, self.faces = state, ip, faces
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Any = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: Any,
                  **kwargs: Any) -> torch.Tensor:
         if encoder_hidden_states is None:
             raise ValueError("SDXLRegionalProcessor is for cross-attention layers only")
+        ip_states = None
+        if isinstance(encoder_hidden_states, tuple):  # the UNet's (text, [image tokens per adapter])
+            encoder_hidden_states, ip_states = encoder_hidden_states
         batch, tokens, _ = hidden_states.shape
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
@@ -98,11 +107,12 @@ class SDXLRegionalProcessor:
         head_dim = query.shape[-1] // heads
         q = query.view(batch, -1, heads, head_dim).transpose(1, 2)
 
-        def attend(q_: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-            if attn.norm_cross:
+        def attend(q_: torch.Tensor, ctx: torch.Tensor, to_k: Any = attn.to_k, to_v: Any = attn.to_v,
+                   norm: bool = True) -> torch.Tensor:
+            if norm and attn.norm_cross:
                 ctx = attn.norm_encoder_hidden_states(ctx)
-            k = attn.to_k(ctx).view(ctx.shape[0], -1, heads, head_dim).transpose(1, 2)
-            v = attn.to_v(ctx).view(ctx.shape[0], -1, heads, head_dim).transpose(1, 2)
+            k = to_k(ctx).view(ctx.shape[0], -1, heads, head_dim).transpose(1, 2)
+            v = to_v(ctx).view(ctx.shape[0], -1, heads, head_dim).transpose(1, 2)
             out = F.scaled_dot_product_attention(q_, k, v, dropout_p=0.0, is_causal=False)
             return out.transpose(1, 2).reshape(q_.shape[0], -1, heads * head_dim)
 
@@ -120,9 +130,31 @@ class SDXLRegionalProcessor:
                 delta = delta + masks[r][None, :, None] * (attend(qc, ctx.expand(n, -1, -1)) - base)
             out = out.clone()
             out[cond] = base + (1.0 - st.base_ratio) * delta
+        if self.ip is not None and ip_states is not None:
+            out = out + self._image_tokens(q, ip_states, tokens, attend, out)
         out = out.to(query.dtype)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
+
+    def _image_tokens(self, q: torch.Tensor, ip_states: list[torch.Tensor], tokens: int, attend: Any,
+                      like: torch.Tensor) -> torch.Tensor:
+        """The IP-Adapter term: each adapter's images attended with its own projections, scaled, and each image
+        kept inside its mask (``faces``) when there is one."""
+        extra = torch.zeros_like(like)
+        masks = self.faces.masks_at(tokens, like.device, like.dtype) if self.faces is not None else None
+        for states, scale, to_k, to_v in zip(ip_states, self.ip.scale, self.ip.to_k_ip, self.ip.to_v_ip,
+                                             strict=False):
+            if states.ndim == 3:  # (batch, tokens, dim): one image
+                states = states[:, None]
+            scales = scale if isinstance(scale, list) else [scale] * states.shape[1]
+            for i in range(states.shape[1]):
+                if scales[i] == 0:
+                    continue
+                term = attend(q, states[:, i], to_k, to_v, norm=False)
+                if masks is not None and i < masks.shape[0]:
+                    term = term * masks[i][None, :, None]
+                extra = extra + scales[i] * term
+        return extra
 
 
 def sdxl_cross_attention_names(unet: Any) -> list[str]:

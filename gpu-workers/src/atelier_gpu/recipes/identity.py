@@ -9,7 +9,8 @@ InstantID arrangement (Wang et al., 2024):
 1. the face analysis model embeds the character sheet's face (an ArcFace ONNX in the face model folder,
    antelopev2's ``glintr100.onnx``, or a TorchScript ``.pt``; run by ``identity.embedder``; its raw 512-d
    output, as InstantID feeds insightface's ``face.embedding``) and places five keypoints (a YuNet
-   ``face_detection_yunet*.onnx`` in the folder when present, else canonical points in the Haar box);
+   ``face_detection_yunet*.onnx`` in the folder when present, else the eyes inside the Haar box, else
+   canonical points in it);
 2. the image-projection weights (``ip-adapter.bin``: a Resampler with 16 queries + ``to_k_ip``/``to_v_ip``
    per cross-attention layer) are loaded with diffusers' ``load_ip_adapter`` (which reads the Resampler as
    an IP-Adapter Plus projection); the Resampler turns the embedding into 16 face tokens that the UNet's
@@ -18,7 +19,14 @@ InstantID arrangement (Wang et al., 2024):
    text, as its ``encoder_hidden_states``; its residuals are added to the UNet's.
 
 The loop below is the SDXL denoising loop with those two changes, on the registry's warm pipeline; the
-adapter is unloaded after the call and the UNet gets its own attention processors back.
+adapter is unloaded after the call and the UNet gets its own attention processors back. Every character of the
+cast takes part (``instantid_faces``): with the layout's boxes, each face's keypoints are placed at the top of
+its character's box (``place_keypoints``: the sheet's landmarks aligned to the ArcFace template, scaled into
+``face_square``), and with two or more characters each face's tokens act only inside its box (IP-Adapter
+attention masks) and IdentityNet runs once per character with its residuals kept to that box; the cast's
+per-character prompts act in their boxes in the same loop (regional prompting), with the prompt encoded whole
+by compel and the preset's scheduler and steps. The sheet face is aligned onto the ArcFace template before it is
+embedded (``identity.align``), as insightface's pipeline does.
 ``atelier_gpu.tiny.init_tiny_instantid`` (``atelier models init-tiny --identity``) writes random weights in
 these formats for the tiny SDXL, so the path runs without the real ones.
 
@@ -49,8 +57,9 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +74,9 @@ from atelier_runtime.stage_runner import StageContext
 from PIL import Image, ImageDraw
 
 from ..generation import registry
+from ..identity.align import FaceFinder, YuNetDetector, align_face, alignment_matrix, apply
 from ..identity.embedder import Embedder
-from ..identity.faces import Face, FaceDetector, crop_face
+from ..identity.faces import FaceDetector
 from .reference_attn import reference_attention
 from .text_to_image import generation_size
 
@@ -132,11 +142,13 @@ def _finish(info: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
 
 def generate_scene(ctx: StageContext, *, generate: Callable[..., tuple[Image.Image, dict[str, Any]]], prompt: str,
                    negative_prompt: str, target: tuple[int, int], seed: int, cast: list[str],
-                   layout: LayoutPlan | None = None) -> tuple[Image.Image, dict[str, Any]]:
+                   layout: LayoutPlan | None = None, regions: Sequence[dict[str, Any]] | None = None,
+                   base_ratio: float = 0.5) -> tuple[Image.Image, dict[str, Any]]:
     """Generate one scene on the identity path the settings allow; ``info['identity']`` says which it was.
 
     ``generate`` is the scene's prompt-only generator (the layout recipe); ``layout`` (the scene's plan) gives
-    the reference-only fallback each character's box.
+    each character's box (reference-only attention and InstantID's faces act in it); ``regions`` (the cast's
+    per-character prompts, ``{box, prompt}``) are regional prompts in InstantID's loop, at ``base_ratio``.
     """
     mode, reason = identity_mode(ctx.settings)
     record: dict[str, Any] = {"mode": mode, "reason": reason, "characters": cast,
@@ -166,6 +178,12 @@ def generate_scene(ctx: StageContext, *, generate: Callable[..., tuple[Image.Ima
     width, height = generation_size(target[0], target[1], min(ctx.settings.gen_max_side,
                                                               spec.max_side or ctx.settings.gen_max_side))
     first = next(iter(sheets.values()))
+    assets = _instantid_assets(ctx) if mode == "instantid" else None
+    faces: list[FaceCondition] = []
+    if assets is not None:
+        keys = _sheet_keys(ctx, cast)
+        faces = instantid_faces(assets, sheets, reference_regions(layout, {c: keys[c] for c in sheets}),
+                                (width, height))
     with reg.call_lock:  # adapters are loaded into the shared warm pipeline for this call only
         pipe = reg.load(model_id)
         started = time.perf_counter()
@@ -176,18 +194,20 @@ def generate_scene(ctx: StageContext, *, generate: Callable[..., tuple[Image.Ima
                                       height=height, steps=steps, guidance=spec.guidance, seed=seed,
                                       on_step=ctx.progress)
             else:
-                assets = _instantid_assets(ctx)
-                face = assets.face_of(first)
-                if face is None:
-                    raise StageError("InstantID: no face found on the character sheet", retryable=False)
-                embedding, kps = face
+                assert assets is not None
+                cast_prompts = list(regions or []) if len(faces) > 1 else []
                 image = run_instantid(pipe, assets.controlnet, Path(ctx.settings.identity_ip_adapter_path or "."),
-                                      face_embedding=embedding, kps_image=draw_kps((width, height), kps, first.size),
-                                      prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-                                      steps=steps, guidance=spec.guidance, seed=seed, on_step=ctx.progress)
+                                      faces=faces, prompt=prompt, negative_prompt=negative_prompt, width=width,
+                                      height=height, steps=steps, guidance=spec.guidance, seed=seed,
+                                      on_step=ctx.progress, regions=cast_prompts, base_ratio=base_ratio)
+                record.update(references=[f.character_id for f in faces],
+                              face_region="boxes" if any(f.mask is not None for f in faces) else "global",
+                              keypoints={f.character_id: f.placed for f in faces},
+                              regional={"regions": len(cast_prompts), "base_ratio": base_ratio} if cast_prompts
+                              else None)
         finally:
             ctx.gpu_seconds += time.perf_counter() - started
-    record["reference_character"] = next(iter(sheets))
+    record["reference_character"] = faces[0].character_id if faces else next(iter(sheets))
     return image, _finish({"width": width, "height": height, "seed": seed, "model": model_id, "steps": steps},
                           record)
 
@@ -320,33 +340,87 @@ class InstantIDAssets:
     def __init__(self, settings: Settings) -> None:
         from diffusers import ControlNetModel  # heavy (diffusers): loaded on first use
 
-
         recogniser, self.yunet = face_model_files(Path(settings.identity_face_model_dir or "."))
         self.embedder = Embedder(recogniser)
-        self.detector = FaceDetector(settings.identity_cascade_path)
+        self.finder = FaceFinder(FaceDetector(settings.identity_cascade_path),
+                                 yunet=YuNetDetector(self.yunet) if self.yunet is not None else None)
         self.controlnet = ControlNetModel.from_pretrained(str(settings.identity_controlnet_dir), local_files_only=True)
 
     def face_of(self, image: Image.Image) -> tuple[Any, list[tuple[float, float]]] | None:
-        """(embedding, five keypoints) of the largest face, or None (YuNet's landmarks when it is in the folder).
+        """(embedding, five keypoints) of the largest face, or None.
 
-        The embedding is the recogniser's raw output, not L2-normalised: InstantID's Resampler was trained on
-        insightface's ``face.embedding``.
+        The keypoints are YuNet's landmarks when it is in the folder, else the eyes the eye cascade finds in the
+        Haar box, else canonical points in the box (``identity.align.FaceFinder``); the face is aligned onto the
+        ArcFace template with them before it is embedded, as insightface does. The embedding is the recogniser's
+        raw output, not L2-normalised: InstantID's Resampler was trained on insightface's ``face.embedding``.
         """
-        if self.yunet is not None:
-            import cv2  # heavy (OpenCV): loaded on first use
-
-            bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-            det = cv2.FaceDetectorYN.create(str(self.yunet), "", (image.width, image.height))
-            _, found = det.detect(bgr)
-            if found is not None and len(found):
-                f = max(found, key=lambda r: r[2] * r[3])
-                face = Face(int(f[0]), int(f[1]), int(f[2]), int(f[3]), 1)
-                kps = [(float(f[4 + 2 * i]), float(f[5 + 2 * i])) for i in range(5)]
-                return self.embedder.embed([crop_face(image, face)], normalise=False)[0], kps
-        faces = self.detector.detect(image)
+        faces = self.finder.detect(image)
         if not faces:
             return None
-        return self.embedder.embed([crop_face(image, faces[0])], normalise=False)[0], faces[0].keypoints()
+        marks = self.finder.landmarks(image, faces[0])
+        return self.embedder.embed([align_face(image, marks)], normalise=False)[0], list(marks.points)
+
+
+@dataclass
+class FaceCondition:
+    """One character's face for the InstantID loop.
+
+    ``embedding``: the recogniser's output for the sheet's face; ``kps_image``: IdentityNet's keypoint image at
+    the scene's size; ``mask``: the latent-grid (H/8, W/8) region the face conditions (face tokens and IdentityNet
+    residuals), None for the whole frame; ``placed``: where the keypoints came from (``layout``: in the
+    character's box; ``sheet``: where the face sat on the sheet).
+    """
+
+    character_id: str
+    embedding: Any
+    kps_image: Image.Image
+    mask: Any = None
+    placed: str = "sheet"
+
+
+FACE_WIDTH_SHARE, FACE_HEIGHT_SHARE, FACE_TOP = 0.42, 0.26, 0.08  # a face at the top of a character's box
+
+
+def face_square(box: Sequence[float], size: tuple[int, int]) -> tuple[float, float, float]:
+    """(x, y, side) in pixels of where a character's face goes in their (normalised) box: a square at most
+    ``FACE_WIDTH_SHARE`` of the box's width and ``FACE_HEIGHT_SHARE`` of its height, centred, near its top."""
+    x1, y1, x2, y2 = box[0] * size[0], box[1] * size[1], box[2] * size[0], box[3] * size[1]
+    side = min(FACE_WIDTH_SHARE * (x2 - x1), FACE_HEIGHT_SHARE * (y2 - y1))
+    return (x1 + x2) / 2 - side / 2, y1 + FACE_TOP * (y2 - y1), side
+
+
+def place_keypoints(kps: Sequence[tuple[float, float]], box: Sequence[float],
+                    size: tuple[int, int]) -> list[tuple[float, float]]:
+    """The sheet face's five keypoints moved into a character's box: aligned to the ArcFace template (the
+    sheet's proportions kept, its tilt and scale removed) and scaled into ``face_square``."""
+    aligned = apply(alignment_matrix(list(kps)), list(kps))  # in a 112 x 112 crop
+    x, y, side = face_square(box, size)
+    return [(x + px * side / 112.0, y + py * side / 112.0) for px, py in aligned]
+
+
+def instantid_faces(assets: InstantIDAssets, sheets: dict[str, Image.Image], boxes: list[Box] | None,
+                    size: tuple[int, int]) -> list[FaceCondition]:
+    """Every cast member's face condition: with the layout's boxes (``boxes``, in ``sheets`` order) each face's
+    keypoints go to the top of its character's box and, with two or more characters, its face tokens and
+    IdentityNet act only inside that box; without them the first character's face conditions the whole frame,
+    its keypoints where they sat on the sheet."""
+    from .regional import box_masks  # heavy (torch): loaded on first use
+
+    out: list[FaceCondition] = []
+    ids = list(sheets) if boxes is not None else list(sheets)[:1]
+    masks = box_masks(list(boxes), size[0], size[1]) if boxes is not None and len(ids) > 1 else None
+    for i, cid in enumerate(ids):
+        found = assets.face_of(sheets[cid])
+        if found is None:
+            raise StageError(f"InstantID: no face found on the character sheet of {cid}", retryable=False)
+        embedding, kps = found
+        if boxes is not None:
+            kps_image = draw_kps(size, place_keypoints(kps, boxes[i].bbox, size), size)
+        else:
+            kps_image = draw_kps(size, kps, sheets[cid].size)
+        out.append(FaceCondition(cid, embedding, kps_image, None if masks is None else masks[i],
+                                 "layout" if boxes is not None else "sheet"))
+    return out
 
 
 def _instantid_assets(ctx: StageContext) -> InstantIDAssets:
@@ -418,9 +492,11 @@ def _face_adapter(pipe: Any, ip_adapter_path: Path) -> Iterator[Any]:
         yield resampler
 
 
-def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_embedding: Any, kps_image: Image.Image,
-                  prompt: str, negative_prompt: str, width: int, height: int, steps: int, guidance: float, seed: int,
-                  controlnet_scale: float = 0.8, ip_scale: float = 0.8,
+def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, prompt: str, negative_prompt: str,
+                  width: int, height: int, steps: int, guidance: float, seed: int,
+                  faces: Sequence[FaceCondition] | None = None, face_embedding: Any = None,
+                  kps_image: Image.Image | None = None, regions: Sequence[dict[str, Any]] = (),
+                  base_ratio: float = 0.5, controlnet_scale: float = 0.8, ip_scale: float = 0.8,
                   on_step: Callable[[int, int], None] | None = None) -> Image.Image:
     """The SDXL loop with face tokens in the UNet (IP-Adapter attention) and IdentityNet residuals.
 
@@ -428,52 +504,91 @@ def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_emb
         pipe: a loaded ``StableDiffusionXLPipeline`` (the registry's warm one; the adapter is unloaded after).
         controlnet: IdentityNet (``ControlNetModel``) for ``pipe``'s UNet.
         ip_adapter_path: InstantID's image-projection weights (``ip-adapter.bin``).
-        face_embedding: the sheet face's embedding (1-D, the Resampler's input width: 512 for antelopev2).
-        kps_image: ``draw_kps`` of the face keypoints at ``width`` x ``height``.
+        faces: every character's ``FaceCondition`` (embedding, keypoint image at ``width`` x ``height``, mask);
+            ``face_embedding`` + ``kps_image`` are one face over the whole frame.
+        regions: per-character prompts (``{box, prompt}``), each acting inside its box (``attention``'s
+            regional rule, at ``base_ratio``) in the same cross-attention layers as the face tokens.
         on_step: called as ``on_step(step, total)`` after every step; what it raises (a cancel) stops the loop.
 
-    The face tokens (the Resampler on the embedding; on zeros for the unconditional half of CFG, as InstantID
-    does) reach the UNet through ``added_cond_kwargs["image_embeds"]`` and the installed IP attention, and are
-    IdentityNet's ``encoder_hidden_states``; IdentityNet sees the keypoint image and its residuals, scaled by
-    ``controlnet_scale``, are added to the UNet's.
+    The prompt goes through ``prompt_encoding`` (compel: weighted, never cut at 77 tokens). The face tokens (the
+    Resampler on each embedding; on zeros for the unconditional half of CFG, as InstantID does) reach the UNet
+    through ``added_cond_kwargs["image_embeds"]`` — one image per character — and the IP attention; with masks,
+    each character's tokens act only inside their box (``attention.SDXLRegionalProcessor`` with ``faces``).
+    IdentityNet runs once per character, with that character's face tokens and keypoint image; its residuals,
+    scaled by ``controlnet_scale`` and kept to the character's box, are summed and added to the UNet's. The
+    scheduler is the pipeline's (the preset's), with ``steps`` steps.
     """
     import torch  # heavy (torch): loaded on first use
+    import torch.nn.functional as F  # noqa: N812 (torch's convention)
 
+    from .. import prompt_encoding
+    from ..attention import RegionalState, installed, sdxl_cross_attention_names
+    from ..attention import SDXLRegionalProcessor as Processor
+    from .regional import box_masks, parse_regions
+
+    if faces is None:
+        if face_embedding is None or kps_image is None:
+            raise ValueError("run_instantid needs faces, or face_embedding and kps_image")
+        faces = [FaceCondition("face", face_embedding, kps_image)]
+    if not faces:
+        raise ValueError("run_instantid needs at least one face")
     unet, scheduler, vae = pipe.unet, pipe.scheduler, pipe.vae
     if controlnet.config.cross_attention_dim != unet.config.cross_attention_dim:
         raise StageError(f"ATELIER_IDENTITY_CONTROLNET_DIR: IdentityNet's cross-attention width "
                          f"{controlnet.config.cross_attention_dim} does not match the UNet's "
                          f"{unet.config.cross_attention_dim} (an IdentityNet for another base model?)",
                          retryable=False, field="ATELIER_IDENTITY_CONTROLNET_DIR")
-    embedding = np.asarray(face_embedding, dtype=np.float32).reshape(-1)
+    embeddings = [np.asarray(f.embedding, dtype=np.float32).reshape(-1) for f in faces]
     with _face_adapter(pipe, ip_adapter_path) as resampler:
-        if resampler.proj_in.in_features != embedding.size:
-            raise StageError(f"the face embedding has {embedding.size} values; the image projection in "
-                             f"{ip_adapter_path} takes {resampler.proj_in.in_features} (antelopev2's recogniser "
-                             "gives 512)", retryable=False, field="ATELIER_IDENTITY_FACE_MODEL_DIR")
+        for embedding in embeddings:
+            if resampler.proj_in.in_features != embedding.size:
+                raise StageError(f"the face embedding has {embedding.size} values; the image projection in "
+                                 f"{ip_adapter_path} takes {resampler.proj_in.in_features} (antelopev2's "
+                                 "recogniser gives 512)", retryable=False, field="ATELIER_IDENTITY_FACE_MODEL_DIR")
         pipe.set_ip_adapter_scale(ip_scale)
         device, dtype = unet.device, unet.dtype
         if controlnet.device != device or controlnet.dtype != dtype:
             controlnet.to(device=device, dtype=dtype)
         # LCM-style UNets take the guidance as an embedding and run without a negative branch (as the SDXL pipeline)
         cfg = guidance > 1.0 and unet.config.time_cond_proj_dim is None
+        boxes = parse_regions(list(regions), "instantid") if regions else []
         with torch.inference_mode():
-            prompt_embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
-                prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-                negative_prompt=negative_prompt or None)
-            # [batch, images, sequence, width]: one image of one token per prompt
-            face = torch.from_numpy(embedding).to(device=device, dtype=dtype).reshape(1, 1, 1, -1)
+            encoded = prompt_encoding.encode(pipe, "sdxl", [prompt], negative_prompt or None)
+            assert encoded is not None
+            prompt_embeds, pooled = encoded.kwargs["prompt_embeds"], encoded.kwargs["pooled_prompt_embeds"]
+            neg_embeds = encoded.kwargs.get("negative_prompt_embeds")
+            neg_pooled = encoded.kwargs.get("negative_pooled_prompt_embeds")
+            if cfg and neg_embeds is None:  # an empty negative prompt: zeros, as SDXL was trained (and the pipeline)
+                neg_embeds, neg_pooled = torch.zeros_like(prompt_embeds), torch.zeros_like(pooled)
+            prompt_embeds, pooled = prompt_embeds.to(device, dtype), pooled.to(device, dtype)
+            # [batch, images, sequence, width]: one image per character, of one token
+            face = torch.from_numpy(np.stack(embeddings)).to(device=device, dtype=dtype)[None, :, None, :]
             add_time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
-            cond = torch.from_numpy(np.asarray(kps_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-            cond = cond[None].to(device=device, dtype=dtype)
+            conds = [torch.from_numpy(np.asarray(f.kps_image.convert("RGB"), dtype=np.float32) / 255.0)
+                     .permute(2, 0, 1)[None].to(device=device, dtype=dtype) for f in faces]
             if cfg:
-                prompt_embeds = torch.cat([neg_embeds, prompt_embeds])
-                pooled = torch.cat([neg_pooled, pooled])
+                prompt_embeds = torch.cat([neg_embeds.to(device, dtype), prompt_embeds])
+                pooled = torch.cat([neg_pooled.to(device, dtype), pooled])
                 face = torch.cat([torch.zeros_like(face), face])
                 add_time_ids = torch.cat([add_time_ids, add_time_ids])
-                cond = torch.cat([cond, cond])
-            # the installed Resampler turns the embedding into the face tokens IdentityNet reads
-            face_tokens = unet.encoder_hid_proj([face])[0].flatten(1, 2)
+                conds = [torch.cat([c, c]) for c in conds]
+            # the installed Resampler turns each embedding into the 16 face tokens IdentityNet reads
+            tokens = unet.encoder_hid_proj([face])[0]  # [batch, characters, 16, width]
+            masked = any(f.mask is not None for f in faces)
+            processors: dict[str, Any] = {}
+            if masked or boxes:
+                state = RegionalState(masks=box_masks(boxes, width, height) if boxes
+                                      else torch.zeros(0, height // 8, width // 8), base_ratio=float(base_ratio))
+                if boxes:
+                    state.contexts = prompt_encoding.encode(pipe, "sdxl", [b.caption for b in boxes], None) \
+                        .kwargs["prompt_embeds"]
+                    state.cfg = cfg
+                lat = (height // 8, width // 8)
+                face_masks = torch.stack([f.mask.float() if f.mask is not None else torch.ones(lat) for f in faces])
+                faces_state = RegionalState(masks=face_masks) if masked else None
+                ip_procs = unet.attn_processors
+                processors = {name: Processor(state, ip=ip_procs[name], faces=faces_state)
+                              for name in sdxl_cross_attention_names(unet)}
             timestep_cond = None
             if unet.config.time_cond_proj_dim is not None:
                 timestep_cond = pipe.get_guidance_scale_embedding(
@@ -488,20 +603,36 @@ def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, face_emb
             latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
             added = {"text_embeds": pooled, "time_ids": add_time_ids}
             total = len(scheduler.timesteps)
-            for i, t in enumerate(scheduler.timesteps):
-                model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
-                down, mid = controlnet(model_in, t, encoder_hidden_states=face_tokens, controlnet_cond=cond,
-                                       conditioning_scale=controlnet_scale, added_cond_kwargs=added, return_dict=False)
-                noise = unet(model_in, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
-                             added_cond_kwargs={**added, "image_embeds": [face]},
-                             down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                             return_dict=False)[0]
-                if cfg:
-                    uncond, text = noise.chunk(2)
-                    noise = uncond + guidance * (text - uncond)
-                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
-                if on_step is not None:
-                    on_step(i + 1, total)
+
+            def kept(residual: Any, mask: Any) -> Any:
+                if mask is None:
+                    return residual
+                m = F.adaptive_avg_pool2d(mask.float()[None, None], residual.shape[-2:]) \
+                    if tuple(mask.shape) != tuple(residual.shape[-2:]) else mask.float()[None, None]
+                return residual * m.to(device=residual.device, dtype=residual.dtype)
+
+            with installed(unet, processors):
+                for i, t in enumerate(scheduler.timesteps):
+                    model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)
+                    down: list[Any] | None = None
+                    mid: Any = None
+                    for k, f in enumerate(faces):  # IdentityNet once per character, kept to their box
+                        d_k, m_k = controlnet(model_in, t, encoder_hidden_states=tokens[:, k], controlnet_cond=conds[k],
+                                              conditioning_scale=controlnet_scale, added_cond_kwargs=added,
+                                              return_dict=False)
+                        d_k, m_k = [kept(r, f.mask) for r in d_k], kept(m_k, f.mask)
+                        down = d_k if down is None else [a + b for a, b in zip(down, d_k, strict=True)]
+                        mid = m_k if mid is None else mid + m_k
+                    noise = unet(model_in, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
+                                 added_cond_kwargs={**added, "image_embeds": [face]},
+                                 down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                                 return_dict=False)[0]
+                    if cfg:
+                        uncond, text = noise.chunk(2)
+                        noise = uncond + guidance * (text - uncond)
+                    latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+                    if on_step is not None:
+                        on_step(i + 1, total)
             image = _decode(vae, latents)
         return pipe.image_processor.postprocess(image, output_type="pil")[0].convert("RGB")
 

@@ -145,7 +145,8 @@ def scene(ctx: StageContext) -> SceneOutput:
         ctx, generate=_scene_generator(layout, regions), prompt=prompt,
         negative_prompt=layout.negative_prompt or plan.negative_prompt, target=(layout.width, layout.height),
         seed=identity_recipe.scene_seed(layout.seed, ctx.task.regeneration),
-        cast=list(dict.fromkeys(c.character_id for c in ordered[position].cast)), layout=layout)
+        cast=list(dict.fromkeys(c.character_id for c in ordered[position].cast)), layout=layout,
+        regions=regions, base_ratio=CAST_BASE_RATIO)
     key = identity_recipe.put_scene(ctx, image, info=info, prompt=prompt)
     boxes = cast_boxes(layout, ordered[position], characters, sheet_keys)
     return SceneOutput.model_validate({"scene_key": key, **info, "cast_boxes": boxes})
