@@ -25,15 +25,36 @@ from typing import Any
 from compel import CompelForFlux, CompelForSDXL
 
 COMPEL_FAMILIES = ("sdxl", "flux")
-_A1111_WEIGHT = re.compile(r"\(([^():]+):\s*([0-9]*\.?[0-9]+)\)")
+_A1111_WEIGHT_END = re.compile(r":\s*([0-9]*\.?[0-9]+)\s*\)")  # the ":1.3)" that closes an A1111 weighted group
+
+
+def _opening(prompt: str, close: int) -> int | None:
+    """The index of the "(" that the ")" at ``close`` closes; None when there is none (then it is text)."""
+    depth = 0
+    for i in range(close - 1, -1, -1):
+        if prompt[i] == ")":
+            depth += 1
+        elif prompt[i] == "(":
+            if depth == 0:
+                return i
+            depth -= 1
+    return None
 
 
 def to_compel(prompt: str) -> str:
-    """``(a, b:1.3)`` → ``(a, b)1.3``, innermost groups first; everything else as written."""
-    previous = None
-    while previous != prompt:
-        previous, prompt = prompt, _A1111_WEIGHT.sub(lambda m: f"({m.group(1).strip()}){m.group(2)}", prompt)
-    return prompt
+    """``(a, b:1.3)`` → ``(a, b)1.3``, innermost groups first; everything else as written.
+
+    As in A1111, a weighted group's text may hold colons and plain parentheses (``(Onam: flower carpets,
+    a set-mundu (mundu and neriyathu):1.1)``): the group is the one whose ")" follows ``:weight``."""
+    while True:
+        for m in _A1111_WEIGHT_END.finditer(prompt):
+            start = _opening(prompt, m.end() - 1)
+            if start is not None:
+                inner = prompt[start + 1:m.start()].strip()
+                prompt = f"{prompt[:start]}({inner}){m.group(1)}{prompt[m.end():]}"
+                break
+        else:
+            return prompt
 
 
 def words_of(prompt: str) -> str:

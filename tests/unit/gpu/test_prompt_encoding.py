@@ -30,6 +30,12 @@ def _image(pipe: object, family: str, prompt: str, report: dict[str, object] | N
     ("((a girl, smiling:1.3), (standing:1.2))", "((a girl, smiling)1.3, (standing)1.2)"),
     ("a (lamp: 0.8) on a table", "a (lamp)0.8 on a table"),
     ("no weights (here)", "no weights (here)"),
+    # the KAHANI planner's scene prompts (the demo's story): a colon and plain parentheses inside a weighted group
+    ("(Onam in Alappuzha: pookalam flower carpets:1.1), style", "(Onam in Alappuzha: pookalam flower carpets)1.1, style"),
+    ("((Saramma, in a set-mundu (mundu and neriyathu) with a gold border:1.3), (kneeling:1.2))",
+     "((Saramma, in a set-mundu (mundu and neriyathu) with a gold border)1.3, (kneeling)1.2)"),
+    ("((a lamp:1.2) on a table:1.3)", "((a lamp)1.2 on a table)1.3"),
+    ("a ratio:1.5) without its opening", "a ratio:1.5) without its opening"),
 ])
 def test_a1111_weights_become_compel_weights(a1111: str, compel: str) -> None:
     assert prompt_encoding.to_compel(a1111) == compel

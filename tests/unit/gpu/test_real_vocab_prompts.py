@@ -7,6 +7,7 @@ records are CLIP's own, and what a window does drop is said."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,23 @@ def test_what_flux_t5_window_drops_is_a_warning_naming_the_words(clip_pipes: dic
     assert {"kettuvallam", "houseboats", "dusk"} <= set(dropped) and "lantern0" not in dropped
     (warning,) = info["warnings"]
     assert "dropped" in warning and "kettuvallam" in warning and "houseboats" in warning
+
+
+def test_every_weight_the_planners_write_reaches_compel_as_a_weight() -> None:
+    """The demo's story, planned by the rules planner: each sheet and scene prompt's ``(text:w)`` groups become
+    compel weights, even where the text holds a colon or plain parentheses; no ``:1.3`` is left as text."""
+    from atelier_contracts.specs import StorySpec
+    from atelier_planner.backends.rules import RulesBackend
+    from compel.prompt_parser import PromptParser
+
+    spec = StorySpec(premise="A girl and her grandmother build a paper boat for the monsoon boat race.",
+                     culture="Kerala, India", language="en", pages=4, audience="children 5-8", seed=11)
+    plan = RulesBackend().scenes(spec, job_id="demo", story_output=None, characters_output=None,
+                                 culture_output=None)["plan"]
+    prompts = [c["sheet_prompt"] for c in plan["characters"]] + [s["scene_prompt"] for s in plan["scenes"]]
+    for prompt in prompts:
+        (parsed,) = PromptParser().parse_conjunction(prompt_encoding.to_compel(prompt)).prompts
+        weights = {round(f.weight, 2) for f in parsed.children}
+        texts = " ".join(f.text for f in parsed.children)
+        assert weights - {1.0}, prompt  # the planner's weights are weights …
+        assert not re.search(r":\s*\d", texts), prompt  # … and none of them is left in the text
