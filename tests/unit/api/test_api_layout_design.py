@@ -146,6 +146,17 @@ def test_a_campaign_with_spec_layout_is_planned_in_those_boxes(client: TestClien
         assert [t["caption"] for t in taglines] == ["headline: Go faster", "sub: Arrive first"]
         assert boxes["entity"]["caption"] == "a lemon" and boxes["background"]["bbox"] == [0, 0, 1, 1]
         assert layout["layouts"][size]["arrangement"] == "spec.layout" and variant["mirror_odd"] is False
+    # the dashboard's plan view draws the layout as submitted, and names it on every size it shaped
+    from atelier_api.dashboard.plans import SPEC_LAYOUT_SIDE, plans_from_outputs
+
+    plans = plans_from_outputs("campaign", r.json()["stages"], spec=spec)
+    own = plans.spec_layout
+    assert own is not None and own.title == "spec.layout" and [b.role for b in own.boxes] == [
+        "product", "tagline", "tagline", "entity"]
+    assert own.boxes[0].x == 0.5 * SPEC_LAYOUT_SIDE and abs(own.boxes[0].w - 0.45 * SPEC_LAYOUT_SIDE) < 1e-9
+    assert own.boxes[3].label == "entity: a lemon"
+    assert len(plans.layouts) == 2 and all("from spec.layout" in c.notes for c in plans.layouts)
+    assert plans_from_outputs("campaign", r.json()["stages"]).spec_layout is None
 
 
 @pytest.mark.parametrize("layout,message", [

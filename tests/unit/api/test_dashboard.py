@@ -478,6 +478,21 @@ def test_plans_page_draws_layouts_and_the_rpg_grid(client: TestClient, tenant: T
     assert ">tagline: headline: Go faster</text>" in page and ">cta: Buy</text>" in page  # the role is not repeated
 
 
+def test_plans_page_draws_the_campaigns_own_layout(client: TestClient, tenant: TenantCtx) -> None:
+    own = {"boxes": [{"bbox": [0.5, 0.2, 0.95, 0.9], "role": "product"},
+                     {"bbox": [0.05, 0.1, 0.45, 0.3], "role": "tagline"},
+                     {"bbox": [0.1, 0.75, 0.3, 0.95], "role": "entity", "caption": "a lemon"}]}
+    job_id = submit(client, tenant, layout=own)
+    other = submit(client, tenant)
+    sign_in(client, tenant.key)
+    page = client.get(f"/dashboard/jobs/{job_id}/plans").text
+    assert "The campaign&#39;s own layout (spec.layout)" in page or "The campaign's own layout (spec.layout)" in page
+    assert page.count('<figure class="canvas spec-layout">') == 1 and 'viewBox="0 0 1000 1000"' in page
+    assert re.search(r'<rect x="500.0" y="200.0" width="450.0" height="700.0"/>', page)
+    assert ">entity: a lemon</text>" in page
+    assert "spec.layout" not in client.get(f"/dashboard/jobs/{other}/plans").text
+
+
 def test_story_plans_and_storybook_pages(client: TestClient, tenant: TenantCtx, factory: sessionmaker[Session],
                                          store: Any) -> None:
     from atelier_contracts.plans import StoryPlan

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atelier_contracts.catalogue import S_AD_LAYOUT, S_AD_PROMPTS, S_SCENE_LAYOUT, S_SCENES
+from atelier_contracts.layouts import CampaignLayout
 from atelier_contracts.plans import AdPlan, Box, LayoutPlan, RegionalPlan, StoryPlan, split_ratio_to_boxes
 from atelier_control.jobs import get_job
 from atelier_control.models import Stage
@@ -68,6 +69,7 @@ class JobPlans:
     negative_prompt: str = ""
     regional: Canvas | None = None
     layouts: list[Canvas] = field(default_factory=list)
+    spec_layout: Canvas | None = None  # a campaign's own layout (spec.layout), as submitted
     story_title: str = ""
     culture_notes: list[str] = field(default_factory=list)
     characters: list[dict[str, str]] = field(default_factory=list)
@@ -78,7 +80,7 @@ class JobPlans:
 
     @property
     def empty(self) -> bool:
-        return not (self.regional or self.layouts or self.scenes)
+        return not (self.regional or self.layouts or self.scenes or self.spec_layout)
 
 
 def _label(box: Box) -> str:
@@ -169,13 +171,34 @@ def _parse(model: Any, data: Any, what: str, problems: list[str]) -> Any:
 def job_plans(session: Session, *, tenant_id: str, job_id: str) -> JobPlans:
     """Everything the Plans page draws for one job."""
     job = get_job(session, tenant_id=tenant_id, job_id=job_id)
-    return plans_from_outputs(job.kind, stage_outputs(session, tenant_id=tenant_id, job_id=job_id))
+    return plans_from_outputs(job.kind, stage_outputs(session, tenant_id=tenant_id, job_id=job_id), spec=job.spec)
 
 
-def plans_from_outputs(kind: str, outputs: dict[str, Any]) -> JobPlans:
-    """Draw the planning stages' outputs (a job's stage rows, or a plan preview's ``stages``) by stage name."""
+SPEC_LAYOUT_SIDE = 1000  # spec.layout is drawn on a square: its boxes are fractions of whatever size they fit
+
+
+def spec_layout_canvas(layout: Any) -> Canvas | None:
+    """A campaign's ``spec.layout`` as submitted (``CampaignLayout``), or None when it does not read as one."""
+    try:
+        parsed = CampaignLayout.model_validate(layout)
+    except ValidationError:
+        return None
+    side = SPEC_LAYOUT_SIDE
+    boxes = [DrawnBox(x=b.bbox[0] * side, y=b.bbox[1] * side, w=(b.bbox[2] - b.bbox[0]) * side,
+                      h=(b.bbox[3] - b.bbox[1]) * side, role=b.role, caption=b.caption,
+                      label=f"{b.role}: {b.caption[:48]}" if b.caption else b.role) for b in parsed.boxes]
+    return Canvas(title="spec.layout", width=side, height=side, boxes=boxes,
+                  notes=["the campaign's own layout: every size starts from these boxes, fitted to its safe zone"])
+
+
+def plans_from_outputs(kind: str, outputs: dict[str, Any], *, spec: dict[str, Any] | None = None) -> JobPlans:
+    """Draw the planning stages' outputs (a job's stage rows, or a plan preview's ``stages``) by stage name;
+    ``spec``: the job's spec (a campaign's own ``layout`` is drawn as submitted, and named on each size)."""
     out = JobPlans(kind=kind)
     outputs = {k: v for k, v in outputs.items() if isinstance(v, dict)}
+    own = (spec or {}).get("layout") if kind == "campaign" else None
+    if own is not None:
+        out.spec_layout = spec_layout_canvas(own)
     if kind == "campaign":
         prompts_out = outputs.get(S_AD_PROMPTS) or {}
         out.prompts = {k: str(v) for k, v in (prompts_out.get("prompts") or {}).items()}
@@ -188,6 +211,9 @@ def plans_from_outputs(kind: str, outputs: dict[str, Any]) -> JobPlans:
         if ad is not None:
             out.layouts = ad_plan_canvases(ad)
             out.planner = ad.planner.model_dump()
+            if out.spec_layout is not None:
+                for c in out.layouts:
+                    c.notes.append("from spec.layout")
         out.waiting = [s for s in (S_AD_PROMPTS, S_AD_LAYOUT) if s not in outputs]
         return out
     story = _parse(StoryPlan, (outputs.get(S_SCENES) or {}).get("plan"), f"{S_SCENES}.plan", out.problems)

@@ -269,7 +269,7 @@ def preview_plans(request: Request, viewer: ViewerDep, session: SessionDep, cele
     if not reply.get("ok"):
         error = reply.get("error") or {}
         return answer(None, f"The planner could not plan this spec: {error.get('message') or 'it failed'}", 502)
-    plans = plans_from_outputs(body.kind, reply.get("stages") or {})
+    plans = plans_from_outputs(body.kind, reply.get("stages") or {}, spec=spec.model_dump(mode="json"))
     plans.planner = {**plans.planner, "backend": reply.get("backend", plans.planner.get("backend"))}
     return answer(plans, None, 200)
 
