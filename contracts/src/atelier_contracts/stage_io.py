@@ -78,6 +78,16 @@ def or_skipped(model: type[StageOutput]) -> Any:
 # ---------------------------------------------------------------- planning (campaigns)
 
 
+def prompt_tokens_field() -> Any:
+    """A planning output's ``prompt_tokens``: each prompt's length per vocabulary, by its place in the output."""
+    return Field(default=None, description=(
+        "Each prompt in this output by its place ('plan.scenes[1].scene_prompt', 'regional.regions[0].prompt'): its "
+        "length in tokens per vocabulary ('clip': OpenAI CLIP's BPE, which SDXL's and FLUX's CLIP encoders read), "
+        "its (text:1.3) weights left out; CLIP reads 75 a chunk, so the GPU encodes a longer prompt in several. "
+        "Absent where the planner had no vocabulary to count with (atelier_planner.tokens)."))
+
+
+
 class AdPromptsOutput(StageOutput):
     """``plan.ad_prompts``: PAID stage 1 captions, and the RPG plan of the background caption."""
 
@@ -90,6 +100,7 @@ class AdPromptsOutput(StageOutput):
                                          "photo, else its category's usual shape; the layouts shape its box to it.")
     planner: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    prompt_tokens: dict[str, dict[str, int]] | None = prompt_tokens_field()
 
 
 class AdLayoutOutput(StageOutput):
@@ -99,6 +110,7 @@ class AdLayoutOutput(StageOutput):
     layouts: dict[str, Any] | None = None
     planner: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    prompt_tokens: dict[str, dict[str, int]] | None = prompt_tokens_field()
 
 
 # ---------------------------------------------------------------- planning (stories)
@@ -127,6 +139,7 @@ class CharactersOutput(StageOutput):
 
     characters: list[Character]
     planner: dict[str, Any] | None = None
+    prompt_tokens: dict[str, dict[str, int]] | None = prompt_tokens_field()
 
 
 class CharacterRef(BaseModel):
@@ -149,6 +162,7 @@ class ScenesOutput(StageOutput):
     plan: StoryPlan
     planner: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    prompt_tokens: dict[str, dict[str, int]] | None = prompt_tokens_field()
 
 
 class SceneLayoutOutput(StageOutput):
@@ -157,6 +171,7 @@ class SceneLayoutOutput(StageOutput):
     layouts: list[LayoutPlan]
     planner: dict[str, Any] | None = None
     metrics: list[Any] | None = None
+    prompt_tokens: dict[str, dict[str, int]] | None = prompt_tokens_field()
 
 
 # ---------------------------------------------------------------- images

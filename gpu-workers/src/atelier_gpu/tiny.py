@@ -17,10 +17,13 @@ tiny SDXL, so the InstantID path of the identity recipe runs without the real on
 
 from __future__ import annotations
 
+import gzip
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
 from functools import cache, partial
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +72,6 @@ def clip_bpe_file() -> Path | None:
 
     Found through the distribution's file list: ``open_clip`` itself is never imported (it imports torchvision,
     which the venv must not have; the Makefile installs the wheel with ``--no-deps`` for this file alone)."""
-    from importlib import metadata
-
     try:
         files = metadata.files("open_clip_torch") or []
     except metadata.PackageNotFoundError:
@@ -87,8 +88,6 @@ def clip_vocabulary() -> tuple[dict[str, int], tuple[str, ...]]:
     """OpenAI CLIP's vocabulary (token → id) and merges (``"a b"`` lines), derived from the BPE file exactly as
     CLIP's ``simple_tokenizer`` does: the byte characters, the same with ``</w>``, one token per merge, then the two
     specials — 49,408 tokens, ``<|startoftext|>`` = 49406 and ``<|endoftext|>`` = 49407."""
-    import gzip
-
     path = clip_bpe_file()
     if path is None:
         raise FileNotFoundError(f"the real CLIP vocabulary needs {CLIP_BPE_FILE} from open_clip_torch "
@@ -107,8 +106,6 @@ def clip_vocabulary() -> tuple[dict[str, int], tuple[str, ...]]:
 def write_clip_vocabulary(folder: Path) -> Path:
     """``vocab.json`` and ``merges.txt`` of the real CLIP vocabulary in ``folder`` (the two files of a CLIP
     tokenizer folder on a model hub, ``#version: 0.2`` header included); returns ``folder``."""
-    import json
-
     vocab, merges = clip_vocabulary()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -156,14 +156,13 @@ def test_what_flux_t5_window_drops_is_a_warning_naming_the_words(clip_pipes: dic
 def test_every_weight_the_planners_write_reaches_compel_as_a_weight() -> None:
     """The demo's story, planned by the rules planner: each sheet and scene prompt's ``(text:w)`` groups become
     compel weights, even where the text holds a colon or plain parentheses; no ``:1.3`` is left as text."""
+    from atelier.demo import STORY
     from atelier_contracts.specs import StorySpec
     from atelier_planner.backends.rules import RulesBackend
     from compel.prompt_parser import PromptParser
 
-    spec = StorySpec(premise="A girl and her grandmother build a paper boat for the monsoon boat race.",
-                     culture="Kerala, India", language="en", pages=4, audience="children 5-8", seed=11)
-    plan = RulesBackend().scenes(spec, job_id="demo", story_output=None, characters_output=None,
-                                 culture_output=None)["plan"]
+    plan = RulesBackend().scenes(StorySpec.model_validate(STORY), job_id="demo", story_output=None,
+                                 characters_output=None, culture_output=None)["plan"]
     prompts = [c["sheet_prompt"] for c in plan["characters"]] + [s["scene_prompt"] for s in plan["scenes"]]
     for prompt in prompts:
         (parsed,) = PromptParser().parse_conjunction(prompt_encoding.to_compel(prompt)).prompts
@@ -171,3 +170,20 @@ def test_every_weight_the_planners_write_reaches_compel_as_a_weight() -> None:
         texts = " ".join(f.text for f in parsed.children)
         assert weights - {1.0}, prompt  # the planner's weights are weights …
         assert not re.search(r":\s*\d", texts), prompt  # … and none of them is left in the text
+
+
+def test_a_plans_token_counts_are_what_the_gpu_records(clip_pipes: dict[str, Any]) -> None:
+    """The planner counts each prompt with the same vocabulary (atelier_planner.tokens, pure Python): the count a
+    story plan carries for a scene is the count the scene image's artifact records."""
+    from atelier.demo import STORY
+    from atelier_contracts.specs import StorySpec
+    from atelier_planner.backends.rules import RulesBackend
+    from atelier_planner.tokens import with_prompt_tokens
+
+    out = with_prompt_tokens(RulesBackend().scenes(StorySpec.model_validate(STORY), job_id="demo", story_output=None,
+                                                   characters_output=None, culture_output=None))
+    scene = out["plan"]["scenes"][2]["scene_prompt"]
+    planned = out["prompt_tokens"]["plan.scenes[2].scene_prompt"]["clip"]
+    report: dict[str, Any] = {}
+    _image(clip_pipes["sdxl"], "sdxl", scene, report)
+    assert report["tokens"] == {"tokenizer": planned, "tokenizer_2": planned} and planned > 77

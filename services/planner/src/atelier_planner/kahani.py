@@ -81,6 +81,7 @@ _FRIEND_WORDS = {"sister": "girl", "sisters": "girl", "brother": "boy", "brother
 _CHILD = ("girl", "boy")
 _OLD = re.compile(r"\b(?:old|elderly|aged|grey-haired|white-haired|retired)\s+(?:\w+\s+)?$")
 _NAMED = re.compile(r"\b(?:named|called)\s+([A-Z][\w'-]+)")
+_WEIGHT_LOOKALIKE = re.compile(r":(?=\s*[0-9]*\.?[0-9]+\s*\))")  # "5:30)" inside a group would read as weight 30
 
 
 # ---------------------------------------------------------------- languages
@@ -641,9 +642,10 @@ def make_character(*, index: int, name: str, role: str, age: int, skin: str, hai
     """A Character with KAHANI's visual-only description and character-sheet prompt (id ``c<index>``)."""
     noun = ROLE_NOUN.get(role, role)
     description = f"{age}-year-old {noun} from {place} with {skin}, {hair}, wearing {dress}"
-    sheet_prompt = (f"(full body:1.5), {noun} from {place}, {age}-year-old, {skin}, in {dress}, "
-                    f"{hair}, (standing:1.5), front view, looking at viewer, (plain white background:1.3), "
-                    f"({style}:1.2)")
+    g = in_group
+    sheet_prompt = (f"(full body:1.5), {g(noun)} from {g(place)}, {age}-year-old, {g(skin)}, in {g(dress)}, "
+                    f"{g(hair)}, (standing:1.5), front view, looking at viewer, (plain white background:1.3), "
+                    f"({g(style)}:1.2)")
     cid = f"c{index}"
     return Character(id=cid, name=name, description=description, sheet_prompt=sheet_prompt,
                      seed=derived_seed(seed, "character", cid))
@@ -703,13 +705,28 @@ def _sentences(text: str) -> list[str]:
     return [clean_text(p) for p in parts if clean_text(p)]
 
 
+def in_group(text: str) -> str:
+    """``text`` as it may stand inside an A1111 weighted group ``(text:1.3)``, the syntax the GPU worker's prompt
+    encoding reads: a colon that would read as a weight (``at 5:30)``) becomes a space, and unbalanced parentheses
+    are dropped (balanced ones stay: they are read as text). Text a planner writes is unchanged otherwise."""
+    text = _WEIGHT_LOOKALIKE.sub(" ", text)
+    depth = 0
+    for c in text:
+        depth += (c == "(") - (c == ")")
+        if depth < 0:
+            break
+    return text if depth == 0 else text.replace("(", "").replace(")", "")
+
+
 def scene_prompt(cast: list[tuple[Character, str, str]], backdrop: str, style: str) -> str:
-    """KAHANI's scene template: ``names, ((name, look:1.3), (pose, expression:1.2)), ..., (backdrop:1.1), style``."""
-    names = " and ".join(ch.name for ch, _, _ in cast)
-    parts = [f"(({ch.name}, {ch.description.split(' with ')[0]}, wearing {ch.description.split(' wearing ')[-1]}:1.3), "
-             f"({pose}, {expr}:1.2))" for ch, pose, expr in cast]
+    """KAHANI's scene template: ``names, ((name, look:1.3), (pose, expression:1.2)), ..., (backdrop:1.1), style``
+    (each piece of text :func:`in_group`)."""
+    g = in_group
+    names = " and ".join(g(ch.name) for ch, _, _ in cast)
+    parts = [f"(({g(ch.name)}, {g(ch.description.split(' with ')[0])}, wearing "
+             f"{g(ch.description.split(' wearing ')[-1])}:1.3), ({g(pose)}, {g(expr)}:1.2))" for ch, pose, expr in cast]
     head = f"{names}, " if names else ""
-    return f"{head}{', '.join(parts)}{', ' if parts else ''}({backdrop}:1.1), {style}"
+    return f"{head}{', '.join(parts)}{', ' if parts else ''}({g(backdrop)}:1.1), {g(style)}"
 
 
 def _cast_boxes(cast: list[tuple[Character, str, str]]) -> list[Box]:

@@ -3,7 +3,8 @@
 The backend comes from settings (``ATELIER_PLANNER_BACKEND``) and is built once per worker process. Every
 planning stage stores its output as a JSON artifact (kind ``plan``) named after the stage without the
 ``plan.`` prefix, e.g. ``tenants/t/jobs/j/plan.ad_layout/ad_layout.json``; the artifact's meta carries the
-output's ``planner`` (backend, engine, model, prompt version, fallback) and ``metrics``.
+output's ``planner`` (backend, engine, model, prompt version, fallback) and ``metrics``; a planning output with
+prompts also carries ``prompt_tokens``, each prompt's length in CLIP tokens (:mod:`atelier_planner.tokens`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from .backends import PlannerBackend, backend_from_settings
 from .kahani import UnsupportedLanguage
 from .llm.errors import EngineUnavailable, LLMError
+from .tokens import with_prompt_tokens
 
 BACKEND_KEY = "atelier_planner.backend"
 O = TypeVar("O", bound=StageOutput)  # noqa: E741
@@ -75,6 +77,7 @@ def plan(ctx: StageContext, model: type[O], call: Callable[[], dict[str, Any]]) 
         raise StageError(f"{ctx.task.stage}: {exc}", retryable=True) from exc
     except UnsupportedLanguage as exc:  # the rules templates (directly, or as the LLM's fallback) cannot write it
         raise StageError(f"{ctx.task.stage}: {exc}", retryable=False, field="spec.language") from exc
+    raw = with_prompt_tokens(raw)  # every prompt's length in CLIP tokens, whichever backend wrote it
     warnings = fallback_warnings(ctx.task.stage, raw.get("planner"))
     if warnings:  # said as job.warning events (dashboard, webhooks), not only kept in the plan's metadata
         raw = {**raw, "warnings": [*raw.get("warnings", []), *warnings]}
