@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from .errors import StageError
 from .plans import AdPlan, AdPrompts, Character, LayoutPlan, RegionalPlan, StoryPlan
+from .tasks import Repair
 
 # stage names (the catalogue declares each stage under its name)
 S_AD_PROMPTS = "plan.ad_prompts"
@@ -242,6 +243,7 @@ class GateOutput(StageOutput):
     regeneration: int | None = None
     attempts: list[dict[str, Any]] | None = None
     kept: int | None = None
+    repair: Repair | None = None  # with regenerate: repair these regions in place rather than draw a new image
 
 
 # ---------------------------------------------------------------- renders, assets, delivery

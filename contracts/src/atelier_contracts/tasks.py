@@ -60,6 +60,25 @@ class ItemFailure(BaseModel):
     error: str | None = None
 
 
+class RepairRegion(BaseModel):
+    """One region of an image a gate found wrong: its index in the gate's report, role, box and prompt."""
+
+    index: int
+    role: str
+    bbox: list[float] = Field(min_length=4, max_length=4, description="[x1, y1, x2, y2] in 0..1")
+    prompt: str
+
+
+class Repair(BaseModel):
+    """A gate's request to repair the attempt it judged in place (masked inpainting of the failed regions, each with
+    its prompt) instead of drawing a new image: the regenerated stage starts from ``artifact_key``."""
+
+    gate: str
+    artifact_key: str
+    regeneration: int = Field(ge=0, description="the attempt that is repaired")
+    regions: list[RepairRegion] = Field(min_length=1)
+
+
 class StageTask(BaseModel):
     """Everything a stage worker needs; built by the orchestrator from the job and its upstream outputs.
 
@@ -73,6 +92,8 @@ class StageTask(BaseModel):
         key_prefix: ``tenants/{tenant}/jobs/{job}`` — every key this stage writes starts with it.
         failures: for a stage that gathers the items that succeeded (``deliver`` of a campaign), the items that
             failed upstream and why; the upstream ``{item: output}`` then holds only the others.
+        repair: with ``regeneration`` > 0, what the gate asked to repair in place of a new image (``Repair``), or
+            None for a new seed.
     """
 
     job_id: str
@@ -89,6 +110,7 @@ class StageTask(BaseModel):
     # gate (best-of-N); a regenerated stage offsets its seed by it and writes its artifact under a new name
     regeneration: int = Field(default=0, ge=0)
     failures: list[ItemFailure] = Field(default_factory=list)
+    repair: Repair | None = None
 
 
 class StageError_(BaseModel):

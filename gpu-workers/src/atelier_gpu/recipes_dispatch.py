@@ -113,6 +113,18 @@ def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
             negative_prompt=negative, regions=regions, base_ratio=first.params.get("base_ratio", 0.3),
             grounding_fraction=fraction, **common)
         info["product_rect"] = list(placement.rect)
+    elif first.recipe == "repair":
+        params = first.params
+        boxes = regional.parse_regions(params["regions"], "repair")
+        image = first.ctx.get_image(params["image_key"], "the image to repair")
+        images, share = inpaint.repair_batch(pipe, image=image, regions=boxes, prompt=first.prompt,
+                                             negative_prompt=negative, protect=params.get("protect_box"), **common)
+        info["repair"] = {**params["record"], "mask_share": round(share, 4)}
+        if params.get("product_key") and params.get("protect_box"):  # the product stays where it was placed
+            product = first.ctx.get_image(params["product_key"], "product image")
+            placement = inpaint.place_product(inpaint.product_cutout(product), params["protect_box"], first.width,
+                                              first.height)
+            info.update(product_rect=list(placement.rect), product_mode="inpainted")
     elif first.recipe == "control":
         controls = _controls(registry, spec, first, first.width, first.height)
         images = control.run_batch(pipe, prompt=first.prompt, controls=controls, negative_prompt=negative,

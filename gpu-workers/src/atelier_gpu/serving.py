@@ -57,7 +57,7 @@ from . import recipes_dispatch
 
 log = logging.getLogger(__name__)
 
-RECIPES = ("text_to_image", "regional", "layout", "control", "inpaint")
+RECIPES = ("text_to_image", "regional", "layout", "control", "inpaint", "repair")
 
 
 @dataclass

@@ -138,9 +138,10 @@ def item_failures(rows: list[Stage]) -> list[ItemFailure]:
 def _payload(job: Job, row: Stage, upstream: dict[str, Any], rows: list[Stage]) -> dict[str, Any]:
     """The task of ``row``; ``rows``: the job's stage rows (a partial fan-in's task lists the failed items)."""
     partial = GRAPHS[job.kind].stage(row.name).partial
+    regeneration, repair = gates.regeneration_and_repair(row)
     return StageTask(job_id=job.id, tenant_id=job.tenant_id, stage_id=row.id, stage=row.name, item=row.item,
                      attempt=row.attempts, kind=job.kind, spec=job.spec, upstream=upstream,  # type: ignore[arg-type]
-                     key_prefix=job_prefix(job.tenant_id, job.id), regeneration=gates.regeneration_for(row),
+                     key_prefix=job_prefix(job.tenant_id, job.id), regeneration=regeneration, repair=repair,
                      failures=item_failures(rows) if partial else []).model_dump(mode="json")
 
 

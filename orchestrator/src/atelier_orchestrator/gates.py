@@ -10,7 +10,8 @@ says which, one gate per target). Its worker returns::
      "regenerate": true,         # a new seed could help
      "artifact_key": "...",      # the artifact that was scored (its meta gets the scores)
      "report": {...},            # optional: the gate's full report (e.g. the critic's per-region verdicts)
-     "warnings": ["..."], "strict": false}
+     "warnings": ["..."], "strict": false,
+     "repair": {...}}            # optional, with regenerate: repair these regions of this artifact in place
 
 ``gate_done`` (called by ``engine.stage_done`` when a gate stage succeeds) then decides:
 
@@ -18,7 +19,10 @@ says which, one gate per target). Its worker returns::
 * failed, ``regenerate`` asked, fewer than ``gate_max_attempts`` attempts for this item and fewer than
   ``gate_max_regenerations`` regenerations spent by the whole job → the target item and the gate row go
   back to ``pending``; the engine re-queues the target with ``StageTask.regeneration`` = attempts so far
-  (the stage offsets its seed by it and writes a new artifact name), then the gate again;
+  (the stage offsets its seed by it and writes a new artifact name), then the gate again; when the gate's
+  attempt carried a ``repair`` (the critic's failed regions), the task carries it as ``StageTask.repair`` and the
+  target inpaints those regions of the judged image instead of drawing a new one (a gate asks for a repair
+  once; an attempt that was a repair and still fails gets a new seed);
 * otherwise the best-scoring attempt is kept: the target row's output is set back to that attempt's
   output (what downstream stages read), the gate row records every attempt and which one was kept, and
   a ``job.warning`` event says the item did not pass. With ``strict`` in the gate's output the job fails
@@ -73,21 +77,44 @@ def history(row: Stage) -> list[dict[str, Any]]:
     return list(attempts) if isinstance(attempts, list) else []
 
 
-def regeneration_for(row: Stage) -> int:
-    """``StageTask.regeneration`` for a row: how many times a gate has regenerated its item so far."""
+def _gate_of(row: Stage) -> Stage | None:
+    """The gate row of ``row``'s item (``row`` itself when it is a gate), or None."""
     gate_name = row.name if is_gate(row.name) else _TARGET_GATES.get(row.name)
     if gate_name is None:
-        return 0
+        return None
+    if gate_name == row.name:
+        return row
     session = object_session(row)
     if session is None:
-        return 0
-    gate = row if gate_name == row.name else session.scalar(
-        select(Stage).where(Stage.job_id == row.job_id, Stage.name == gate_name, Stage.item == row.item))
-    if gate is None:
-        return 0
+        return None
+    return session.scalar(select(Stage).where(Stage.job_id == row.job_id, Stage.name == gate_name,
+                                              Stage.item == row.item))
+
+
+def _regeneration(gate: Stage) -> int:
     n = len(history(gate))
     # a finished gate row holds its final attempt too; a pending one only the attempts that asked for more
     return n - 1 if gate.status == "succeeded" and n else n
+
+
+def regeneration_for(row: Stage) -> int:
+    """``StageTask.regeneration`` for a row: how many times a gate has regenerated its item so far."""
+    gate = _gate_of(row)
+    return 0 if gate is None else _regeneration(gate)
+
+
+def regeneration_and_repair(row: Stage) -> tuple[int, dict[str, Any] | None]:
+    """``StageTask.regeneration`` and ``StageTask.repair`` for a row: for a gate's target being regenerated, the
+    repair the gate's last attempt asked for (the regions to inpaint in place), else None (a new seed)."""
+    gate = _gate_of(row)
+    if gate is None:
+        return 0, None
+    n = _regeneration(gate)
+    if gate is row or n == 0 or gate.status == "succeeded":
+        return n, None
+    last = history(gate)[-1]
+    repair = last.get("repair")
+    return n, repair if isinstance(repair, dict) else None
 
 
 def regenerations_used(session: Session, job_id: str, *, exclude: str) -> int:
@@ -138,6 +165,7 @@ def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, A
         "regeneration": n, "score": verdict.score, "passed": verdict.passed, "gates": out.get("gates") or [],
         "detail": verdict.detail, "artifact_key": verdict.artifact_key, "warnings": verdict.warnings,
         "target_output": target.output if target is not None else None,
+        "repair": verdict.repair.model_dump(mode="json") if verdict.repair is not None else None,
     }
     attempts = [*previous, attempt]
     _annotate(session, job, attempt["artifact_key"], row.name, attempt, report=verdict.report)
@@ -161,7 +189,8 @@ def gate_done(session: Session, job: Job, row: Stage, previous: list[dict[str, A
         target.finished_at = row.finished_at = None
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.regenerating",
              data={"stage": target.name, "item": row.item, "regeneration": n + 1, "gate": row.name,
-                   "score": verdict.score})
+                   "score": verdict.score, "repair": [r.index for r in verdict.repair.regions]
+                   if verdict.repair is not None else None})
         return decision
     if len(attempts) > 1:
         # best of N: the highest score (ties: the earlier attempt); its output is what downstream stages read

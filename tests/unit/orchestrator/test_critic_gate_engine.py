@@ -179,3 +179,34 @@ def test_a_target_that_ignores_the_regeneration_is_not_asked_again(db: Any) -> N
                                                                                 Event.type == "job.warning"))]
         assert s.get(Job, job_id).status == "succeeded"
     assert "does not apply StageTask.regeneration" in warning
+
+
+def test_a_repair_the_gate_asks_for_reaches_the_regenerated_background_once(db: Any) -> None:
+    """The critic asks to repair region 3 in place; the regenerated background's task carries it; the repaired
+    attempt still fails, so the next regeneration is a new seed (no repair asked for a repair)."""
+    scores = {0: 0.5, 1: 0.75, 2: 1.0}
+
+    def gate(t: StageTask) -> dict[str, Any]:
+        out = critic(t, scores[t.regeneration] if t.item.endswith("v0") else 1.0)
+        if not out["passed"] and t.regeneration == 0:
+            out["repair"] = {"gate": "gate.critic", "artifact_key": out["artifact_key"], "regeneration": 0,
+                             "regions": [{"index": 3, "role": "entity", "bbox": [0.1, 0.6, 0.4, 0.9],
+                                          "prompt": "a lemon"}]}
+        return out
+
+    d = Driver(db, settings(vlm_model="v", gate_max_attempts=3), gate)
+    job_id = campaign(db)
+    d.run(job_id)
+    first, repaired, reseeded = d.runs("gpu.background", "1080x1080-v0")
+    assert first.repair is None and reseeded.repair is None and reseeded.regeneration == 2
+    assert repaired.regeneration == 1 and repaired.repair is not None
+    assert repaired.repair.artifact_key.endswith("gpu.background/1080x1080-v0.png")
+    assert [r.index for r in repaired.repair.regions] == [3] and repaired.repair.regions[0].prompt == "a lemon"
+    assert all(t.repair is None for t in d.runs("gpu.background", "1080x1080-v1"))
+    assert all(t.repair is None for t in d.runs("gate.critic"))
+    gate_row = rows(db, job_id, "gate.critic")[0]
+    assert [a["repair"] is not None for a in gate_row.output["attempts"]] == [True, False, False]
+    with session_scope(db) as s:
+        regenerating = [e.data for e in s.scalars(select(Event).where(Event.job_id == job_id,
+                                                                      Event.type == "stage.regenerating"))]
+    assert [e["repair"] for e in regenerating] == [[3], None]

@@ -15,7 +15,7 @@ from atelier_contracts.specs import CampaignSpec
 from atelier_planner import critic_gate
 from atelier_planner.backends import get_backend
 from atelier_planner.critic import CriticReport, RegionVerdict
-from atelier_planner.critic_gate import background_plan, gate_output, variant_layout
+from atelier_planner.critic_gate import background_plan, gate_output, repair_hint, variant_layout
 from atelier_planner.stages.gate_critic import critic_gate as critic_gate_stage
 from atelier_runtime.settings import Settings
 from atelier_runtime.stage_runner import StageContext, WorkerResources
@@ -185,6 +185,12 @@ def test_the_stage_judges_the_background_region_by_region(
     assert rec.meta == {"gate": "critic", "score": out["score"], "passed": False, "regeneration": 1,
                         "background_key": out["artifact_key"]}
     assert json.loads(ctx.get(rec.key)) == out
+    # the product was drawn from its caption: the gate asks to repaint its box in place, once
+    repair = out["repair"]
+    assert repair["artifact_key"] == out["artifact_key"] and repair["regeneration"] == 1
+    assert [(r["index"], r["role"]) for r in repair["regions"]] == [(product, "product")]
+    assert repair["regions"][0]["bbox"] == list(layout.boxes[product].bbox)
+    assert repair["regions"][0]["prompt"] == layout.boxes[product].caption
 
     llm_double.requests.clear()
     ok = critic_gate_stage.stage_fn(gate_ctx(make_ctx, ad, painted(layout, BLUE)))
@@ -240,3 +246,35 @@ def test_bad_upstream_fails_the_stage(make_ctx: MakeCtx, ad: tuple[dict[str, Any
     ctx.task.upstream["gpu.background"] = {"skipped": "studio backdrop: drawn by the renderer"}
     out = critic_gate_stage.stage_fn(ctx)
     assert out["passed"] is False and out["artifact_key"] is None and "skipped" in out["detail"]
+
+
+def _boxed(index: int, role: str, bbox: tuple[float, float, float, float], *, ok: bool) -> RegionVerdict:
+    return RegionVerdict(index=index, role=role, caption=f"caption {index}", bbox=bbox, present=ok, matches=ok,
+                         confidence=90, reason="r")
+
+
+def test_a_repair_is_asked_once_for_the_regions_a_mask_can_redraw() -> None:
+    lemon = _boxed(2, "entity", (0.1, 0.6, 0.4, 0.9), ok=False)
+    rep = report("ok", [_boxed(0, "background", (0, 0, 1, 1), ok=True), lemon,
+                        _boxed(3, "product", (0.5, 0.2, 0.9, 0.9), ok=True)])
+    out = gate_output(rep, artifact_key="k")
+    hint = repair_hint(out, rep, regeneration=0, repaired=False, product_image=True)
+    assert hint == {"gate": "gate.critic", "artifact_key": "k", "regeneration": 0,
+                    "regions": [{"index": 2, "role": "entity", "bbox": [0.1, 0.6, 0.4, 0.9], "prompt": "caption 2"}]}
+    # a repair that still fails gets a new seed; so does a failed full-canvas background
+    assert repair_hint(out, rep, regeneration=1, repaired=True, product_image=True) is None
+    whole = report("ok", [_boxed(0, "background", (0, 0, 1, 1), ok=False), lemon])
+    assert repair_hint(gate_output(whole, artifact_key="k"), whole, regeneration=0, repaired=False,
+                       product_image=False) is None
+    # a product photo is exact pixels (never repainted); a product drawn from its caption can be
+    photo = report("ok", [_boxed(3, "product", (0.5, 0.2, 0.9, 0.9), ok=False)])
+    out = gate_output(photo, artifact_key="k")
+    assert repair_hint(out, photo, regeneration=0, repaired=False, product_image=True) is None
+    assert repair_hint(out, photo, regeneration=0, repaired=False, product_image=False)["regions"][0]["index"] == 3
+    # failed regions over half the canvas: a new image
+    big = report("ok", [_boxed(1, "entity", (0, 0, 0.8, 0.8), ok=False)])
+    assert repair_hint(gate_output(big, artifact_key="k"), big, regeneration=0, repaired=False,
+                       product_image=False) is None
+    passed = report("ok", [lemon.__class__(**{**lemon.__dict__, "present": True, "matches": True})])
+    assert repair_hint(gate_output(passed, artifact_key="k"), passed, regeneration=0, repaired=False,
+                       product_image=False) is None

@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 
 from .common import check_common, check_prompt, fail
 from .layout import grounding_steps
-from .regional import generate_with_regions
+from .regional import box_masks, generate_with_regions
 
 RECIPE = "inpaint"
 FAMILIES = ("sdxl", "flux")
@@ -189,3 +189,64 @@ def run(pipe: Any, *, seed: int, **kwargs: Any) -> tuple[Any, Placement]:
     """One background: ``run_batch`` with ``seeds=[seed]``."""
     images, placement = run_batch(pipe, seeds=[seed], **kwargs)
     return images[0], placement
+
+
+# ---------------------------------------------------------------- in-place repair (a gate's failed regions)
+
+REPAIR_MARGIN = 0.03  # each failed box grows by this share of the canvas side, so its edges blend in
+REPAIR_BASE_RATIO = 0.3
+
+
+def repair_mask(boxes: Sequence[Sequence[float]], width: int, height: int, *,
+                protect: Sequence[float] | None = None, margin: float = REPAIR_MARGIN) -> Image.Image:
+    """The inpainting mask of a repair (white = redraw): every failed box grown by ``margin``, minus ``protect``
+    (the product's box when its pixels are a photo, never repainted)."""
+    mask = Image.new("L", (width, height), 0)
+    mx, my = margin * width, margin * height
+    for x1, y1, x2, y2 in boxes:
+        mask.paste(255, (max(0, round(x1 * width - mx)), max(0, round(y1 * height - my)),
+                         min(width, round(x2 * width + mx)), min(height, round(y2 * height + my))))
+    if protect is not None:
+        x1, y1, x2, y2 = protect
+        mask.paste(0, (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)))
+    return mask
+
+
+def repair_batch(pipe: Any, *, family: str, image: Image.Image, regions: Sequence[Any], prompt: str, width: int,
+                 height: int, steps: int, guidance: float, seeds: list[int], negative_prompt: str | None = None,
+                 protect: Sequence[float] | None = None, base_ratio: float = REPAIR_BASE_RATIO,
+                 on_step: Callable[[int, int], None] | None = None, timesteps: list[int] | None = None,
+                 eta: float | None = None) -> tuple[list[Image.Image], float]:
+    """Redraw only the failed regions of ``image`` (a gate's repair): one inpainting call over the warm
+    pipeline's components, the mask the regions' boxes (``repair_mask``), each region's prompt acting inside its
+    box at every step (regional attention) and ``prompt`` elsewhere; outside the mask the pixels come back
+    exactly as they were (composited through the mask after decoding).
+
+    ``regions``: ``Box`` items (box + caption as prompt). Returns the images (one per seed) and the share of the
+    canvas that was redrawn.
+    """
+    check_common(RECIPE, pipe, family=family, width=width, height=height, steps=steps, guidance=guidance,
+                 seeds=seeds, on_step=on_step, families=FAMILIES)
+    check_prompt(RECIPE, "prompt", prompt)
+    if not isinstance(image, Image.Image):
+        raise fail(RECIPE, "image", f"must be the PIL image to repair, got {type(image).__name__}")
+    if not regions:
+        raise fail(RECIPE, "regions", "a repair needs at least one region")
+    init = image.convert("RGB")
+    if init.size != (width, height):
+        init = init.resize((width, height), Image.Resampling.LANCZOS)
+    mask = repair_mask([r.bbox for r in regions], width, height, protect=protect)
+    share = float(np.asarray(mask).mean() / 255.0)
+    if share == 0.0:
+        raise fail(RECIPE, "regions", "the regions to repair lie inside the protected product box")
+    extra: dict[str, Any] = {"image": init, "mask_image": mask, "strength": 1.0}
+    images = generate_with_regions(
+        pipe, family=family, base_prompt=prompt, negative_prompt=negative_prompt, prompts=[r.caption for r in regions],
+        masks=box_masks(list(regions), width, height), base_ratio=base_ratio, width=width, height=height, steps=steps,
+        guidance=guidance, seeds=seeds, on_step=on_step, active_steps=None, timesteps=timesteps, eta=eta,
+        call_pipe=inpaint_pipeline(pipe, family), extra=extra)
+    out = []
+    for im in images:
+        im = im.convert("RGB") if im.size == (width, height) else im.convert("RGB").resize((width, height))
+        out.append(Image.composite(im, init, mask))
+    return out, share

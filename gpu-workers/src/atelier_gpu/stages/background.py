@@ -17,6 +17,11 @@ generated so the product's pixels stay exact. The recipe, in order of preference
 * ``layout`` on the variant's layout (without an image, the product in its box);
 * ``text_to_image`` otherwise (and for families without regional attention).
 
+A gate's repair (``StageTask.repair``: ``gate.critic`` found some regions wrong) comes first: ``repair`` inpaints
+only those regions of the judged image, each with its prompt, at a new seed, and keeps every other pixel (a product
+photo's box is never repainted); the output records ``repair`` (which gate, which image, which regions, the share of
+the canvas redrawn). A repair is asked once; if it still fails, the next regeneration is a new image.
+
 A regional background records ``regional``: mode, source, base prompt and ``base_ratio``, and every region's box,
 prompt and share of the canvas (``recipes.regional.record``), in its output and its artifact's meta.
 
@@ -127,6 +132,24 @@ def _with_control_output(req: GenRequest, record: list[dict[str, Any]], product:
     return req
 
 
+def repair_request(ctx: StageContext, *, target: tuple[int, int], seed: int, caption: str, negative: str,
+                   product: tuple[str, list[float]] | None) -> GenRequest:
+    """The request of a repair (``StageTask.repair``): the gate's failed regions of the image it judged, redrawn
+    in place with their prompts (``inpaint.repair_batch``); a product photo's box is never repainted."""
+    repair = ctx.task.repair
+    assert repair is not None
+    regions = [{"box": list(r.bbox), "prompt": r.prompt, "role": r.role if r.role in ("entity", "product")
+                else "entity"} for r in repair.regions]
+    params: dict[str, Any] = {
+        "image_key": repair.artifact_key, "regions": regions, "protect_box": product[1] if product else None,
+        "product_key": product[0] if product else None,
+        "record": {"gate": repair.gate, "from": repair.artifact_key, "regeneration": repair.regeneration,
+                   "regions": [{"index": r.index, "role": r.role, "box": list(r.bbox), "prompt": r.prompt}
+                               for r in repair.regions]}}
+    return request(ctx, recipe="repair", target=target, seed=seed, prompt=caption, negative_prompt=negative,
+                   params=params, kind="background", output_key="background_key")
+
+
 @serving.batchable(S_BACKGROUND)
 def prepare_background(ctx: StageContext) -> GenRequest:
     """One ad background's request: control, else regional (objects, then the RPG plan; around the product when
@@ -151,6 +174,11 @@ def prepare_background(ctx: StageContext) -> GenRequest:
     # the RPG plan is of the caption as written: not for a mirrored composition
     regional = up.ad_prompts.regional if up.ad_prompts is not None and not mirrored else None
     target = (variant.target.w, variant.target.h)
+    if ctx.task.repair is not None and spec.family in inpaint_recipe.FAMILIES:
+        # the gate asked to repair its failed regions in place: inpaint those boxes of the judged image
+        return repair_request(ctx, target=target, seed=seed, caption=caption, negative=plan.negative_prompt,
+                              product=(upload_key(ctx.task.tenant_id, product_id), list(product_box.bbox))
+                              if product_id and product_box is not None else None)
     if ctx.task.spec.get("control"):
         # the controls steer the whole background; the control recipe has no mask, so a product image is
         # pasted back unchanged into its box afterwards instead of being inpainted around

@@ -92,6 +92,35 @@ def gate_output(report: CriticReport, *, artifact_key: str | None, extra: dict[s
             "report": report.to_dict(), **(extra or {})}
 
 
+# ---------------------------------------------------------------- in-place repair
+
+REPAIR_ROLES = ("entity", "region", "character", "product")  # never the full-canvas background: that is a new image
+REPAIR_MAX_SHARE = 0.5  # failed regions covering more of the canvas than this are redrawn with a new seed
+
+
+def repair_hint(out: dict[str, Any], report: CriticReport, *, regeneration: int, repaired: bool,
+                product_image: bool) -> dict[str, Any] | None:
+    """The ``repair`` of a gate output (``contracts.tasks.Repair``): the failed regions to inpaint in place of a
+    new image, or None for a new seed.
+
+    A repair is asked once per item (``repaired``: the judged attempt was itself a repair, so its failure gets a
+    new seed), only for the regions a mask can redraw: scene objects, RPG cells, a product drawn from its caption
+    (``product_image``: a product photo is exact pixels, never repainted), and only while they cover at most
+    ``REPAIR_MAX_SHARE`` of the canvas.
+    """
+    if not out.get("regenerate") or repaired or not out.get("artifact_key"):
+        return None
+    failed = [v for v in report.verdicts if v.error is None and not v.passed(report.min_confidence)]
+    roles = tuple(r for r in REPAIR_ROLES if r != "product" or not product_image)
+    if not failed or any(v.role not in roles for v in failed):
+        return None
+    share = sum((v.bbox[2] - v.bbox[0]) * (v.bbox[3] - v.bbox[1]) for v in failed)
+    if share > REPAIR_MAX_SHARE:
+        return None
+    return {"gate": S_GATE_CRITIC, "artifact_key": out["artifact_key"], "regeneration": regeneration,
+            "regions": [{"index": v.index, "role": v.role, "bbox": list(v.bbox), "prompt": v.caption} for v in failed]}
+
+
 # ---------------------------------------------------------------- what the background was drawn from
 
 

@@ -18,7 +18,15 @@ from atelier_contracts.stage_io import CriticInputs, GateOutput, Skipped
 from atelier_runtime.stage_runner import StageContext, stage_task
 
 from ..critic import CriticReport, critique
-from ..critic_gate import GATE_NAME, MIN_CONFIDENCE, background_plan, gate_output, variant_layout, worker_vlm
+from ..critic_gate import (
+    GATE_NAME,
+    MIN_CONFIDENCE,
+    background_plan,
+    gate_output,
+    repair_hint,
+    variant_layout,
+    worker_vlm,
+)
 from ..llm.errors import EngineUnavailable
 
 
@@ -46,6 +54,9 @@ def critic_gate(ctx: StageContext) -> GateOutput:
         report = critique(image, plan, vlm=vlm, roles=roles, min_confidence=MIN_CONFIDENCE,
                           max_side=ctx.settings.vlm_max_image_side)
     out = gate_output(report, artifact_key=background.background_key, extra=extra)
+    repaired = bool((background.model_extra or {}).get("repair"))
+    out["repair"] = repair_hint(out, report, regeneration=ctx.task.regeneration, repaired=repaired,
+                                product_image=background.product_mode is not None)
     ctx.put(name=items.attempt_name(ctx.task.item, ctx.task.regeneration), data=json.dumps(out, sort_keys=True, indent=2).encode(),
             ext="json", content_type="application/json", kind="gate_report",
             meta={"gate": GATE_NAME, "score": out["score"], "passed": out["passed"],
