@@ -1,8 +1,8 @@
 """Prompts with OpenAI CLIP's real vocabulary (issue 14): the tiny SDXL and FLUX pipelines' tokenizers built from the
 BPE merges the open_clip_torch wheel ships (``atelier_gpu.tiny.build_real_clip_tokenizer``), written and loaded
-through the real load path. The tiny test vocabulary keeps prompts short; with the real one a story scene is
-150-200 tokens, and these tests show what that does: nothing is cut, weights are weights, the counts an artifact
-records are CLIP's own, and what a window does drop is said."""
+through the real load path. The tiny test vocabulary keeps prompts short; with the real one the demo story's scenes
+are 83-139 tokens (the long prompt here is 199), and these tests show what that does: nothing is cut, weights are
+weights, the counts an artifact records are CLIP's own (and the plan's), and what a window does drop is said."""
 
 from __future__ import annotations
 
