@@ -70,6 +70,9 @@ CAMPAIGN: dict[str, Any] = {
 }
 STORY: dict[str, Any] = {"premise": "A kite that wants to see the sea.", "culture": "coastal Kerala", "pages": 4}
 TERMINAL = ("succeeded", "failed", "canceled")
+# one bench tenant stands for a platform's many teams: its per-tenant submission rate limit and GPU-seconds quota
+# (services-mode defaults: 120 jobs/min, one GPU-day) would cap the stream long before the fleet, so they are off
+NO_TENANT_LIMITS = {"ATELIER_RATE_LIMIT_JOBS_PER_MINUTE": "0", "ATELIER_QUOTA_GPU_SECONDS_PER_DAY": "0"}
 
 
 class RedisServer:
@@ -287,7 +290,7 @@ def run_size(gpus: int, args: argparse.Namespace) -> dict[str, Any]:
     pools = {"gpu": gpus, "render": render_slots, "planning": PLANNER_THREADS, "orchestrator": 4}
     sim_env = {ENV_FLAG: "1", "ATELIER_BENCH_SIMULATED_TIME_SCALE": str(args.time_scale)}
     with RedisServer(WORK / f"scale-{gpus}" / "redis") as rs, \
-            Services(f"scale-{gpus}", redis_db=0, redis_url=rs.url) as s:
+            Services(f"scale-{gpus}", redis_db=0, redis_url=rs.url, env=NO_TENANT_LIMITS) as s:
         procs = {"api": s.start_api(), "orchestrator": s.worker("orchestrator", "orchestrator"),
                  "planner": s.worker("planner", "planning"),
                  "sim-gpu": s.start_script("sim-gpu", SIMFLEET, ["--queues", ",".join(GPU_QUEUES), "--slots",
@@ -466,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             "simulated": "gpu.* stages and gate.identity on the GPU slots; render.ad, render.storybook and deliver "
                          "on CPU-host slots (bench/simfleet.py); planner (rules), API, orchestrator, reconciler, "
                          "PostgreSQL, Redis, S3 and the stage runner are production code",
+            "tenant_limits": "off (one bench tenant stands for many teams): " + json.dumps(NO_TENANT_LIMITS),
             "processes": "1 API (uvicorn), 1 orchestrator worker (4 threads), 1 planner worker (4 threads), "
                          "1 simulated GPU worker (N slots), 1 simulated render worker (max(4, N) slots), "
                          "a redis-server of its own, nanio (S3), the machine's PostgreSQL",
