@@ -345,7 +345,7 @@ def run_size(gpus: int, args: argparse.Namespace) -> dict[str, Any]:
         rows = s.query("SELECT s.id, s.job_id, j.kind, s.name, s.item, s.worker, s.queued_at, s.started_at, "
                        "s.finished_at, s.gpu_seconds, s.output->'simulated' AS sim FROM stages s "
                        "JOIN jobs j ON j.id = s.job_id")
-        jobs = s.query("SELECT kind, status, finished_at FROM jobs")
+        jobs = s.query("SELECT kind, status, created_at, finished_at FROM jobs")
         probe.close()
         logs = {name: p.tail(20) for name, p in procs.items()} if errors else {}
 
@@ -396,7 +396,8 @@ def run_size(gpus: int, args: argparse.Namespace) -> dict[str, Any]:
         "redis_ops_per_stage": round(sum(redis_delta.values()) / n_stages, 2),
         "redis_commands_per_stage": {c: round(n / n_stages, 2)
                                      for c, n in sorted(redis_delta.items(), key=lambda kv: -kv[1])[:10]},
-        "api_cpu_ms_per_job": round(cpu["cpu_s"]["api"] * 1000 / max(1, sum(submitted.values())), 2),
+        "api_cpu_ms_per_job": round(cpu["cpu_s"]["api"] * 1000 / max(1, sum(
+            1 for j in jobs if t0 <= ts(j["created_at"]) <= t1)), 2),  # per job submitted inside the window
         "cpu_cores": cores,
         "machine_utilisation": cpu["machine_utilisation"],
         "gpu_queue_depth_mean": round(statistics.mean(gpu_depth), 2) if gpu_depth else None,
