@@ -73,11 +73,14 @@ from atelier_runtime.settings import Settings
 from atelier_runtime.stage_runner import StageContext
 from PIL import Image, ImageDraw
 
+from .. import prompt_encoding
+from ..attention import RegionalState, SDXLRegionalProcessor, installed, sdxl_cross_attention_names
 from ..generation import registry
 from ..identity.align import FaceFinder, YuNetDetector, align_face, alignment_matrix, apply
 from ..identity.embedder import Embedder
 from ..identity.faces import FaceDetector
 from .reference_attn import reference_attention
+from .regional import box_masks, parse_regions
 from .text_to_image import generation_size
 
 REGENERATION_SEED_STEP = 7919  # a prime: regenerated seeds never collide with other scenes' layout seeds
@@ -404,8 +407,6 @@ def instantid_faces(assets: InstantIDAssets, sheets: dict[str, Image.Image], box
     keypoints go to the top of its character's box and, with two or more characters, its face tokens and
     IdentityNet act only inside that box; without them the first character's face conditions the whole frame,
     its keypoints where they sat on the sheet."""
-    from .regional import box_masks  # heavy (torch): loaded on first use
-
     out: list[FaceCondition] = []
     ids = list(sheets) if boxes is not None else list(sheets)[:1]
     masks = box_masks(list(boxes), size[0], size[1]) if boxes is not None and len(ids) > 1 else None
@@ -521,11 +522,6 @@ def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, prompt: 
     import torch  # heavy (torch): loaded on first use
     import torch.nn.functional as F  # noqa: N812 (torch's convention)
 
-    from .. import prompt_encoding
-    from ..attention import RegionalState, installed, sdxl_cross_attention_names
-    from ..attention import SDXLRegionalProcessor as Processor
-    from .regional import box_masks, parse_regions
-
     if faces is None:
         if face_embedding is None or kps_image is None:
             raise ValueError("run_instantid needs faces, or face_embedding and kps_image")
@@ -587,7 +583,7 @@ def run_instantid(pipe: Any, controlnet: Any, ip_adapter_path: Path, *, prompt: 
                 face_masks = torch.stack([f.mask.float() if f.mask is not None else torch.ones(lat) for f in faces])
                 faces_state = RegionalState(masks=face_masks) if masked else None
                 ip_procs = unet.attn_processors
-                processors = {name: Processor(state, ip=ip_procs[name], faces=faces_state)
+                processors = {name: SDXLRegionalProcessor(state, ip=ip_procs[name], faces=faces_state)
                               for name in sdxl_cross_attention_names(unet)}
             timestep_cond = None
             if unet.config.time_cond_proj_dim is not None:
