@@ -704,6 +704,12 @@ def instantid_ip_adapter_state_dict(unet: Any, *, face_dim: int = INSTANTID_FACE
             f"{ff}0.weight": torch.ones(dim), f"{ff}0.bias": torch.zeros(dim),
             f"{ff}1.weight": linear(hidden, dim), f"{ff}3.weight": linear(dim, hidden),
         })
+    return {"image_proj": proj, "ip_adapter": _ip_attention(unet)}
+
+
+def _ip_attention(unet: Any) -> dict[str, Any]:
+    """``{i}.to_k_ip.weight`` / ``{i}.to_v_ip.weight`` for every cross-attention processor of ``unet`` (``i`` its
+    index in ``unet.attn_processors``: IP-Adapter's layout), copies of that layer's ``to_k`` / ``to_v``."""
     ip: dict[str, Any] = {}
     for index, name in enumerate(unet.attn_processors):
         if name.endswith("attn1.processor"):
@@ -711,7 +717,52 @@ def instantid_ip_adapter_state_dict(unet: Any, *, face_dim: int = INSTANTID_FACE
         layer = unet.get_submodule(name.removesuffix(".processor"))
         ip[f"{index}.to_k_ip.weight"] = layer.to_k.weight.detach().clone().contiguous()
         ip[f"{index}.to_v_ip.weight"] = layer.to_v.weight.detach().clone().contiguous()
-    return {"image_proj": proj, "ip_adapter": ip}
+    return ip
+
+
+IP_ADAPTER_TOKENS = 4  # the original IP-Adapter's image tokens (ImageProjection)
+TINY_IMAGE_EMBED_DIM = 32
+
+
+def init_tiny_ip_adapter(dest: Path, sdxl_folder: Path, *, force: bool = False, seed: int = 8) -> Path:
+    """Write a tiny random IP-Adapter for the SDXL pipeline in ``sdxl_folder`` in the layout of
+    ``h94/IP-Adapter``'s ``sdxl_models`` folder, and return the folder (``ATELIER_IDENTITY_REFERENCE_ADAPTER_DIR``).
+
+    ``image_encoder/`` is a ``CLIPVisionModelWithProjection`` (``save_pretrained``; 32x32 images, a 32-d image
+    embedding), ``ip-adapter_sdxl.bin`` holds ``image_proj`` (IP-Adapter's ``ImageProjection``: ``proj`` maps the
+    image embedding to 4 tokens of the UNet's cross-attention width, ``norm``) and ``ip_adapter`` (``to_k_ip`` /
+    ``to_v_ip`` per cross-attention layer), read by diffusers' ``load_ip_adapter``."""
+    import torch  # heavy (torch): loaded on first use
+
+    dest, sdxl_folder = Path(dest), Path(sdxl_folder)
+    if not (sdxl_folder / "unet").is_dir():
+        raise FileNotFoundError(f"{sdxl_folder} is not an SDXL pipeline folder (no unet/); run init_tiny first")
+    weights = dest / "ip-adapter_sdxl.bin"
+
+    def encoder() -> Any:
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # heavy: loaded on first use
+
+        torch.manual_seed(seed)
+        return CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32,
+            patch_size=8, projection_dim=TINY_IMAGE_EMBED_DIM))
+
+    _write_pipeline(dest / "image_encoder", encoder, force=force)
+    if not _fresh(weights, force):
+        from diffusers import UNet2DConditionModel  # heavy (diffusers): loaded on first use
+
+        unet = UNet2DConditionModel.from_pretrained(sdxl_folder / "unet", local_files_only=True)
+        gen = torch.Generator().manual_seed(seed)
+        cross = int(unet.config.cross_attention_dim)
+        proj = {"proj.weight": torch.randn(IP_ADAPTER_TOKENS * cross, TINY_IMAGE_EMBED_DIM, generator=gen)
+                / TINY_IMAGE_EMBED_DIM**0.5,
+                "proj.bias": torch.zeros(IP_ADAPTER_TOKENS * cross),
+                "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+        tmp = weights.with_name(weights.name + ".tmp")
+        torch.save({"image_proj": proj, "ip_adapter": _ip_attention(unet)}, tmp)
+        tmp.replace(weights)
+        _mark(weights)
+    return dest
 
 
 def init_tiny_instantid(dest: Path, sdxl_folder: Path, *, force: bool = False) -> dict[str, Path]:

@@ -31,7 +31,8 @@ embedded (``identity.align``), as insightface's pipeline does.
 these formats for the tiny SDXL, so the path runs without the real ones.
 
 ``reference`` (``ATELIER_IDENTITY_REFERENCE_ADAPTER_DIR``, an IP-Adapter folder with ``image_encoder/``) —
-the character sheet is passed as ``ip_adapter_image`` (the usual IP-Adapter image prompt).
+the character sheets are passed as ``ip_adapter_image`` (the usual IP-Adapter image prompt), one image each,
+and with the layout's boxes each sheet acts only inside its character's box (IP-Adapter attention masks).
 
 ``reference_only`` — no identity weights configured (the default): the weight-free fallback of
 ``recipes.reference_attn``. The scene is still made by the layout recipe (``generate``), but every
@@ -192,10 +193,15 @@ def generate_scene(ctx: StageContext, *, generate: Callable[..., tuple[Image.Ima
         started = time.perf_counter()
         try:
             if mode == "reference":
+                keys = _sheet_keys(ctx, cast)
+                boxes = reference_regions(layout, {c: keys[c] for c in sheets}) if len(sheets) > 1 else None
+                refs = list(sheets.values()) if boxes is not None else [first]
                 image = run_reference(pipe, Path(ctx.settings.identity_reference_adapter_dir or "."),
-                                      reference=first, prompt=prompt, negative_prompt=negative_prompt, width=width,
-                                      height=height, steps=steps, guidance=spec.guidance, seed=seed,
+                                      references=refs, boxes=boxes, prompt=prompt, negative_prompt=negative_prompt,
+                                      width=width, height=height, steps=steps, guidance=spec.guidance, seed=seed,
                                       on_step=ctx.progress)
+                record.update(references=list(sheets) if boxes is not None else [next(iter(sheets))],
+                              face_region="boxes" if boxes is not None else "global")
             else:
                 assert assets is not None
                 cast_prompts = list(regions or []) if len(faces) > 1 else []
@@ -285,27 +291,54 @@ def put_scene(ctx: StageContext, image: Image.Image, *, info: dict[str, Any], pr
 
 # --- IP-Adapter reference fallback ----------------------------------------------------------------
 
-def run_reference(pipe: Any, folder: Path, *, reference: Image.Image, prompt: str, negative_prompt: str, width: int,
-                  height: int, steps: int, guidance: float, seed: int, scale: float = 0.6,
+def run_reference(pipe: Any, folder: Path, *, prompt: str, negative_prompt: str, width: int, height: int,
+                  steps: int, guidance: float, seed: int, reference: Image.Image | None = None,
+                  references: Sequence[Image.Image] = (), boxes: Sequence[Box] | None = None, scale: float = 0.6,
                   on_step: Callable[[int, int], None] | None = None) -> Image.Image:
-    """SDXL text-to-image with the character sheet as IP-Adapter image prompt; the adapter is unloaded after."""
-    import torch  # heavy (torch): loaded on first use
+    """SDXL text-to-image with the character sheets as IP-Adapter image prompts; the adapter is unloaded after.
 
-    weights = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    ``references`` (or one ``reference``): the cast's sheets, one image each for the one adapter; with ``boxes``
+    (one per reference, normalised) each sheet conditions only its character's box (diffusers' IP-Adapter
+    attention masks, ``IPAdapterMaskProcessor``), else every sheet acts everywhere. The prompt is encoded whole
+    (``prompt_encoding``: compel, weighted, never cut at 77 tokens).
+    """
+    import torch  # heavy (torch): loaded on first use
+    from diffusers.image_processor import IPAdapterMaskProcessor  # heavy (diffusers): loaded on first use
+
+    images = list(references) or ([reference] if reference is not None else [])
+    if not images:
+        raise ValueError("run_reference needs at least one reference image")
+    if boxes is not None and len(boxes) != len(images):
+        raise ValueError(f"{len(boxes)} boxes for {len(images)} references")
+    weights = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")) \
+        if folder.is_dir() else []
     if not weights or not (folder / "image_encoder").is_dir():
         raise StageError(f"{folder} needs IP-Adapter weights (*.safetensors/*.bin) and an image_encoder/ folder",
-                         retryable=False)
+                         retryable=False, field="ATELIER_IDENTITY_REFERENCE_ADAPTER_DIR")
+    call: dict[str, Any] = {}
+    if boxes is not None and len(images) > 1:
+        masks = []
+        for b in boxes:
+            m = Image.new("L", (width, height), 0)
+            x1, y1, x2, y2 = b.bbox
+            m.paste(255, (round(x1 * width), round(y1 * height), round(x2 * width), round(y2 * height)))
+            masks.append(m)
+        tensor = IPAdapterMaskProcessor().preprocess(masks, height=height, width=width)
+        call["cross_attention_kwargs"] = {"ip_adapter_masks": [tensor.reshape(1, len(masks), *tensor.shape[2:])]}
     with _ip_adapter(pipe, folder, weights[0], "image_encoder"):
-        pipe.set_ip_adapter_scale(scale)
+        # one scale per image with masks (diffusers' masked path), else one for the adapter's concatenated tokens
+        pipe.set_ip_adapter_scale([[scale] * len(images)] if "cross_attention_kwargs" in call else scale)
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
                 on_step(step + 1, steps)
             return {}
 
-        out = pipe(prompt=prompt, negative_prompt=negative_prompt or None, ip_adapter_image=reference, width=width,
+        encoded = prompt_encoding.encode(pipe, "sdxl", [prompt], negative_prompt or None)
+        assert encoded is not None
+        out = pipe(**encoded.kwargs, ip_adapter_image=[images] if len(images) > 1 else images[0], width=width,
                    height=height, num_inference_steps=steps, guidance_scale=float(guidance),
-                   generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step_end)
+                   generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step_end, **call)
         return out.images[0].convert("RGB")
 
 
