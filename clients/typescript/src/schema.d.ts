@@ -1476,6 +1476,50 @@ export interface components {
              */
             status?: "ok";
         };
+        /**
+         * SceneBox
+         * @description A box of a story page's own layout: a ``character`` box places the page's next cast member (in the order
+         *     the planner casts them), an ``entity`` box a captioned object of the scene.
+         */
+        SceneBox: {
+            /**
+             * Bbox
+             * @description [x1, y1, x2, y2] in 0..1, top-left origin.
+             */
+            bbox: [
+                number,
+                number,
+                number,
+                number
+            ];
+            /**
+             * Caption
+             * @description What an `entity` box shows.
+             * @default
+             */
+            caption?: string;
+            /**
+             * Role
+             * @default character
+             * @enum {string}
+             */
+            role?: "character" | "entity";
+        };
+        /**
+         * SceneLayout
+         * @description A story page's own layout (designed with ``POST /v1/layouts:design`` or drawn by hand): its character boxes
+         *     take the page's cast in order (a cast member beyond them keeps the planner's box); entity boxes add captioned
+         *     objects. The backdrop is always the whole page.
+         */
+        SceneLayout: {
+            /** Boxes */
+            boxes: components["schemas"]["SceneBox"][];
+            /**
+             * Page
+             * @description The page (1-based) this layout is for.
+             */
+            page: number;
+        };
         /** SizeLimits */
         SizeLimits: {
             /**
@@ -1589,6 +1633,11 @@ export interface components {
              * @default en
              */
             language?: string;
+            /**
+             * Layouts
+             * @description Your own layouts for some pages (from POST /v1/layouts:design, or drawn by hand): per page, character boxes that take that page's cast in order and captioned entity boxes. Pages without one are laid out by the planner.
+             */
+            layouts?: components["schemas"]["SceneLayout"][];
             /**
              * Model
              * @default null

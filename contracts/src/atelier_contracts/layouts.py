@@ -98,3 +98,37 @@ class CampaignLayout(_Strict):
         if products != 1:
             raise ValueError(f"a campaign layout has exactly one product box; this one has {products}")
         return boxes
+
+
+SceneBoxRole = Literal["character", "entity"]
+
+
+class SceneBox(_Strict):
+    """A box of a story page's own layout: a ``character`` box places the page's next cast member (in the order
+    the planner casts them), an ``entity`` box a captioned object of the scene."""
+
+    bbox: BBox = Field(description="[x1, y1, x2, y2] in 0..1, top-left origin.")
+    role: SceneBoxRole = "character"
+    caption: Caption = Field(default="", description="What an `entity` box shows.")
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, b: BBox) -> BBox:
+        return checked_bbox(b)
+
+
+class SceneLayout(_Strict):
+    """A story page's own layout (designed with ``POST /v1/layouts:design`` or drawn by hand): its character boxes
+    take the page's cast in order (a cast member beyond them keeps the planner's box); entity boxes add captioned
+    objects. The backdrop is always the whole page."""
+
+    page: int = Field(ge=1, le=12, description="The page (1-based) this layout is for.")
+    boxes: list[SceneBox] = Field(min_length=1, max_length=MAX_LAYOUT_BOXES - 1)
+
+    @field_validator("boxes")
+    @classmethod
+    def _captioned_entities(cls, boxes: list[SceneBox]) -> list[SceneBox]:
+        for i, box in enumerate(boxes):
+            if box.role == "entity" and not box.caption:
+                raise ValueError(f"boxes[{i}]: an entity box needs a caption (what it shows)")
+        return boxes

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from . import placements
-from .layouts import CampaignLayout
+from .layouts import CampaignLayout, SceneLayout
 
 HEX_COLOR = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
@@ -221,6 +221,24 @@ class StorySpec(_Spec):
     style: ShortText | None = None
     model: Identifier | None = None
     seed: Seed | None = None
+    layouts: list[SceneLayout] = Field(
+        default_factory=list, max_length=12,
+        description="Your own layouts for some pages (from POST /v1/layouts:design, or drawn by hand): per page, "
+                    "character boxes that take that page's cast in order and captioned entity boxes. Pages without "
+                    "one are laid out by the planner.")
+
+    @field_validator("layouts")
+    @classmethod
+    def _pages_exist_once(cls, layouts: list[SceneLayout], info: ValidationInfo) -> list[SceneLayout]:
+        pages = info.data.get("pages") or 0
+        seen: set[int] = set()
+        for i, layout in enumerate(layouts):
+            if layout.page > pages:
+                raise ValueError(f"[{i}].page {layout.page}: the story has {pages} page(s)")
+            if layout.page in seen:
+                raise ValueError(f"[{i}].page {layout.page}: a page has one layout")
+            seen.add(layout.page)
+        return layouts
 
 
 JobKind = Literal["campaign", "story"]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from api_testkit import TenantCtx, campaign_spec, sdk_over
+from api_testkit import TenantCtx, campaign_spec, sdk_over, story_spec
 from atelier_contracts.catalogue import queue_modules
 from atelier_contracts.plans import LayoutPlan
 from atelier_contracts.tasks import Q_PLANNING
@@ -179,3 +179,16 @@ def test_a_spec_layout_that_does_not_fit_the_spec_is_a_422(client: TestClient, t
     errors = r.json()["errors"]
     assert any(e["field"].startswith("spec.layout") and message in e["message"] for e in errors), errors
     assert client.get("/v1/jobs", headers=tenant.headers).json()["items"] == []
+
+
+def test_a_story_page_layout_for_a_page_the_story_does_not_have_is_a_422(client: TestClient, tenant: TenantCtx,
+                                                                        celery: Any) -> None:
+    layouts = [{"page": 4, "boxes": [{"bbox": [0.1, 0.3, 0.45, 1.0]}]}]
+    r = client.post("/v1/jobs", json={"kind": "story", "spec": story_spec(layouts=layouts)}, headers=tenant.headers)
+    assert r.status_code == 422, r.text
+    errors = r.json()["errors"]
+    assert any(e["field"].startswith("spec.layouts") and "the story has 3 page(s)" in e["message"] for e in errors)
+    assert client.get("/v1/jobs", headers=tenant.headers).json()["items"] == []
+    ok = client.post("/v1/jobs", json={"kind": "story", "spec": story_spec(layouts=[{**layouts[0], "page": 3}])},
+                     headers=tenant.headers)
+    assert ok.status_code == 202, ok.text

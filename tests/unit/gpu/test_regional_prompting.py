@@ -326,3 +326,11 @@ def test_cast_regions_match_boxes_without_sheet_keys_by_box_then_order():
     regions = cast_regions(layout, plan.scenes[1], {c.id: c for c in plan.characters})
     assert [(r["label"]["character_id"], r["prompt"]) for r in regions] == [
         ("c1", "Ramu, sitting, smiling, an old man"), ("c0", "Asha waving, a girl of eight")]
+    # a page's own layout (spec.layouts) adds captioned objects: each is a region of its own, after the cast
+    with_kite = layout.model_copy(update={"boxes": [*layout.boxes, *LayoutPlan.model_validate({
+        "plan_id": "l", "seed": 1, "width": 64, "height": 64, "planner": PLANNER, "global_caption": "a roof",
+        "boxes": [{"bbox": [0.4, 0.05, 0.6, 0.25], "caption": "a red kite", "role": "entity", "z": 5},
+                  {"bbox": [0.7, 0.05, 0.9, 0.25], "caption": "", "role": "entity"}]}).boxes]})
+    regions = cast_regions(with_kite, plan.scenes[1], {c.id: c for c in plan.characters})
+    assert [(r["role"], r["prompt"]) for r in regions][2:] == [("entity", "a red kite")]  # uncaptioned: none
+    assert regions[2]["box"] == [0.4, 0.05, 0.6, 0.25] and regions[2]["label"] is None

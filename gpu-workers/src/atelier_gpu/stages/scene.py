@@ -40,7 +40,8 @@ def cast_regions(layout: LayoutPlan, scene: Scene, characters: dict[str, Charact
 
     A box is matched to its cast member by its sheet key (``ref_artifact``), else by its box, else by cast
     order; its prompt is the box caption (name, pose, expression, or those of the member) and the character's
-    look. Boxes without a prompt are left to the scene prompt.
+    look. Boxes without a prompt are left to the scene prompt. Captioned entity boxes (a page's own layout) follow
+    as regions of their own.
     """
     by_sheet = {key: cid for cid, key in (sheet_keys or {}).items()}
     left = list(scene.cast)
@@ -61,6 +62,9 @@ def cast_regions(layout: LayoutPlan, scene: Scene, characters: dict[str, Charact
         if label is not None and character is not None:
             label["name"] = character.name
         regions.append({"box": list(box.bbox), "prompt": prompt, "role": "character", "z": box.z, "label": label})
+    # a page's own layout (spec.layouts) may add captioned objects: each acts in its box like a character
+    regions += [{"box": list(b.bbox), "prompt": b.caption.strip(), "role": "entity", "z": b.z, "label": None}
+                for b in layout.boxes if b.role == "entity" and b.caption.strip()]
     return regions
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from atelier_contracts.catalogue import S_SCENE_LAYOUT, S_SCENES
 from atelier_contracts.languages import NAMES, RULES_LANGUAGES, rules_can_write, unsupported_message
 from atelier_contracts.languages import primary as primary_language
+from atelier_contracts.layouts import SceneLayout
 from atelier_contracts.plans import Box, CastMember, Character, LayoutPlan, PlannerInfo, Scene, StoryPlan
 from atelier_contracts.specs import StorySpec
 from atelier_contracts.stage_io import CharactersOutput, CultureOutput, StoryOutput, as_output
@@ -791,18 +792,72 @@ def scenes_stage(spec: StorySpec, *, job_id: str, story_output: StoryOutput | di
                      characters=characters, scenes=scenes)
 
 
+def page_layouts(spec: StorySpec | dict[str, Any] | None) -> dict[int, SceneLayout]:
+    """The story's own page layouts (``spec.layouts``) by scene index (page - 1)."""
+    if spec is None:
+        return {}
+    layouts = spec.layouts if isinstance(spec, StorySpec) else StorySpec.model_validate(spec).layouts
+    return {layout.page - 1: layout for layout in layouts}
+
+
+def with_page_layouts(plan: StoryPlan, layouts: dict[int, SceneLayout]) -> StoryPlan:
+    """``plan`` with the cast of every page that has its own layout placed in that layout's character boxes, in
+    cast order (a cast member beyond them keeps the planner's box)."""
+    if not layouts:
+        return plan
+    scenes = []
+    for n, scene in enumerate(sorted(plan.scenes, key=lambda s: s.index)):
+        own = layouts.get(n)
+        if own is None:
+            scenes.append(scene)
+            continue
+        boxes = [b for b in own.boxes if b.role == "character"]
+        cast = [m.model_copy(update={"box": m.box.model_copy(update={"bbox": tuple(boxes[i].bbox)})})
+                if i < len(boxes) else m for i, m in enumerate(scene.cast)]
+        scenes.append(scene.model_copy(update={"cast": cast}))
+    return plan.model_copy(update={"scenes": scenes})
+
+
+def apply_page_layouts(output: dict[str, Any], spec: StorySpec) -> dict[str, Any]:
+    """A ``plan.scenes`` output (either backend's) with the story's own page layouts applied to its plan."""
+    layouts = page_layouts(spec)
+    if not layouts or not isinstance(output.get("plan"), dict):
+        return output
+    plan = with_page_layouts(StoryPlan.model_validate(output["plan"]), layouts)
+    names = {c.id: c.name for c in plan.characters}
+    notes = []
+    for n, scene in enumerate(sorted(plan.scenes, key=lambda s: s.index)):
+        own = layouts.get(n)
+        boxes = sum(b.role == "character" for b in own.boxes) if own is not None else 0
+        if own is not None and len(scene.cast) > boxes:
+            left = ", ".join(names.get(m.character_id, m.character_id) for m in scene.cast[boxes:])
+            notes.append(f"page {n + 1}: {len(scene.cast)} cast members, {boxes} character box(es); "
+                         f"{left} keep(s) the planner's box")
+    return {**output, "plan": plan.model_dump(mode="json"),
+            "page_layouts": {"pages": sorted(n + 1 for n in layouts if n < len(plan.scenes)), "notes": notes}}
+
+
 def scene_layouts(plan: StoryPlan, *, sheets: dict[str, str], job_id: str,
-                  planner: PlannerInfo = RULES_PLANNER, require_sheets: bool = True) -> list[LayoutPlan]:
+                  planner: PlannerInfo = RULES_PLANNER, require_sheets: bool = True,
+                  pages: dict[int, SceneLayout] | None = None) -> list[LayoutPlan]:
     """One LayoutPlan per scene (index order): a backdrop box plus one character box per cast member,
     whose ``ref_artifact`` is that character's sheet key. Raises KeyError naming a missing sheet, unless
-    ``require_sheets`` is false (a preview, before any sheet exists: ``ref_artifact`` stays None)."""
+    ``require_sheets`` is false (a preview, before any sheet exists: ``ref_artifact`` stays None). ``pages``: the
+    story's own page layouts by scene index (``page_layouts``): their character boxes place the cast, their entity
+    boxes are added with their captions."""
     layouts = []
-    for scene in sorted(plan.scenes, key=lambda s: s.index):
+    pages = pages or {}
+    plan = with_page_layouts(plan, pages)
+    for n, scene in enumerate(sorted(plan.scenes, key=lambda s: s.index)):
         boxes = [full_canvas_box(scene.backdrop)]
         for member in scene.cast:
             if member.character_id not in sheets and require_sheets:
                 raise KeyError(f"no character sheet for {member.character_id}")
             boxes.append(member.box.model_copy(update={"ref_artifact": sheets.get(member.character_id)}))
+        own = pages.get(n)
+        if own is not None:
+            boxes += [Box(bbox=tuple(b.bbox), caption=b.caption, role="entity", z=5)
+                      for b in own.boxes if b.role == "entity"]
         layouts.append(LayoutPlan(
             plan_id=plan_id_for(job_id, S_SCENE_LAYOUT, scene.index), seed=derived_seed(plan.seed, "scene", scene.index),
             width=SCENE_WIDTH, height=SCENE_HEIGHT, negative_prompt=plan.negative_prompt, planner=planner,

@@ -37,6 +37,7 @@ from atelier_runtime.stage_runner import resources
 from celery import Celery, shared_task
 from pydantic import ValidationError
 
+from . import kahani
 from .backends import PlannerBackend
 from .worker import worker_backend
 
@@ -67,11 +68,13 @@ def preview_plans(backend: PlannerBackend, *, kind: str, spec: dict[str, Any],
         stages[S_STORY] = backend.story(story, job_id=pid, culture_output=stages[S_CULTURE])
         stages[S_CHARACTERS] = backend.characters(story, job_id=pid, story_output=stages[S_STORY],
                                                   culture_output=stages[S_CULTURE])
-        stages[S_SCENES] = backend.scenes(story, job_id=pid, story_output=stages[S_STORY],
-                                          characters_output=stages[S_CHARACTERS], culture_output=stages[S_CULTURE])
+        stages[S_SCENES] = kahani.apply_page_layouts(backend.scenes(
+            story, job_id=pid, story_output=stages[S_STORY], characters_output=stages[S_CHARACTERS],
+            culture_output=stages[S_CULTURE]), story)
         plan = StoryPlan.model_validate(stages[S_SCENES]["plan"])
         # no character sheet exists before a job runs: the layouts leave ref_artifact empty
-        stages[S_SCENE_LAYOUT] = backend.scene_layouts(plan, sheets={}, job_id=pid, require_sheets=False)
+        stages[S_SCENE_LAYOUT] = backend.scene_layouts(plan, sheets={}, job_id=pid, require_sheets=False,
+                                                       pages=kahani.page_layouts(story))
     elif kind == "layout":
         stages[DESIGN_STEP] = design(backend, LayoutDesignRequest.model_validate(spec), plan_id=pid)
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from atelier_contracts.layouts import SceneLayout
 from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
 from atelier_contracts.specs import CampaignSpec, StorySpec
 from atelier_contracts.stage_io import AdPromptsOutput, CharactersOutput, CultureOutput, StoryOutput
@@ -50,4 +51,4 @@ class PlannerBackend(Protocol):
                characters_output: CharactersOutput | dict[str, Any] | None, culture_output: CultureOutput | dict[str, Any] | None) -> dict[str, Any]: ...
 
     def scene_layouts(self, plan: StoryPlan, *, sheets: dict[str, str], job_id: str,
-                      require_sheets: bool = True) -> dict[str, Any]: ...
+                      require_sheets: bool = True, pages: dict[int, SceneLayout] | None = None) -> dict[str, Any]: ...

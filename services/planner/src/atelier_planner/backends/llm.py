@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from atelier_contracts.catalogue import S_AD_PROMPTS
+from atelier_contracts.layouts import SceneLayout
 from atelier_contracts.placements import parse_size
 from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
 from atelier_contracts.specs import CampaignSpec, StorySpec
@@ -276,18 +277,23 @@ class LLMBackend:
                 "metrics": {"scenes": scenes_metrics(res.value)}}
 
     def scene_layouts(self, plan: StoryPlan, *, sheets: dict[str, str], job_id: str,
-                      require_sheets: bool = True) -> dict[str, Any]:
+                      require_sheets: bool = True, pages: dict[int, SceneLayout] | None = None) -> dict[str, Any]:
         rules_layouts = kahani.scene_layouts(plan, sheets=sheets, job_id=job_id, planner=RULES_PLANNER,
-                                             require_sheets=require_sheets)
+                                             require_sheets=require_sheets, pages=pages)
         names = {c.id: c.name for c in plan.characters}
         looks = {c.id: c.description for c in plan.characters}
         info = self.plan_info("creatilayout.scene")
         layouts, runs = [], {}
-        for scene, fallback in zip(sorted(plan.scenes, key=lambda s: s.index), rules_layouts, strict=True):
+        for n, (scene, fallback) in enumerate(zip(sorted(plan.scenes, key=lambda s: s.index), rules_layouts,
+                                                  strict=True)):
             key = f"s{scene.index}"
             if not scene.cast:
                 layouts.append(fallback)
                 runs[key] = rules_run(follows="a scene without cast needs no designer")
+                continue
+            if pages and n in pages:
+                layouts.append(fallback)
+                runs[key] = rules_run(follows="the story's own layout for this page (spec.layouts)")
                 continue
             task = llm_designer.scene_task(
                 scene, names=names, looks=looks, sheets={m.character_id: sheets.get(m.character_id) for m in scene.cast},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from atelier_contracts.layouts import SceneLayout
 from atelier_contracts.plans import Box, LayoutPlan, PlannerInfo, RegionalPlan, StoryPlan
 from atelier_contracts.specs import CampaignSpec, StorySpec
 from atelier_contracts.stage_io import AdPromptsOutput, CharactersOutput, CultureOutput, StoryOutput
@@ -80,9 +81,9 @@ class RulesBackend:
                 "metrics": {"scenes": scenes_metrics(plan)}}
 
     def scene_layouts(self, plan: StoryPlan, *, sheets: dict[str, str], job_id: str,
-                      require_sheets: bool = True) -> dict[str, Any]:
+                      require_sheets: bool = True, pages: dict[int, SceneLayout] | None = None) -> dict[str, Any]:
         layouts = kahani.scene_layouts(plan, sheets=sheets, job_id=job_id, planner=self.info,
-                                       require_sheets=require_sheets)
+                                       require_sheets=require_sheets, pages=pages)
         return {"layouts": [lp.model_dump(mode="json") for lp in layouts], "planner": rules_run(),
                 "metrics": [layout_metrics(lp.boxes) for lp in layouts]}
 

@@ -8,7 +8,8 @@ from atelier_contracts.errors import StageError
 from atelier_contracts.stage_io import SceneLayoutInputs, SceneLayoutOutput
 from atelier_runtime.stage_runner import StageContext, stage_task
 
-from ..worker import backend_for, plan
+from .. import kahani
+from ..worker import backend_for, plan, story_spec
 
 
 @stage_task(S_SCENE_LAYOUT)
@@ -17,6 +18,6 @@ def scene_layout(ctx: StageContext) -> SceneLayoutOutput:
     sheets = {cid: sheet.sheet_key for cid, sheet in up.sheets.items()}
     try:
         return plan(ctx, SceneLayoutOutput, lambda: backend_for(ctx).scene_layouts(
-            up.scenes.plan, sheets=sheets, job_id=ctx.task.job_id))
+            up.scenes.plan, sheets=sheets, job_id=ctx.task.job_id, pages=kahani.page_layouts(story_spec(ctx))))
     except KeyError as exc:
         raise StageError(f"{S_SCENE_LAYOUT}: {exc.args[0]} (upstream {S_CHARACTER_SHEET})", retryable=False) from exc

@@ -6,6 +6,7 @@ from atelier_contracts.catalogue import S_SCENES
 from atelier_contracts.stage_io import ScenesInputs, ScenesOutput
 from atelier_runtime.stage_runner import StageContext, stage_task
 
+from .. import kahani
 from ..worker import backend_for, plan, story_spec
 
 
@@ -13,6 +14,7 @@ from ..worker import backend_for, plan, story_spec
 def scenes(ctx: StageContext) -> ScenesOutput:
     up = ctx.inputs(ScenesInputs)
     spec = story_spec(ctx)
-    return plan(ctx, ScenesOutput, lambda: backend_for(ctx).scenes(
+    # the story's own page layouts (spec.layouts) place the cast of their pages, whichever backend planned it
+    return plan(ctx, ScenesOutput, lambda: kahani.apply_page_layouts(backend_for(ctx).scenes(
         spec, job_id=ctx.task.job_id, story_output=up.story,
-        characters_output=up.characters, culture_output=up.culture))
+        characters_output=up.characters, culture_output=up.culture), spec))
