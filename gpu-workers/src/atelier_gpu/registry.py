@@ -7,7 +7,10 @@
         family: sdxl                 # sdxl | flux | sd3 | pixart
         path: sdxl-tiny              # a saved diffusers pipeline (model_index.json)
         dtype: float32               # float32 | float16 | bfloat16
-        quantization: none           # none | svdquant-int4 | torchao-int8 | quanto-int8 | quanto-int4 | nunchaku
+        quantization: none           # none | torchao-float8dq | torchao-int8wo | torchao-int8dq | svdquant-int4
+                                     # | quanto-int8 | quanto-int4   (torchao-int8 = torchao-int8wo)
+        compile: {mode: max-autotune-no-cudagraphs, dynamic: false}   # optional torch.compile of the denoiser
+                                     # (also: regional: true | false, backend: inductor | eager | aot_eager, fullgraph)
         preset: sdxl-lightning       # optional few-step preset (atelier_gpu.presets): scheduler, steps, guidance
         steps: 4                     # these three win over the preset's
         guidance: 5.0
@@ -18,11 +21,22 @@
         controlnets:                 # name → folder of a saved ControlNet and what it reads
           canny: {path: controlnet-canny, kind: canny}
         svdquant: svdquant/unet.safetensors   # the SVDQuant checkpoint (quantization: svdquant-int4)
+        svdquant_mode: packed                 # packed (INT4 in memory) | fake (dequantised once, 16-bit memory)
 
 Weights are only ever read from local folders: loads pass ``local_files_only=True`` and the process
 runs with ``HF_HUB_OFFLINE=1``. LoRAs (kohya/A1111, PEFT or diffusers layouts, through diffusers' loaders) are
 fused into the weights once at load (before torchao/quanto quantise them); on an SVDQuant model a PEFT-layout LoRA
 is concatenated onto the low-rank branches instead.
+
+torchao options quantise the denoiser's linear layers with ``torchao.quantization.quantize_`` after the LoRAs are
+fused and the pipeline is on its device (quantising on the GPU takes seconds where the CPU takes minutes):
+``torchao-float8dq`` float8 weights and per-token/per-row float8 activations (CUDA compute capability 8.9+: Ada,
+Hopper, Blackwell), ``torchao-int8wo`` int8 weights only, ``torchao-int8dq`` int8 weights and dynamic int8
+activations. ``compile`` wraps the denoiser in ``torch.compile`` in place (``module.compile``): nothing is compiled
+until the first pipeline call, and the module keeps its class, so recipes still set attention processors on it. By
+default only the repeated transformer blocks are compiled (diffusers' regional compilation,
+``compile_repeated_blocks``: one compile serves every block, so a worker's first call waits seconds, not minutes);
+``regional: false`` compiles the whole denoiser.
 
 The LRU keeps at most ``cache_size`` pipelines and, when ``memory_budget_bytes`` is set, evicts the
 least recently used until the new model fits (the estimate before loading is the size of its weight
@@ -47,11 +61,22 @@ from .presets import PRESETS
 
 FAMILIES = ("sdxl", "flux", "sd3", "pixart")
 DTYPES = ("float32", "float16", "bfloat16")
-QUANTIZATIONS = ("none", "svdquant-int4", "torchao-int8", "quanto-int8", "quanto-int4", "nunchaku")
+TORCHAO = ("torchao-float8dq", "torchao-int8wo", "torchao-int8dq")
+QUANTIZATIONS = ("none", *TORCHAO, "svdquant-int4", "quanto-int8", "quanto-int4")
+# older spellings still read; names that were removed say what to use instead
+QUANTIZATION_ALIASES = {"torchao-int8": "torchao-int8wo"}
+REMOVED_QUANTIZATIONS = {
+    "nunchaku": "it was never wired to Nunchaku's model classes (its package is not installed with this project); "
+                "use svdquant-int4 for the same 4-bit method in plain PyTorch, or torchao-float8dq / torchao-int8dq "
+                "for speed",
+}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# inductor generates kernels; eager / aot_eager only capture graphs (debugging, and the CPU tests)
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
 CONTROL_KINDS = ("canny", "depth", "pose", "other")
 DENOISER = {"sdxl": "unet", "flux": "transformer", "sd3": "transformer", "pixart": "transformer"}
-# GPUs Nunchaku's 4-bit kernels run on (compute capability); Hopper (9.x) has no 4-bit tensor cores for them
-NUNCHAKU_CAPABILITIES = ((7, 5), (8, 0), (8, 6), (8, 9), (12, 0))
+# float8 matmuls (torch._scaled_mm) need CUDA compute capability 8.9+: Ada (L4, L40S, RTX 40xx), Hopper, Blackwell
+FLOAT8_MIN_CAPABILITY = (8, 9)
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,17 @@ class ControlNetSpec:
     name: str
     path: Path
     kind: str = "other"
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    """``compile:`` of a models.yaml entry: how ``torch.compile`` wraps the denoiser."""
+
+    mode: str = "default"
+    dynamic: bool | None = None  # None: torch's default (a shape is made dynamic once it changes)
+    backend: str = "inductor"
+    fullgraph: bool = False
+    regional: bool = True  # compile the repeated blocks only (the whole denoiser where it declares none)
 
 
 @dataclass(frozen=True)
@@ -88,6 +124,7 @@ class ModelSpec:
     controlnets: dict[str, ControlNetSpec] = field(default_factory=dict)
     svdquant: Path | None = None
     svdquant_mode: str = "packed"
+    compile: CompileSpec | None = None
 
     @property
     def denoiser(self) -> str:
@@ -125,6 +162,10 @@ def _parse_entry(models_file: Path, model_id: str, entry: Any) -> ModelSpec:
     if dtype not in DTYPES:
         raise _bad(models_file, f"{where}.dtype is {dtype!r}; expected one of {', '.join(DTYPES)}")
     quantization = str(entry.get("quantization") or "none")
+    quantization = QUANTIZATION_ALIASES.get(quantization, quantization)
+    if quantization in REMOVED_QUANTIZATIONS:
+        raise _bad(models_file, f"{where}.quantization {quantization!r} was removed: "
+                                f"{REMOVED_QUANTIZATIONS[quantization]}")
     if quantization not in QUANTIZATIONS:
         raise _bad(models_file, f"{where}.quantization {quantization!r} is not supported "
                                 f"(supported: {', '.join(QUANTIZATIONS)})")
@@ -188,11 +229,46 @@ def _parse_entry(models_file: Path, model_id: str, entry: Any) -> ModelSpec:
     svdquant_mode = str(entry.get("svdquant_mode") or "packed")
     if svdquant_mode not in ("packed", "fake"):
         raise _bad(models_file, f"{where}.svdquant_mode must be 'packed' or 'fake'")
+    compile_spec = _parse_compile(models_file, where, entry.get("compile"))
     return ModelSpec(
         id=model_id, family=family, path=path, dtype=dtype, quantization=quantization, steps=steps, guidance=guidance,
         scheduler=scheduler, max_side=max_side, preset=str(preset_name) if preset_name else None, timesteps=timesteps,
         eta=eta, loras=tuple(loras), controlnets=controlnets, svdquant=svdquant_path, svdquant_mode=svdquant_mode,
+        compile=compile_spec,
     )
+
+
+def _parse_compile(models_file: Path, where: str, raw: Any) -> CompileSpec | None:
+    """``compile: true`` (torch's defaults), ``false``/absent, or ``{mode, dynamic, backend, fullgraph, regional}``."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return CompileSpec()
+    if not isinstance(raw, dict):
+        raise _bad(models_file, f"{where}.compile must be true, false or a mapping "
+                                f"{{mode, dynamic, backend, fullgraph, regional}}; got {raw!r}")
+    unknown = sorted(set(raw) - {"mode", "dynamic", "backend", "fullgraph", "regional"})
+    if unknown:
+        raise _bad(models_file, f"{where}.compile has unknown key(s) {', '.join(map(str, unknown))}; "
+                                f"known: mode, dynamic, backend, fullgraph, regional")
+    mode = raw.get("mode") or "default"
+    if mode not in COMPILE_MODES:
+        raise _bad(models_file, f"{where}.compile.mode is {mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+    backend = raw.get("backend") or "inductor"
+    if backend not in COMPILE_BACKENDS:
+        raise _bad(models_file, f"{where}.compile.backend is {backend!r}; expected one of "
+                                f"{', '.join(COMPILE_BACKENDS)}")
+    if backend != "inductor" and mode != "default":
+        raise _bad(models_file, f"{where}.compile.mode {mode!r} is an inductor mode; backend {backend!r} takes none")
+    dynamic = raw.get("dynamic")
+    if dynamic is not None and not isinstance(dynamic, bool):
+        raise _bad(models_file, f"{where}.compile.dynamic must be true, false or null; got {dynamic!r}")
+    flags = {}
+    for key, default in (("fullgraph", False), ("regional", True)):
+        flags[key] = raw.get(key, default)
+        if not isinstance(flags[key], bool):
+            raise _bad(models_file, f"{where}.compile.{key} must be true or false; got {flags[key]!r}")
+    return CompileSpec(mode=mode, dynamic=dynamic, backend=backend, **flags)
 
 
 def read_models_file(models_file: Path) -> dict[str, ModelSpec]:
@@ -248,18 +324,18 @@ def _pipeline_class(family: str) -> Any:
             "sd3": diffusers.StableDiffusion3Pipeline, "pixart": diffusers.PixArtSigmaPipeline}[family]
 
 
-def nunchaku_support() -> tuple[bool, str]:
-    """Whether Nunchaku's fused 4-bit kernels can run here, and why not."""
-    if importlib.util.find_spec("nunchaku") is None:
-        return False, "the nunchaku package is not installed"
+def float8_support(device: str) -> tuple[bool, str]:
+    """Whether torchao's float8 matmuls can run on ``device``, and why not."""
     import torch  # heavy (torch): loaded on first use
 
+    if not str(device).startswith("cuda"):
+        return False, f"float8 matmuls need a CUDA GPU and this pipeline runs on {device}"
     if not torch.cuda.is_available():
-        return False, "Nunchaku needs a CUDA GPU"
-    cap = torch.cuda.get_device_capability()
-    if cap not in NUNCHAKU_CAPABILITIES:
-        return False, (f"GPU compute capability {cap[0]}.{cap[1]} is not supported by Nunchaku "
-                       f"(Hopper H100/H200 is not; supported: sm_75/80/86/89/120)")
+        return False, "float8 matmuls need a CUDA GPU and torch sees none here"
+    cap = torch.cuda.get_device_capability(torch.device(device))
+    if cap < FLOAT8_MIN_CAPABILITY:
+        return False, (f"{torch.cuda.get_device_name(torch.device(device))} has compute capability {cap[0]}.{cap[1]}; "
+                       f"float8 needs 8.9+ (Ada L4/L40S/RTX 40xx, Hopper H100/H200, Blackwell)")
     return True, ""
 
 
@@ -347,13 +423,6 @@ def _quantize(pipe: Any, spec: ModelSpec) -> None:
         except (ValueError, KeyError) as exc:
             raise StageError(f"model {spec.id}: cannot apply {spec.svdquant}: {exc}", retryable=False) from exc
         return
-    if q == "torchao-int8":
-        if importlib.util.find_spec("torchao") is None:
-            raise StageError(f"model {spec.id}: quantization torchao-int8 needs the torchao package", retryable=False)
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_  # heavy (torchao): loaded on first use
-
-        quantize_(denoiser, Int8WeightOnlyConfig())
-        return
     if q in ("quanto-int8", "quanto-int4"):
         if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.quanto") is None:
             raise StageError(f"model {spec.id}: quantization {q} needs the optimum-quanto package", retryable=False)
@@ -362,13 +431,61 @@ def _quantize(pipe: Any, spec: ModelSpec) -> None:
         quantize(denoiser, weights=qint8 if q == "quanto-int8" else qint4)
         freeze(denoiser)
         return
-    if q == "nunchaku":
-        ok, why = nunchaku_support()
+
+
+def torchao_config(quantization: str, dtype: str) -> Any:
+    """The torchao ``AOBaseConfig`` of a ``torchao-*`` option (float8: per-row scales on bfloat16, else per-tensor)."""
+    from torchao.quantization import (  # heavy (torchao): loaded on first use
+        Float8DynamicActivationFloat8WeightConfig,
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+        PerTensor,
+    )
+
+    if quantization == "torchao-float8dq":
+        # per-row (one scale per output channel and token) is the accurate choice; torchao takes it on bf16 only
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow() if dtype == "bfloat16" else PerTensor())
+    if quantization == "torchao-int8dq":
+        return Int8DynamicActivationInt8WeightConfig()
+    if quantization == "torchao-int8wo":
+        return Int8WeightOnlyConfig()
+    raise ValueError(f"not a torchao option: {quantization}")
+
+
+def _quantize_torchao(pipe: Any, spec: ModelSpec, device: str) -> None:
+    """Quantise the denoiser's linear layers in place with ``torchao.quantization.quantize_`` on its device."""
+    if importlib.util.find_spec("torchao") is None:
+        raise StageError(f"model {spec.id}: quantization {spec.quantization} needs the torchao package "
+                         f"(pip install 'atelier-gpu' installs torchao; see constraints.txt)", retryable=False)
+    if spec.quantization == "torchao-float8dq":
+        ok, why = float8_support(device)
         if not ok:
-            raise StageError(f"model {spec.id}: quantization nunchaku is unavailable here: {why}; use svdquant-int4 "
-                             f"(the same method in plain PyTorch) or torchao-int8", retryable=False)
-        raise StageError(f"model {spec.id}: quantization nunchaku: point `path` at a Nunchaku-format transformer "
-                         f"and load it through nunchaku's own classes; not wired in this build", retryable=False)
+            raise StageError(f"model {spec.id}: quantization torchao-float8dq cannot run here: {why}; use "
+                             f"torchao-int8dq or torchao-int8wo on this machine", retryable=False)
+    from torchao.quantization import quantize_  # heavy (torchao): loaded on first use
+
+    try:
+        quantize_(getattr(pipe, spec.denoiser), torchao_config(spec.quantization, spec.dtype))
+    except (AssertionError, RuntimeError, NotImplementedError, ValueError) as exc:
+        raise StageError(f"model {spec.id}: torchao cannot apply {spec.quantization} to the {spec.denoiser} "
+                         f"({spec.dtype} on {device}): {exc}", retryable=False) from exc
+
+
+def compile_denoiser(denoiser: Any, c: CompileSpec) -> None:
+    """Wrap ``denoiser`` (or its repeated blocks) in ``torch.compile`` in place; graphs are captured on first call."""
+    options: dict[str, Any] = {"backend": c.backend, "dynamic": c.dynamic, "fullgraph": c.fullgraph}
+    if c.mode != "default":
+        options["mode"] = c.mode
+    if c.regional and getattr(denoiser, "_repeated_blocks", None) and hasattr(denoiser, "compile_repeated_blocks"):
+        denoiser.compile_repeated_blocks(**options)
+    else:
+        denoiser.compile(**options)
+
+
+def _compile(pipe: Any, spec: ModelSpec) -> None:
+    if spec.compile is not None:
+        compile_denoiser(getattr(pipe, spec.denoiser), spec.compile)
 
 
 def load_pipeline(spec: ModelSpec, *, device: str | None = None) -> Any:
@@ -395,10 +512,16 @@ def load_pipeline(spec: ModelSpec, *, device: str | None = None) -> Any:
         _quantize(pipe, spec)
         _apply_loras(pipe, spec)  # concatenated onto the low-rank branches, no re-quantising
     else:
-        _apply_loras(pipe, spec)  # fused into the 16-bit weights before any weight-only quantisation
-        _quantize(pipe, spec)
+        _apply_loras(pipe, spec)  # fused into the 16-bit weights before any quantisation
+        if spec.quantization not in TORCHAO:
+            _quantize(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device or _default_device())
+    device = device or _default_device()
+    pipe = pipe.to(device)
+    if spec.quantization in TORCHAO:
+        _quantize_torchao(pipe, spec, device)
+    _compile(pipe, spec)
+    return pipe
 
 
 def load_controlnet(spec: ModelSpec, name: str, *, device: str | None = None) -> Any:
@@ -433,8 +556,19 @@ def resident_bytes(obj: Any) -> int:
         for t in list(m.parameters()) + list(m.buffers()):
             if id(t) not in seen:
                 seen.add(id(t))
-                total += t.numel() * t.element_size()
+                total += tensor_bytes(t)
     return total
+
+
+def tensor_bytes(t: Any) -> int:
+    """Bytes a tensor holds; a tensor subclass (torchao's Int8Tensor, Float8Tensor) counts its inner tensors, not
+    the high-precision dtype it presents."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass  # heavy (torch): loaded on first use
+
+    if is_traceable_wrapper_subclass(t):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(inner) for inner in (getattr(t, name) for name in names) if inner is not None)
+    return t.numel() * t.element_size()
 
 
 def estimate_bytes(folder: Path) -> int:

@@ -12,7 +12,7 @@ from atelier_contracts.errors import StageError
 from atelier_gpu.presets import PRESETS
 from atelier_gpu.quant.svdquant import SVDQuantLinear, svdquant_layers
 from atelier_gpu.recipes import text_to_image as t2i
-from atelier_gpu.registry import ModelRegistry, nunchaku_support, read_models_file, resident_bytes
+from atelier_gpu.registry import ModelRegistry, read_models_file, resident_bytes
 
 
 def _write(path: Path, models: dict) -> Path:
@@ -120,18 +120,17 @@ def test_quanto_int8_quantises_the_denoiser(models_dir, tmp_path):
 
 def test_unavailable_backends_fail_with_the_reason(models_dir, tmp_path):
     path = _write(tmp_path / "models.yaml", {
-        "n": {"family": "flux", "path": str(models_dir / "flux-tiny"), "quantization": "nunchaku"},
         "s": {"family": "sdxl", "path": str(models_dir / "sdxl-tiny"), "quantization": "svdquant-int4",
               "svdquant": "missing.safetensors"},
     })
     reg = ModelRegistry(path, device="cpu")
-    ok, why = nunchaku_support()
-    assert ok is False and why
-    with pytest.raises(StageError, match="nunchaku is unavailable here") as err:
-        reg.load("n")
-    assert err.value.retryable is False
-    with pytest.raises(StageError, match="atelier_gpu.quant.pipeline"):
+    with pytest.raises(StageError, match="atelier_gpu.quant.pipeline") as err:
         reg.load("s")
+    assert err.value.retryable is False
+    # nunchaku was an option that always raised; a models.yaml naming it is now told what to use instead
+    with pytest.raises(StageError, match="'nunchaku' was removed.*svdquant-int4"):
+        read_models_file(_write(tmp_path / "old.yaml", {"n": {"family": "flux", "path": "x",
+                                                               "quantization": "nunchaku"}}))
 
 
 def test_memory_budget_evicts_least_recently_used(models_dir, tmp_path):
