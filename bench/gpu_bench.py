@@ -10,12 +10,18 @@ Two modes:
     branch) of a FLUX-sized 3072x12288 linear layer;
   - ``worker_busy_fraction``: a real ``atelier worker --queues gpu.diffusion`` process on Redis drains a
     queue of 20 background requests; the share of its wall time (first task start → last task end)
-    spent inside pipeline calls (the GPU-seconds its results report).
+    spent inside pipeline calls (the GPU-seconds its results report);
+  - ``quant_denoiser_ratio`` and ``quant_memory``: each registry quantisation option (bf16, torchao float8 /
+    int8 weight-only / int8 dynamic, SVDQuant packed / fake) on the bench SDXL in bfloat16, each in a fresh
+    process: the denoiser's stored bytes, the process's RSS after loading and its peak RSS over one 256 px
+    generation (float8 is recorded as skipped: it needs a GPU of compute capability 8.9+).
 * ``gpu`` (``bench/gpu_check.sh`` on a lent GPU) writes bench/gpu_results.json: real-size SDXL UNet and
-  FLUX.1 transformer configs with random weights at 1024x1024, denoiser iterations per second for
-  bf16, torchao int8 (weight-only and dynamic W8A8), SVDQuant fake-quant and SVDQuant packed, plus peak
-  memory and one real-size layer's SVDQuant decomposition. ``--dry-run`` runs the same code on tiny
-  configs on the CPU (the unit tests do), so the script is known to work before a GPU is lent.
+  FLUX.1 transformer configs with random weights at 1024x1024, seconds per denoiser step and peak memory for
+  bf16, torchao float8 (dynamic activations), int8 weight-only, int8 dynamic, SVDQuant packed and fake-quant,
+  each without and with ``torch.compile``, plus one real-size layer's SVDQuant decomposition. The file is
+  rewritten after every variant, so a run cut short keeps what it measured. ``--dry-run`` runs the same code
+  on tiny configs on the CPU (the unit tests do; compile there captures graphs with the ``eager`` backend), so
+  the script is known to work before a GPU is lent.
 
 Benchmarks are not tests: nothing here asserts a time.
 """
@@ -24,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
-import importlib.util
 import json
 import os
+import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -267,6 +275,115 @@ def worker_busy_fraction(models_file: Path, requests: int = 20, model: str = "sd
                        "batch_sizes": batches, "model": model, "gen_max_side": 256, "max_batch": 4}}
 
 
+# ---------------------------------------------------------------- quantisation options: CPU memory
+
+QUANT_OPTIONS = ("none", "torchao-float8dq", "torchao-int8wo", "torchao-int8dq", "svdquant-packed", "svdquant-fake")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def quant_memory_one(models_file: Path, model: str, option: str, dtype: str = "bfloat16", size: int = 256) -> dict[str, Any]:
+    """One registry quantisation option in this (fresh) process: denoiser bytes, RSS after load, peak RSS."""
+    from atelier_contracts.errors import StageError
+    from atelier_gpu.recipes import text_to_image as t2i
+    from atelier_gpu.registry import load_pipeline, read_models_file, resident_bytes
+
+    spec = read_models_file(models_file)[model]
+    quantization = option if not option.startswith("svdquant") else "none"
+    spec = dataclasses.replace(spec, dtype=dtype, quantization=quantization)
+    try:
+        pipe = load_pipeline(spec, device="cpu")
+    except StageError as exc:
+        return {"skipped": str(exc).split(": ", 1)[-1]}
+    denoiser = getattr(pipe, spec.denoiser)
+    detail: dict[str, Any] = {}
+    if option.startswith("svdquant"):
+        # random INT4 contents: the bytes are those of a real checkpoint; the image is noise either way here
+        detail["layers"] = to_svdquant_shells(denoiser, mode=option.removeprefix("svdquant-"))
+    gc.collect()
+    detail["denoiser_bytes"] = (sq.storage_bytes(denoiser) if option.startswith("svdquant")
+                                else resident_bytes(denoiser))
+    detail["rss_after_load_bytes"] = _rss_bytes()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        image = t2i.run(pipe, family=spec.family, prompt="a studio backdrop, soft light", width=size, height=size,
+                        steps=spec.steps, guidance=spec.guidance, seed=0)
+    detail["s_per_step_cpu"] = round((time.perf_counter() - t0) / spec.steps, 3)
+    if option == "svdquant-fake":  # the dequantised weights it caches on the first call are part of its memory
+        detail["denoiser_bytes_after_first_call"] = resident_bytes(denoiser) + sum(
+            m._dequantized.numel() * m._dequantized.element_size() for m in sq.svdquant_layers(denoiser).values()
+            if getattr(m, "_dequantized", None) is not None)
+    detail["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    detail["image"] = list(image.size)
+    return detail
+
+
+def quant_memory(models_file: Path, model: str = "sdxl-bench", dtype: str = "bfloat16") -> dict[str, Any]:
+    """Every option of :data:`QUANT_OPTIONS` in its own process (peak RSS is per process)."""
+    out: dict[str, Any] = {}
+    for option in QUANT_OPTIONS:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "quant-memory-one", "--models-file",
+                               str(models_file), "--model", model, "--option", option, "--dtype", dtype],
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            out[option] = {"error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else "failed"}
+            continue
+        out[option] = json.loads(proc.stdout.strip().splitlines()[-1])
+    base = out["none"].get("denoiser_bytes")
+    ratios = {k: round(base / v["denoiser_bytes"], 3) for k, v in out.items()
+              if base and v.get("denoiser_bytes") and k != "none"}
+    return {"value": ratios, "detail": {"model": model, "dtype": dtype, "device": "cpu", "options": out,
+                                        "note": "denoiser bytes: stored tensors (torchao's inner int8 data and "
+                                                "scales, SVDQuant's packed INT4 + scales + branch); ratio = "
+                                                "bf16 denoiser bytes / the option's (the bench UNet's convolutions and norms, 42% of its "
+                                                "weights, stay bf16: torchao quantises linear layers only); peak RSS is the load's "
+                                                "(16-bit weights are read before quantising); s_per_step_cpu is noisy "
+                                                "on a shared 2-core machine; float8 needs an sm_89+ GPU"}}
+
+
+def quant_real_size_bytes() -> dict[str, Any]:
+    """Stored bytes of the real-size SDXL UNet and FLUX.1 transformer under each option, counted on the meta device.
+
+    torchao's ``quantize_`` builds its own quantised tensors there (int8 / float8 data and their scales) and the
+    SVDQuant shells their packed buffers; no kernel runs, so float8's sm_89 check is bypassed for this count.
+    """
+    from unittest import mock
+
+    from atelier_gpu.registry import resident_bytes, torchao_config
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+    from torchao.quantization import quant_api, quantize_
+
+    out: dict[str, Any] = {}
+    for name, cls, cfg in (("sdxl_unet", UNet2DConditionModel, SDXL_UNET), ("flux_transformer", FluxTransformer2DModel,
+                                                                            FLUX_DEV)):
+        row: dict[str, Any] = {}
+        for option in ("bf16", "torchao-float8dq", "torchao-int8wo", "torchao-int8dq", "svdquant-packed"):
+            before = torch.get_default_dtype()
+            torch.set_default_dtype(torch.bfloat16)
+            try:
+                with torch.device("meta"):
+                    model = cls(**cfg)
+            finally:
+                torch.set_default_dtype(before)
+            if option.startswith("torchao"):
+                with mock.patch.object(quant_api, "_check_hardware_support", lambda *a, **k: None):
+                    quantize_(model, torchao_config(option, "bfloat16"), device="meta")
+                row[option] = resident_bytes(model)
+            elif option.startswith("svdquant"):
+                to_svdquant_shells(model, mode="packed")
+                row[option] = sq.storage_bytes(model)
+            else:
+                row["params"] = sum(p.numel() for p in model.parameters())
+                row["linear_params"] = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+                row[option] = resident_bytes(model)
+            del model
+        out[name] = row
+    return out
+
+
 def run_cpu(args: argparse.Namespace) -> int:
     from atelier_gpu.tiny import init_tiny
 
@@ -277,16 +394,32 @@ def run_cpu(args: argparse.Namespace) -> int:
     else:
         init_tiny(models, bench=True)  # reuses folders of the same version, refreshes models.yaml
     figures: dict[str, Any] = {}
-    err = svdquant_errors()
-    mem = svdquant_memory()
-    figures["svdquant_error_ratio"], figures["svdquant_error_detail"] = err["value"], err["detail"]
-    figures["svdquant_memory_ratio"], figures["svdquant_memory_detail"] = mem["value"], mem["detail"]
-    bs = batch_speedup(models_file)
-    figures["batch_speedup"], figures["batch_speedup_detail"] = bs["value"], bs["detail"]
-    if not args.skip_worker:
+    only = set(args.only or ("svdquant", "batch", "quant", "worker"))
+    if "svdquant" in only:
+        err = svdquant_errors()
+        mem = svdquant_memory()
+        figures["svdquant_error_ratio"], figures["svdquant_error_detail"] = err["value"], err["detail"]
+        figures["svdquant_memory_ratio"], figures["svdquant_memory_detail"] = mem["value"], mem["detail"]
+    if "batch" in only:
+        bs = batch_speedup(models_file)
+        figures["batch_speedup"], figures["batch_speedup_detail"] = bs["value"], bs["detail"]
+    if "quant" in only:
+        qm = quant_memory(models_file)
+        figures["quant_denoiser_ratio"], figures["quant_memory_detail"] = qm["value"], qm["detail"]
+        real = quant_real_size_bytes()
+        figures["quant_real_size_gib"] = {name: {k: round(v / 2**30, 2) for k, v in row.items() if "params" not in k}
+                                          for name, row in real.items()}
+        figures["quant_real_size_detail"] = real | {
+            "note": "stored bytes of the real-size configs in bf16 and under each option, counted on the meta device "
+                    "(torchao builds its own quantised tensors; no kernel runs)"}
+    if "worker" in only and not args.skip_worker:
         busy = worker_busy_fraction(models_file)
         figures["worker_busy_fraction"], figures["worker_busy_detail"] = busy["value"], busy["detail"]
-    figures["gpu_bench_measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if args.only:  # a partial run dates only what it measured
+        figures.update({f"{group}_measured_at": now for group in args.only})
+    else:
+        figures["gpu_bench_measured_at"] = now
     merge_results(Path(args.out) if args.out else RESULTS, figures)
     print(json.dumps({k: v for k, v in figures.items() if not k.endswith("_detail")}, indent=2))
     return 0
@@ -299,16 +432,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_it(fn: Callable[[], Any], device: str, iters: int, warmup: int = 1) -> float:
+def _time_it(fn: Callable[[], Any], device: str, iters: int, warmup: int = 1) -> tuple[float, float]:
+    """(seconds per call over ``iters`` calls, seconds of the first warm-up call: a compile happens there)."""
     with torch.no_grad():
+        t0 = time.perf_counter()
         for _ in range(warmup):
             fn()
         _sync(device)
+        first = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(iters):
             fn()
         _sync(device)
-    return iters / (time.perf_counter() - t0)
+    return (time.perf_counter() - t0) / iters, first
 
 
 def build_sdxl(cfg: dict[str, Any], device: str, dtype: torch.dtype, size: int, batch: int = 2
@@ -389,52 +525,86 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def bench_denoiser(name: str, build: Callable[[], tuple[Any, Callable[[], Any]]], device: str, iters: int,
-                   budget_s: float) -> dict[str, Any]:
-    """it/s of one denoiser in every variant, rebuilding it from random weights where a variant needs bf16 back."""
+# every variant of a denoiser, each measured without and then with torch.compile (suffix ``_compiled``)
+GPU_VARIANTS = ("bf16", "torchao_float8dq", "torchao_int8dq", "torchao_int8wo", "svdquant_packed", "svdquant_fake")
+
+
+def prepare_variant(model: Any, variant: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Turn a freshly built 16-bit denoiser into ``variant`` in place, as the registry option of that name does."""
+    if variant == "bf16":
+        return {}
+    if variant.startswith("torchao_"):
+        from atelier_gpu.registry import float8_support, torchao_config
+        from torchao.quantization import quantize_
+
+        option = "torchao-" + variant.removeprefix("torchao_")
+        if option == "torchao-float8dq":
+            ok, why = float8_support(device)
+            if not ok:
+                raise _Skip(why)
+        quantize_(model, torchao_config(option, str(dtype).removeprefix("torch.")))
+        return {}
+    if variant.startswith("svdquant_"):
+        return {"layers": to_svdquant_shells(model, mode=variant.removeprefix("svdquant_"))}
+    raise ValueError(variant)
+
+
+class _Skip(Exception):
+    """A variant this machine cannot run (recorded as skipped, with the reason)."""
+
+
+def bench_denoiser(build: Callable[[], tuple[Any, Callable[[], Any]]], device: str, dtype: torch.dtype, iters: int,
+                   budget_s: float, compile_opts: dict[str, Any], on_result: Callable[[dict[str, Any]], Any] | None = None
+                   ) -> dict[str, Any]:
+    """Seconds per step and peak memory of one denoiser in every variant of :data:`GPU_VARIANTS`, eager and
+    compiled; rebuilt from random weights for each variant (each needs the 16-bit weights)."""
+    from atelier_gpu.registry import CompileSpec, compile_denoiser, resident_bytes
+
     out: dict[str, Any] = {}
     started = time.perf_counter()
 
     def left() -> bool:
         return time.perf_counter() - started < budget_s
 
-    # bf16, then SVDQuant fake-quant, then packed (the same model converted in place)
-    _reset_peak(device)
-    model, step = build()
-    params = sum(p.numel() for p in model.parameters())
-    out["params_m"] = round(params / 1e6, 1)
-    out["bf16"] = {"it_s": round(_time_it(step, device, iters), 3), "peak_gib": _peak(device)}
-    if left():
-        _reset_peak(device)
-        layers = to_svdquant_shells(model, mode="fake")
-        out["svdquant_fake"] = {"it_s": round(_time_it(step, device, iters), 3), "peak_gib": _peak(device),
-                                "layers": layers}
-    if left():
-        for m in sq.svdquant_layers(model).values():
-            m.mode, m._dequantized = "packed", None
-        _reset_peak(device)
-        out["svdquant_packed"] = {"it_s": round(_time_it(step, device, iters), 3), "peak_gib": _peak(device),
-                                  "stored_gib": round(sq.storage_bytes(model) / 2**30, 3)}
-    del model, step
-    # torchao int8 needs the 16-bit weights back
-    if importlib.util.find_spec("torchao") is None:
-        out["torchao_int8_weight_only"] = out["torchao_int8_dynamic"] = {"skipped": "torchao is not installed"}
-        return out
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+    def measure(step: Callable[[], Any]) -> dict[str, Any]:
+        s_step, first = _time_it(step, device, iters)
+        return {"s_step": round(s_step, 4), "it_s": round(1 / s_step, 3), "first_call_s": round(first, 2),
+                "peak_gib": _peak(device)}
 
-    for key, config in (("torchao_int8_weight_only", Int8WeightOnlyConfig),
-                        ("torchao_int8_dynamic", Int8DynamicActivationInt8WeightConfig)):
+    for variant in GPU_VARIANTS:
+        compiled = f"{variant}_compiled"
         if not left():
-            out[key] = {"skipped": "time budget"}
+            out[variant] = out[compiled] = {"skipped": "time budget"}
             continue
+        model = step = None
         _reset_peak(device)
-        model, step = build()
         try:
-            quantize_(model, config())
-            out[key] = {"it_s": round(_time_it(step, device, iters), 3), "peak_gib": _peak(device)}
-        except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is a result too
+            model, step = build()
+            out.setdefault("params_m", round(sum(p.numel() for p in model.parameters()) / 1e6, 1))
+            extra = prepare_variant(model, variant, device, dtype)
+            weights = sq.storage_bytes(model) if variant.startswith("svdquant") else resident_bytes(model)
+            out[variant] = measure(step) | {"weights_gib": round(weights / 2**30, 3)} | extra
+            if on_result:
+                on_result(out)
+            if not left():
+                out[compiled] = {"skipped": "time budget"}
+                continue
+            torch._dynamo.reset()  # each variant compiles afresh (no recompile limit carried over)
+            _reset_peak(device)
+            compile_denoiser(model, CompileSpec(**compile_opts))
+            out[compiled] = measure(step)
+            out[compiled]["compile_s"] = round(out[compiled].pop("first_call_s") - out[variant]["s_step"], 2)
+        except _Skip as why:
+            out[variant] = out[compiled] = {"skipped": str(why)}
+        except Exception as exc:  # noqa: BLE001 - a variant that cannot run here is a result too
+            key = compiled if variant in out else variant
             out[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-        del model, step
+            out.setdefault(compiled, {"skipped": f"{variant} failed"})
+        finally:
+            del model, step
+            _reset_peak(device)
+        if on_result:
+            on_result(out)
     return out
 
 
@@ -463,56 +633,92 @@ def run_gpu(args: argparse.Namespace) -> int:
     if not dry and device != "cuda":
         print("no CUDA device: run with --dry-run for the CPU smoke version", file=sys.stderr)
         return 2
+    from atelier_gpu.registry import float8_support
+
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     size = 1024 if not dry else 64
     iters = args.iters or (5 if not dry else 1)
+    # inductor's CPU compile of even the tiny UNet takes minutes on a small machine: the dry run captures graphs only
+    backend = args.compile_backend or ("inductor" if not dry else "eager")
+    # the registry's compile option as a models.yaml would set it (regional: the repeated blocks, as by default)
+    compile_opts: dict[str, Any] = {"backend": backend, "dynamic": False, "regional": not args.compile_whole,
+                                    "mode": args.compile_mode if backend == "inductor" else "default"}
     result: dict[str, Any] = {
         "mode": "dry-run (tiny configs, CPU)" if dry else "real-size configs, random weights",
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."), "size": f"{size}x{size}",
+        "compile": compile_opts,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    with contextlib.suppress(ImportError):
+        import torchao
+
+        result["torchao"] = torchao.__version__
     if device == "cuda":
         cap = torch.cuda.get_device_capability()
         result["compute_capability"] = f"{cap[0]}.{cap[1]}"
-        from atelier_gpu.registry import NUNCHAKU_CAPABILITIES
+    result["float8_supported"], why = float8_support(device)
+    if why:
+        result["float8_why_not"] = why
+    out = Path(args.out) if args.out else GPU_RESULTS
 
-        result["nunchaku_supported_gpu"] = cap in NUNCHAKU_CAPABILITIES
-    for name, cfg, build in (("sdxl_unet", SDXL_TINY if dry else SDXL_UNET, build_sdxl),
-                             ("flux_transformer", FLUX_TINY if dry else FLUX_DEV, build_flux)):
+    def write() -> None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    for name, cfg, build, budget in (("sdxl_unet", SDXL_TINY if dry else SDXL_UNET, build_sdxl, args.budget_s),
+                                     ("flux_transformer", FLUX_TINY if dry else FLUX_DEV, build_flux,
+                                      args.budget_s * 1.25)):
         t0 = time.perf_counter()
+        note = ("one step = one UNet forward at batch 2 (CFG)" if name == "sdxl_unet"
+                else "one step = one transformer forward, 4096 image + 512 text tokens (guidance-distilled: no CFG)"
+                if not dry else "one step = one forward")
         try:
-            result[name] = bench_denoiser(name, lambda cfg=cfg, build=build: build(cfg, device, dtype, size),
-                                          device, iters, budget_s=args.budget_s)
-            result[name]["note"] = ("one iteration = one UNet forward at batch 2 (CFG)" if name == "sdxl_unet"
-                                    else "one iteration = one transformer forward, 4096 image + 512 text tokens"
-                                    if not dry else "one iteration = one forward")
+            result[name] = bench_denoiser(lambda cfg=cfg, build=build: build(cfg, device, dtype, size), device, dtype,
+                                          iters, budget_s=budget, compile_opts=compile_opts,
+                                          on_result=lambda partial, name=name: (result.__setitem__(name, partial),
+                                                                                write()))
+            result[name]["note"] = note
         except Exception as exc:  # noqa: BLE001 - keep what was measured
             result[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         result[name]["seconds"] = round(time.perf_counter() - t0, 1)
         _reset_peak(device)
+        write()
     try:
         with sq._threads(1 if device == "cpu" else None):
             result["svdquant_one_layer"] = one_layer_decomposition(device, *((3072, 12288) if not dry else (128, 256)))
     except Exception as exc:  # noqa: BLE001
         result["svdquant_one_layer"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    out = Path(args.out) if args.out else GPU_RESULTS
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write()
     print(json.dumps(result, indent=2))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("cpu", "gpu"))
+    parser.add_argument("mode", choices=("cpu", "gpu", "quant-memory-one"),
+                        help="quant-memory-one: one option of the cpu mode's quant_memory, run in its own process")
     parser.add_argument("--dry-run", action="store_true", help="gpu mode on tiny configs, on the CPU")
     parser.add_argument("--out", default=None, help="where the JSON goes (default bench/results.json or "
                                                     "bench/gpu_results.json)")
     parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--budget-s", type=float, default=150.0, help="time budget per denoiser (gpu mode)")
+    parser.add_argument("--budget-s", type=float, default=160.0,
+                        help="time budget of the SDXL UNet (gpu mode; FLUX gets 1.25x); variants past it are skipped")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the gpu mode's compiled runs")
+    parser.add_argument("--compile-backend", default=None, help="inductor (GPU default) or eager (dry-run default)")
+    parser.add_argument("--compile-whole", action="store_true",
+                        help="compile the whole denoiser, not only its repeated blocks (the registry's default)")
     parser.add_argument("--skip-worker", action="store_true", help="cpu mode without worker_busy_fraction")
+    parser.add_argument("--only", nargs="+", choices=("svdquant", "batch", "quant", "worker"),
+                        help="cpu mode: only these figures (default all)")
+    parser.add_argument("--models-file", type=Path, help="quant-memory-one: the models.yaml")
+    parser.add_argument("--model", default="sdxl-bench", help="quant-memory-one: the model id")
+    parser.add_argument("--option", choices=QUANT_OPTIONS, help="quant-memory-one: the option")
+    parser.add_argument("--dtype", default="bfloat16", help="quant-memory-one: the dtype")
     args = parser.parse_args(argv)
+    if args.mode == "quant-memory-one":
+        print(json.dumps(quant_memory_one(args.models_file, args.model, args.option, args.dtype)))
+        return 0
     return run_cpu(args) if args.mode == "cpu" else run_gpu(args)
 
 
