@@ -357,19 +357,10 @@ def _load_lora_state(path: Path) -> dict[str, Any]:
         raise StageError(f"LoRA {file}: not a readable .safetensors file ({exc})", retryable=False) from exc
 
 
-def _apply_loras(pipe: Any, spec: ModelSpec) -> None:
-    """Fuse every LoRA into the weights, once, at load.
-
-    Pipelines with diffusers' LoRA loaders (SDXL, FLUX, SD3) take any layout those loaders convert — kohya /
-    A1111 (``lora_unet_*.lora_down`` / ``lora_up`` / ``alpha``, SGM block names, conv layers), PEFT, diffusers —
-    for the denoiser and the text encoders; several LoRAs are set as adapters with their scales, fused together and
-    the adapter layers unloaded (the fused weights stay). On an SVDQuant model, and on pipelines without loaders
-    (PixArt), a PEFT-layout LoRA of the denoiser is folded in by hand (``quant.svdquant.fold_lora``)."""
-    if not spec.loras:
-        return
-    if spec.quantization == "svdquant-int4" or not hasattr(pipe, "load_lora_weights"):
-        _fold_loras(pipe, spec)
-        return
+def _load_adapters(pipe: Any, spec: ModelSpec) -> list[str]:
+    """Load every LoRA of ``spec`` as a named adapter through diffusers' loaders (which convert kohya / A1111 /
+    PEFT / diffusers layouts) and set their scales; the adapter names. A damaged file, one that does not fit, or
+    one that matches no layer is a StageError naming the file (and nothing stays loaded)."""
     names = []
     for lora in spec.loras:
         file = _lora_file(lora.path)
@@ -387,8 +378,60 @@ def _apply_loras(pipe: Any, spec: ModelSpec) -> None:
                              "(a LoRA for another model family?)", retryable=False)
         names.append(lora.name)
     pipe.set_adapters(names, adapter_weights=[lora.scale for lora in spec.loras])
+    return names
+
+
+def _apply_loras(pipe: Any, spec: ModelSpec) -> None:
+    """Fuse every LoRA into the weights, once, at load.
+
+    Pipelines with diffusers' LoRA loaders (SDXL, FLUX, SD3) take any layout those loaders convert — kohya /
+    A1111 (``lora_unet_*.lora_down`` / ``lora_up`` / ``alpha``, SGM block names, conv layers), PEFT, diffusers —
+    for the denoiser and the text encoders; several LoRAs are set as adapters with their scales, fused together and
+    the adapter layers unloaded (the fused weights stay). On pipelines without loaders (PixArt) a PEFT-layout LoRA
+    of the denoiser is folded in by hand (``quant.svdquant.fold_lora``). SVDQuant models: ``_denoiser_lora_deltas``
+    before quantising, ``_fold_deltas`` after."""
+    if not spec.loras:
+        return
+    if not hasattr(pipe, "load_lora_weights"):
+        _fold_loras(pipe, spec)
+        return
+    names = _load_adapters(pipe, spec)
     pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
     pipe.unload_lora_weights()  # the LoRA layers go; what was fused into the weights stays
+
+
+def _denoiser_lora_deltas(pipe: Any, spec: ModelSpec) -> list[tuple[str, Any, Any, float]]:
+    """Every LoRA of ``spec`` converted by diffusers' loaders on the 16-bit pipeline (any layout they read), as
+    ``(denoiser module, down, up, scale)`` — the adapter's scaling: alpha / rank times the LoRA's scale — for
+    ``_fold_deltas`` to add after quantising; the text encoders' part is fused as usual, and the adapters are
+    unloaded, leaving the denoiser's own weights to be quantised."""
+    names = _load_adapters(pipe, spec)
+    deltas = []
+    for path, module in getattr(pipe, spec.denoiser).named_modules():
+        lora_a, lora_b, scaling = (getattr(module, n, None) for n in ("lora_A", "lora_B", "scaling"))
+        if lora_a is None or lora_b is None or not isinstance(scaling, dict):
+            continue
+        for name in names:
+            if name in lora_a:
+                # PEFT's scaling is alpha / rank times the weight set_adapters gave the adapter
+                deltas.append((path, lora_a[name].weight.detach().clone(), lora_b[name].weight.detach().clone(),
+                               float(scaling[name])))
+    encoders = [c for c in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, c, None) is not None]
+    if encoders:
+        pipe.fuse_lora(components=encoders, adapter_names=names, lora_scale=1.0)
+    pipe.unload_lora_weights()
+    return deltas
+
+
+def _fold_deltas(pipe: Any, spec: ModelSpec, deltas: list[tuple[str, Any, Any, float]]) -> None:
+    from .quant.svdquant import fold_delta  # heavy (torch, diffusers): loaded on first use
+
+    denoiser = getattr(pipe, spec.denoiser)
+    for path, down, up, scale in deltas:
+        try:
+            fold_delta(denoiser, path, down, up, scale)
+        except ValueError as exc:
+            raise StageError(f"model {spec.id}: a LoRA does not fold into {path}: {exc}", retryable=False) from exc
 
 
 def _fold_loras(pipe: Any, spec: ModelSpec) -> None:
@@ -509,8 +552,15 @@ def load_pipeline(spec: ModelSpec, *, device: str | None = None) -> Any:
     if spec.scheduler is not None:
         _apply_scheduler(pipe, spec.scheduler, spec.id)
     if spec.quantization == "svdquant-int4":
+        # LoRAs in any layout diffusers' loaders read: converted on the 16-bit pipeline, then concatenated onto the
+        # quantised layers' low-rank branches (convolutions and unquantised linears take them in their weights)
+        loaders = bool(spec.loras) and hasattr(pipe, "load_lora_weights")
+        deltas = _denoiser_lora_deltas(pipe, spec) if loaders else []
         _quantize(pipe, spec)
-        _apply_loras(pipe, spec)  # concatenated onto the low-rank branches, no re-quantising
+        if loaders:
+            _fold_deltas(pipe, spec, deltas)
+        else:
+            _apply_loras(pipe, spec)
     else:
         _apply_loras(pipe, spec)  # fused into the 16-bit weights before any quantisation
         if spec.quantization not in TORCHAO:

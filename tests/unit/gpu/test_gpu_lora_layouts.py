@@ -111,3 +111,28 @@ def test_a_damaged_or_foreign_lora_is_a_clear_stage_error(models_dir: Path, tmp_
         with pytest.raises(StageError, match=words) as err:
             reg.load(model_id)
         assert err.value.retryable is False, model_id
+
+
+def test_a_kohya_lora_folds_into_an_svdquant_model(models_dir: Path, tmp_path: Path, loras: dict[str, Path]) -> None:
+    """On an SVDQuant model a kohya LoRA is converted by diffusers' loaders on the 16-bit weights, then its
+    attention projections are concatenated onto the quantised layers' low-rank branches and its conv kernels added
+    to the (unquantised) convolutions: W + scale * alpha / rank * up @ down, as the 16-bit path fuses it."""
+    from atelier_gpu.quant.svdquant import SVDQuantLinear
+
+    svdq = {"quantization": "svdquant-int4", "svdquant": str(models_dir / "sdxl-tiny-svdq" / "unet.safetensors")}
+    base = {"family": "sdxl", "path": str(models_dir / "sdxl-tiny"), "dtype": "float32", "steps": 2, "guidance": 5.0}
+    doc = {"models": {"q": {**base, **svdq},
+                      "q-styled": {**base, **svdq, "loras": [{"path": str(loras["a"]), "scale": 0.7, "name": "a"}]}}}
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(doc))
+    reg = ModelRegistry(tmp_path / "models.yaml", device="cpu", cache_size=2)
+    plain, styled = reg.load("q"), reg.load("q-styled")
+    conv0, conv1 = (p.unet.get_submodule(CONV).weight.detach() for p in (plain, styled))
+    torch.testing.assert_close(conv1 - conv0, 0.7 * kohya_delta(loras["a"], CONV, kernel=True), atol=1e-5, rtol=1e-4)
+    q0, q1 = plain.unet.get_submodule(ATTN), styled.unet.get_submodule(ATTN)
+    assert isinstance(q0, SVDQuantLinear) and isinstance(q1, SVDQuantLinear)
+    assert q1.lora_down.shape[0] == q0.lora_down.shape[0] + 4  # the LoRA's rank, concatenated; nothing re-quantised
+    assert torch.equal(q0.qweight, q1.qweight) and torch.equal(q0.wscale, q1.wscale)
+    x = torch.randn(2, q0.in_features)
+    expected = 0.7 * kohya_delta(loras["a"], ATTN, kernel=False)
+    torch.testing.assert_close(q1(x) - q0(x), x @ expected.T, atol=1e-4, rtol=1e-3)
+    assert not any("lora_A" in n or "lora_B" in n for n, _ in styled.unet.named_parameters())  # no adapter left

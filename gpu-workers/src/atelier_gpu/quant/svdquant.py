@@ -488,33 +488,45 @@ def load_svdquant(model: nn.Module, path: Path | str, *, mode: str = "packed", d
 def fold_lora(model: nn.Module, lora: dict[str, torch.Tensor], *, scale: float = 1.0, prefix: str = "") -> int:
     """Apply a LoRA in diffusers/PEFT format (``<module>.lora_A.weight`` / ``.lora_B.weight``, optional ``.alpha``).
 
-    SVDQuant layers get it concatenated onto their low-rank branch (no re-quantisation); plain linears
-    get ``W += scale * B A``. ``prefix`` (e.g. ``"unet."``) is stripped from the keys. Returns the count.
+    SVDQuant layers get it concatenated onto their low-rank branch (no re-quantisation); plain linears and
+    convolutions get ``W += scale * B A`` (``fold_delta``). ``prefix`` (e.g. ``"unet."``) is stripped from the
+    keys. Returns the count.
     """
     downs = {k[: -len(".lora_A.weight")]: v for k, v in lora.items() if k.endswith(".lora_A.weight")}
     if not downs:
         raise ValueError("no '<module>.lora_A.weight' keys: not a diffusers/PEFT LoRA state dict")
-    n = 0
     for key, down in downs.items():
         up = lora.get(f"{key}.lora_B.weight")
         if up is None:
             raise ValueError(f"LoRA key {key}.lora_B.weight is missing")
         name = key[len(prefix):] if prefix and key.startswith(prefix) else key
-        try:
-            module = model.get_submodule(name)
-        except AttributeError as exc:
-            raise ValueError(f"LoRA module {name} is not in this model") from exc
         alpha = lora.get(f"{key}.alpha")
-        s = scale * (float(alpha) / down.shape[0] if alpha is not None else 1.0)
-        if isinstance(module, SVDQuantLinear):
-            module.fold_lora(down, up, s)
-        elif isinstance(module, nn.Linear):
-            with torch.no_grad():
-                module.weight += (s * up.double() @ down.double()).to(module.weight.dtype).to(module.weight.device)
-        else:
-            raise ValueError(f"LoRA module {name} is a {type(module).__name__}, not a linear layer")
-        n += 1
-    return n
+        fold_delta(model, name, down, up, scale * (float(alpha) / down.shape[0] if alpha is not None else 1.0))
+    return len(downs)
+
+
+def fold_delta(model: nn.Module, name: str, down: torch.Tensor, up: torch.Tensor, scale: float) -> None:
+    """Add ``scale * up @ down`` to module ``name`` of ``model``: onto an SVDQuant layer's low-rank branch, into a
+    linear's weight, or into a convolution's kernel (``down``: rank x in x kh x kw, ``up``: out x rank x 1 x 1, as
+    kohya's conv LoRAs are)."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError as exc:
+        raise ValueError(f"LoRA module {name} is not in this model") from exc
+    if isinstance(module, SVDQuantLinear):
+        module.fold_lora(down, up, scale)
+        return
+    if isinstance(module, nn.Linear):
+        delta = up.double() @ down.double()
+    elif isinstance(module, nn.Conv2d):
+        delta = (up.double().flatten(1) @ down.double().flatten(1)).reshape(up.shape[0], *down.shape[1:])
+    else:
+        raise ValueError(f"LoRA module {name} is a {type(module).__name__}, not a linear or convolution layer")
+    if delta.shape != module.weight.shape:
+        raise ValueError(f"LoRA shapes {tuple(down.shape)} / {tuple(up.shape)} do not fit {name} "
+                         f"{tuple(module.weight.shape)}")
+    with torch.no_grad():
+        module.weight += (scale * delta).to(module.weight.dtype).to(module.weight.device)
 
 
 def storage_bytes(model: nn.Module) -> int:
