@@ -97,6 +97,12 @@ def _dropped_words(tokenizer: Any, text: str, window: int) -> list[str]:
     return words[len(kept_words):] or words[-1:]
 
 
+def words_past(tokenizer: Any, texts: list[str], window: int) -> list[str]:
+    """The words of ``texts`` an encoder with a ``window``-token input never sees (sorted, each once)."""
+    plain = [re.sub(r"\)(?:\d*\.?\d+)?", "", to_compel(t)).replace("(", "") for t in texts]
+    return sorted({w for t in plain for w in _dropped_words(tokenizer, t, window)})
+
+
 def _expect_long_prompts(pipe: Any) -> None:
     """compel tokenizes whole prompts before it chunks them: the tokenizers' one-time "longer than the maximum
     sequence length … indexing errors" warning would be false here, so it is marked as given."""

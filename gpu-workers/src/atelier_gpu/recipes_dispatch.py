@@ -66,11 +66,21 @@ def _regional(pipe: Any, first: Any, negative: str | None, common: dict[str, Any
     else:
         images = regional.run_batch(pipe, plan=plan, negative_prompt=negative, **common)
         mode = "text_to_image"
+    if common["family"] == "flux":  # never silent: words T5's regional window cut become a job.warning
+        extra.update(_dropped_warning(regional.flux_dropped_words(pipe, [base_prompt, *prompts])))
     total = len(common["timesteps"]) if common.get("timesteps") else common["steps"]
     extra["regional"] = regional.record(boxes, masks, base_prompt=base_prompt, base_ratio=float(base_ratio),
                                         source=params.get("source") or ("layout" if labels is not None else "rpg"),
                                         mode=mode, steps=total, labels=labels)
     return images, extra
+
+
+def _dropped_warning(words: list[str]) -> dict[str, Any]:
+    """The output warning for words a text encoder's window dropped (none when nothing was)."""
+    if not words:
+        return {}
+    return {"warnings": [f"the prompt is longer than the text encoder's window; these words were dropped: "
+                         f"{' '.join(words)}"]}
 
 
 def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
@@ -89,15 +99,18 @@ def run(registry: Any, spec: Any, pipe: Any, requests: list[Any],
         images = text_to_image.run_batch(pipe, prompt=[r.prompt for r in requests], negative_prompt=negative,
                                          report=encoding, **common)
         info["prompt_encoding"] = encoding
-        if encoding.get("dropped_words"):  # never silent: the stage's output warning becomes a job.warning
-            info["warnings"] = [f"the prompt is longer than the text encoder's window; these words were dropped: "
-                                f"{' '.join(encoding['dropped_words'])}"]
+        # never silent: the stage's output warning becomes a job.warning
+        info.update(_dropped_warning(list(encoding.get("dropped_words") or [])))
     elif first.recipe == "regional":
         images, extra = _regional(pipe, first, negative, common)
         info.update(extra)
     elif first.recipe == "layout":
         images = layout.run_batch(pipe, plan=first.params["plan"], base_ratio=first.params.get("base_ratio", 0.3),
                                   negative_prompt=negative, **common)
+        if spec.family == "flux":
+            plan = LayoutPlan.model_validate(first.params["plan"])
+            info.update(_dropped_warning(regional.flux_dropped_words(
+                pipe, [plan.global_caption, *(b.caption for b in layout.grounded_boxes(plan))])))
     elif first.recipe == "inpaint":
         product = first.ctx.get_image(first.params["product_key"], "product image")
         regions: list[tuple[str, Any]] = []

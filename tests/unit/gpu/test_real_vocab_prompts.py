@@ -153,6 +153,31 @@ def test_what_flux_t5_window_drops_is_a_warning_naming_the_words(clip_pipes: dic
     assert "dropped" in warning and "kettuvallam" in warning and "houseboats" in warning
 
 
+def test_what_flux_regional_t5_window_drops_is_a_warning_too(clip_pipes: dict[str, Any]) -> None:
+    """FLUX's regional encoding gives the base prompt and each region its own T5 window (256 tokens): words past it
+    are named in the stage's warning, as text-to-image's are."""
+    from atelier_gpu.recipes import regional
+
+    pipe = clip_pipes["flux"]
+    window = regional.flux_text_window(pipe)
+    base = " ".join([f"lantern{i}" for i in range(window // 2)] + ["kettuvallam", "houseboats", "at", "dusk"])
+    regions = [{"box": [0.0, 0.0, 0.5, 1.0], "prompt": "a red kite"}, {"box": [0.5, 0.0, 1.0, 1.0],
+                                                                        "prompt": "a green boat"}]
+    req = GenRequest(ctx=None, recipe="regional", model="flux-tiny-clip", seed=3, prompt=base, steps=2,
+                     params={"regions": regions, "source": "layout"}, **{k: v for k, v in ARGS.items() if k != "steps"})
+    ((_, info),) = recipes_dispatch.run(None, ModelSpec(id=req.model, family="flux", path=Path(".")), pipe, [req],
+                                        lambda step, total: None)
+    (warning,) = info["warnings"]
+    assert "kettuvallam" in warning and "dusk" in warning and "lantern0 " not in warning
+    assert "kite" not in warning and info["regional"]["mode"] == "text_to_image"
+    short = GenRequest(ctx=None, recipe="regional", model="flux-tiny-clip", seed=3, prompt="a harbour at dusk",
+                       steps=2, params={"regions": regions, "source": "layout"},
+                       **{k: v for k, v in ARGS.items() if k != "steps"})
+    ((_, quiet),) = recipes_dispatch.run(None, ModelSpec(id=req.model, family="flux", path=Path(".")), pipe, [short],
+                                         lambda step, total: None)
+    assert "warnings" not in quiet
+
+
 def test_every_weight_the_planners_write_reaches_compel_as_a_weight() -> None:
     """The demo's story, planned by the rules planner: each sheet and scene prompt's ``(text:w)`` groups become
     compel weights, even where the text holds a colon or plain parentheses; no ``:1.3`` is left as text."""

@@ -214,6 +214,17 @@ def check_inputs(pipe: Any, *, family: Any, plan: Any, width: Any, height: Any, 
     return parsed
 
 
+def flux_text_window(pipe: Any) -> int:
+    """Tokens per text chunk (base prompt and each region) in FLUX's regional encoding: T5's sequence length."""
+    return min(FLUX_TEXT_TOKENS, int(pipe.tokenizer_2.model_max_length))
+
+
+def flux_dropped_words(pipe: Any, prompts: Sequence[str]) -> list[str]:
+    """The words of the base and region prompts that FLUX's regional encoding cuts (T5 keeps ``flux_text_window``
+    tokens of each, its end-of-text token included); CLIP's pooled vector reads the first 77 tokens by design."""
+    return prompt_encoding.words_past(pipe.tokenizer_2, list(prompts), flux_text_window(pipe) - 1)
+
+
 def generate_with_regions(pipe: Any, *, family: str, base_prompt: str, negative_prompt: str | None,
                           prompts: Sequence[str], masks: torch.Tensor, base_ratio: float, width: int, height: int,
                           steps: int, guidance: float, seeds: Sequence[int],
@@ -268,7 +279,7 @@ def generate_with_regions(pipe: Any, *, family: str, base_prompt: str, negative_
             processors = sdxl_processors(pipe.unet, state)
             model = pipe.unet
         elif family == "flux":
-            tokens = min(FLUX_TEXT_TOKENS, int(pipe.tokenizer_2.model_max_length))
+            tokens = flux_text_window(pipe)
             encoded = [pipe.encode_prompt(prompt=p, prompt_2=None, device=device, num_images_per_prompt=1,
                                           max_sequence_length=tokens) for p in [base_prompt, *prompts]]
             state.text_tokens = tokens
