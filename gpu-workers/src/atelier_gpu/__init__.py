@@ -4,4 +4,8 @@ registry, the diffusion recipes (``recipes/``, one file each), batching across t
 Importing this package is cheap: torch and diffusers load only inside the submodules that need them.
 """
 
+from .logs import quiet_known_warnings
+
 __version__ = "0.1.0"
+
+quiet_known_warnings()  # before anything here imports diffusers (and through it torchao)
