@@ -188,10 +188,9 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
         st = graph.stage(row.name)
         blocked = _not_run(graph, st, row.item, by_name)
         if blocked is not None:
-            res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
-                                  .values(status="canceled", error=f"not run: {blocked} did not succeed", finished_at=now))
-            if res.rowcount == 1:  # type: ignore[attr-defined]
-                session.refresh(row)
+            # an ORM UPDATE: the session's row takes the new values too (synchronize_session), no SELECT back
+            session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
+                            .values(status="canceled", error=f"not run: {blocked} did not succeed", finished_at=now))
             continue
         if st.partial and _nothing_left(graph, st, by_name):
             failures = item_failures(rows)
@@ -215,7 +214,8 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
                                   .values(status="succeeded", output=Skipped(skipped=reason).to_json(), queued_at=now,
                                           started_at=now, finished_at=now))
             if res.rowcount == 1:  # type: ignore[attr-defined]
-                session.refresh(row)  # later rows in this pass see it done (rows come in graph order)
+                # later rows in this pass see it done (rows come in graph order): the ORM UPDATE synchronised the
+                # session's row, no SELECT back
                 emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.completed",
                      data={"stage": row.name, "item": row.item, "skipped": reason, "seconds": 0.0})
                 skipped += 1
@@ -224,7 +224,7 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
                               .values(status="queued", attempts=Stage.attempts + 1, queued_at=now))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             continue
-        session.refresh(row)
+        # row.attempts is the new count: the ORM UPDATE synchronised the session's row (no SELECT back)
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.queued",
              data={"stage": row.name, "item": row.item, "attempt": row.attempts})
         outbox.add(stage_task_name(row.name), [_payload(job, row, upstream, rows)])
