@@ -152,11 +152,16 @@ class StageContext:
             raise JobCanceled(f"job {self.task.job_id} was canceled")
 
     def progress(self, step: int, total: int) -> None:
-        """Per-step callback: heartbeat, stop if canceled, report progress at most twice a second."""
+        """Per-step callback: heartbeat, stop if canceled, report progress at most twice a second.
+
+        The last step is not reported: the stage's result follows at once (``stage.completed``), and every report
+        is an orchestrator transaction on the job's row — a GPU stage of a few steps would spend one of its three
+        or four on a message that says nothing new.
+        """
         self.res.runtime.heartbeat(self.task.stage_id)
         self.check_canceled()
         now = time.monotonic()
-        if now - self._last_progress >= 0.5 or step >= total:
+        if now - self._last_progress >= 0.5 and step < total:
             self._last_progress = now
             msg = StageProgress(job_id=self.task.job_id, stage_id=self.task.stage_id, step=step, total=total)
             self.app.send_task(T_STAGE_PROGRESS, args=[msg.model_dump(mode="json")])
