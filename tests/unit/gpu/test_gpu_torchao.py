@@ -155,8 +155,11 @@ def test_compile_is_applied_in_place_and_lazily(models_dir, tmp_path):
     _reset_dynamo()
 
 
-def test_inductor_compiled_int8_unet_generates_what_eager_does(models_dir, tmp_path):
+def test_inductor_compiled_int8_unet_generates_what_eager_does(models_dir, tmp_path, monkeypatch):
     """The registry's default compile (inductor, repeated blocks) over an int8 weight-only UNet, on the CPU."""
+    # a kernel cache of this test's own: another process compiling into the shared /tmp/torchinductor_<user> at
+    # the same time can leave it a half-written precompiled header (seen once: "'at::vec' has not been declared")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     _reset_dynamo()
     path = _write(tmp_path / "models.yaml", {
         "q": _entry(models_dir, "sdxl", quantization="torchao-int8wo"),
