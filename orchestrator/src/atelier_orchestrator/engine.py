@@ -169,16 +169,18 @@ def _skip_reason(st: StageDef, job: Job, settings: Settings | None) -> str | Non
     return st.skip_when(job.spec, settings if settings is not None else Settings())
 
 
-def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | None = None) -> int:
+def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | None = None,
+            rows: list[Stage] | None = None) -> int:
     """Queue every stage item whose dependencies are done; finish the job when all are. Returns #queued.
 
     ``settings`` (the orchestrator's) reach the graphs' ``skip_when``: a stage that cannot do its work here
-    (the critic gate with no VLM configured) is skipped without a queue round-trip.
+    (the critic gate with no VLM configured) is skipped without a queue round-trip. ``rows``: the job's stage rows
+    as this transaction already loaded them (the session's own objects, so current), else they are read.
     """
     if job.status in TERMINAL:
         return 0
     graph = GRAPHS[job.kind]
-    rows = _ensure_rows(session, job, graph, _stages(session, job.id))
+    rows = _ensure_rows(session, job, graph, rows if rows is not None else _stages(session, job.id))
     by_name = _by_name(rows)
     queued = skipped = 0
     now = utcnow()
@@ -288,7 +290,9 @@ def _record_artifacts(session: Session, job: Job, row: Stage, result: StageResul
 def stage_done(session: Session, result: StageResult, outbox: Outbox, *, settings: Settings) -> None:
     """Record a stage's end, then retry it, fail the job, or start what comes next."""
     job = lock_job(session, result.job_id)
-    row = session.get(Stage, result.stage_id)
+    # the job's stage rows in one read: this one, and what advance() walks after it
+    rows = _stages(session, job.id) if job is not None else []
+    row = next((r for r in rows if r.id == result.stage_id), None)
     if job is None or row is None:
         log.warning("stage_done for unknown job/stage %s/%s", result.job_id, result.stage_id)
         return
@@ -323,7 +327,7 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
             for warning in (result.output or {}).get("warnings") or []:
                 emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.warning",
                      data={"stage": row.name, "item": row.item, "warning": str(warning)})
-        advance(session, job, outbox, settings=settings)
+        advance(session, job, outbox, settings=settings, rows=rows)
         return
     if result.attempt != row.attempts:
         return  # a stale failure of an attempt that was already superseded
