@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 MAX_LAYOUT_BOXES = 10
 # the planner's reply to a design request (kind "layout" on the planning queue) holds its answer under this key
@@ -24,6 +24,10 @@ def checked_bbox(b: BBox) -> BBox:
     if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
         raise ValueError(f"bbox {list(b)} must satisfy 0<=x1<x2<=1 and 0<=y1<y2<=1 (fractions of the canvas)")
     return b
+
+
+# a box of a client's layout: the fractions checked as every plan's are
+CheckedBBox = Annotated[BBox, AfterValidator(checked_bbox)]
 
 
 class _Strict(BaseModel):
@@ -44,14 +48,9 @@ DesignRole = Literal["entity", "character", "product", "logo", "tagline", "cta",
 class DesignBox(_Strict):
     """A box the designer keeps (repaired only when it breaks a rule: outside the canvas, too small)."""
 
-    bbox: BBox = Field(description="[x1, y1, x2, y2] in 0..1, top-left origin.")
+    bbox: CheckedBBox = Field(description="[x1, y1, x2, y2] in 0..1, top-left origin.")
     caption: Caption = ""
     role: DesignRole = "entity"
-
-    @field_validator("bbox")
-    @classmethod
-    def _bbox(cls, b: BBox) -> BBox:
-        return checked_bbox(b)
 
 
 class LayoutDesignRequest(_Strict):
@@ -73,14 +72,9 @@ CampaignBoxRole = Literal["product", "tagline", "cta", "logo", "underlay", "enti
 
 
 class CampaignBox(_Strict):
-    bbox: BBox = Field(description="[x1, y1, x2, y2] in 0..1, top-left origin.")
+    bbox: CheckedBBox = Field(description="[x1, y1, x2, y2] in 0..1, top-left origin.")
     role: CampaignBoxRole
     caption: Caption = Field(default="", description="What an `entity` box shows (it is painted in the background).")
-
-    @field_validator("bbox")
-    @classmethod
-    def _bbox(cls, b: BBox) -> BBox:
-        return checked_bbox(b)
 
 
 class CampaignLayout(_Strict):
@@ -107,14 +101,9 @@ class SceneBox(_Strict):
     """A box of a story page's own layout: a ``character`` box places the page's next cast member (in the order
     the planner casts them), an ``entity`` box a captioned object of the scene."""
 
-    bbox: BBox = Field(description="[x1, y1, x2, y2] in 0..1, top-left origin.")
+    bbox: CheckedBBox = Field(description="[x1, y1, x2, y2] in 0..1, top-left origin.")
     role: SceneBoxRole = "character"
     caption: Caption = Field(default="", description="What an `entity` box shows.")
-
-    @field_validator("bbox")
-    @classmethod
-    def _bbox(cls, b: BBox) -> BBox:
-        return checked_bbox(b)
 
 
 class SceneLayout(_Strict):

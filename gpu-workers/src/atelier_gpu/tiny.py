@@ -17,17 +17,18 @@ tiny SDXL, so the InstantID path of the identity recipe runs without the real on
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 import tempfile
 from collections.abc import Callable
 from functools import cache, partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
+from atelier_runtime.clip_vocab import CLIP_VOCAB_SIZE as CLIP_VOCAB_SIZE  # re-exported: the tiny writer's vocabulary
+from atelier_runtime.clip_vocab import bytes_to_unicode, clip_vocabulary
+from atelier_runtime.clip_vocab import clip_bpe_file as clip_bpe_file
 
 # Bump when a config below changes, so existing folders are rebuilt instead of reused.
 TINY_VERSION = "2"
@@ -46,61 +47,6 @@ _WORDS = (
     "pixar cinematic detailed high quality clean minimal modern simple elegant shadow texture "
     "blurry lowres text watermark logo deformed ugly bad worst"
 ).split()
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte → printable character table used by byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-# OpenAI CLIP's BPE merges as the open_clip_torch wheel ships them (1.3 MB, gzip): the real vocabulary's source
-CLIP_BPE_FILE = "open_clip/bpe_simple_vocab_16e6.txt.gz"
-CLIP_VOCAB_SIZE = 49408  # 256 bytes, their 256 word-final variants, 48,894 merges, <|startoftext|>, <|endoftext|>
-_CLIP_MERGES = CLIP_VOCAB_SIZE - 2 * 256 - 2
-
-
-def clip_bpe_file() -> Path | None:
-    """Where the installed open_clip_torch keeps OpenAI's BPE merges; None without the package.
-
-    Found through the distribution's file list: ``open_clip`` itself is never imported (it imports torchvision,
-    which the venv must not have; the Makefile installs the wheel with ``--no-deps`` for this file alone)."""
-    try:
-        files = metadata.files("open_clip_torch") or []
-    except metadata.PackageNotFoundError:
-        return None
-    for f in files:
-        if str(f).replace("\\", "/") == CLIP_BPE_FILE:
-            path = Path(str(f.locate()))
-            return path if path.is_file() else None
-    return None
-
-
-@cache
-def clip_vocabulary() -> tuple[dict[str, int], tuple[str, ...]]:
-    """OpenAI CLIP's vocabulary (token → id) and merges (``"a b"`` lines), derived from the BPE file exactly as
-    CLIP's ``simple_tokenizer`` does: the byte characters, the same with ``</w>``, one token per merge, then the two
-    specials — 49,408 tokens, ``<|startoftext|>`` = 49406 and ``<|endoftext|>`` = 49407."""
-    path = clip_bpe_file()
-    if path is None:
-        raise FileNotFoundError(f"the real CLIP vocabulary needs {CLIP_BPE_FILE} from open_clip_torch "
-                                "(pip install --no-deps open_clip_torch, as `make venv` does)")
-    lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
-    merges = tuple(lines[1:1 + _CLIP_MERGES])  # line 0 is the file's version header
-    chars = list(_bytes_to_unicode().values())
-    tokens = [*chars, *(c + "</w>" for c in chars), *(m.replace(" ", "") for m in merges),
-              "<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    if len(vocab) != CLIP_VOCAB_SIZE:
-        raise ValueError(f"{path}: {len(vocab)} distinct tokens, not CLIP's {CLIP_VOCAB_SIZE}")
-    return vocab, merges
 
 
 def write_clip_vocabulary(folder: Path) -> Path:
@@ -133,7 +79,7 @@ def build_clip_tokenizer(*, model_max_length: int = 77, pad_token: str = "<|endo
         return build_real_clip_tokenizer(model_max_length=model_max_length, pad_token=pad_token)
     from transformers import CLIPTokenizer  # heavy (transformers): loaded on first use
 
-    alphabet = sorted(set(_bytes_to_unicode().values()))
+    alphabet = sorted(set(bytes_to_unicode().values()))
     vocab: dict[str, int] = {}
     for ch in alphabet:
         vocab.setdefault(ch, len(vocab))

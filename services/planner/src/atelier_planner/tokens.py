@@ -19,21 +19,18 @@ Without the BPE file the counts are left out (and the log says so once).
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import unicodedata
 from collections.abc import Iterator
 from functools import cache, lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from atelier_runtime.clip_vocab import CLIP_BPE_FILE, bytes_to_unicode, clip_bpe_file, clip_vocabulary
+
 log = logging.getLogger(__name__)
 
-CLIP_BPE_FILE = "open_clip/bpe_simple_vocab_16e6.txt.gz"
-CLIP_VOCAB_SIZE = 49408
-_CLIP_MERGES = CLIP_VOCAB_SIZE - 2 * 256 - 2
 # CLIP's pre-tokenizer (<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+)
 _PIECES = re.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
 _WEIGHT_END = re.compile(r":\s*[0-9]*\.?[0-9]+\s*\)")  # the ":1.3)" closing an A1111 weighted group
@@ -45,33 +42,6 @@ PROMPT_KEYS = frozenset({"prompt", "base_prompt", "negative_prompt", "global_cap
 _NOT_PROMPTS = frozenset({"product", "taglines", "text_styles", "target", "planner", "culture"})
 # boxes the renderer draws (their captions name them, no diffusion model reads them)
 _RENDERED_ROLES = frozenset({"logo", "tagline", "cta", "underlay"})
-
-
-def clip_bpe_file() -> Path | None:
-    """OpenAI's BPE merges as the installed open_clip_torch ships them (found through its file list, never by
-    importing ``open_clip``); None without the package."""
-    try:
-        files = metadata.files("open_clip_torch") or []
-    except metadata.PackageNotFoundError:
-        return None
-    for f in files:
-        if str(f).replace("\\", "/") == CLIP_BPE_FILE:
-            path = Path(str(f.locate()))
-            return path if path.is_file() else None
-    return None
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's byte → printable character table."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
 def _pieces(text: str) -> Iterator[str]:
@@ -98,16 +68,9 @@ class ClipBPE:
     """OpenAI CLIP's BPE over its merges file: :meth:`encode` gives CLIP's token ids (no start/end tokens)."""
 
     def __init__(self, path: Path) -> None:
-        lines = gzip.decompress(Path(path).read_bytes()).decode("utf-8").split("\n")
-        merges = [tuple(line.split()) for line in lines[1:1 + _CLIP_MERGES]]
-        self.byte_chars = _bytes_to_unicode()
-        chars = list(self.byte_chars.values())
-        tokens = [*chars, *(c + "</w>" for c in chars), *("".join(m) for m in merges),
-                  "<|startoftext|>", "<|endoftext|>"]
-        self.vocab = {t: i for i, t in enumerate(tokens)}
-        if len(self.vocab) != CLIP_VOCAB_SIZE:
-            raise ValueError(f"{path}: {len(self.vocab)} distinct tokens, not CLIP's {CLIP_VOCAB_SIZE}")
-        self.ranks = {m: i for i, m in enumerate(merges)}
+        self.vocab, merges = clip_vocabulary(Path(path))
+        self.byte_chars = bytes_to_unicode()
+        self.ranks = {tuple(m.split()): i for i, m in enumerate(merges)}
         self._bpe = lru_cache(maxsize=20_000)(self._word)
 
     def _word(self, piece: str) -> tuple[str, ...]:
