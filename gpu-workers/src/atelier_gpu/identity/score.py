@@ -160,10 +160,9 @@ def identity_score(scene: Image.Image, sheets: dict[str, Image.Image], *, detect
     everywhere = list(range(len(pool.faces)))
     matched = assign({c: candidates.get(c, everywhere) for c in refs}, taken)
     outside: dict[str, tuple[int, float]] = {}
-    def strict(cid: str) -> bool:
-        return strict_boxes if isinstance(strict_boxes, bool) else cid in strict_boxes
-
-    empty = {c: everywhere for c in refs if c in candidates and not candidates[c] and c not in matched and not strict(c)}
+    # the characters whose box is only a suggestion: with no face in it, they may take a face left elsewhere
+    loose = {c for c in refs if not (strict_boxes if isinstance(strict_boxes, bool) else c in strict_boxes)}
+    empty = {c: everywhere for c in loose if c in candidates and not candidates[c] and c not in matched}
     if empty:
         outside = assign(empty, taken)
         warnings += [f"{names.get(c, c)}: no face in their box; scored the face at {face_boxes[j]}" for c, (j, _)
