@@ -28,11 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stack import RESULTS, BackendSampler, CpuMeter, Services, free_port, machine, merge_results, wait_port  # noqa: E402
+from stack import (  # noqa: E402
+    RESULTS,
+    BackendSampler,
+    CpuMeter,
+    Services,
+    free_port,
+    machine,
+    merge_results,
+    wait_port,
+)
 
 HERE = Path(__file__).resolve().parent
 SHORT = ("connections", "requests", "rps", "p50_ms", "p99_ms", "non_2xx", "server_cpu_ms_per_request")
@@ -55,7 +65,7 @@ def service_cpu(s: Services, key: str, n: int = 200) -> dict[str, float]:
     from atelier_api import jobs as job_service
     from atelier_contracts.specs import JobRequest
     from atelier_contracts.tasks import T_START_JOB
-    from atelier_control.auth import authenticate
+    from atelier_control.auth import key_owner
     from atelier_control.db import make_engine, session_factory
     from atelier_runtime.celeryapp import make_celery
     from atelier_runtime.settings import Settings
@@ -68,12 +78,11 @@ def service_cpu(s: Services, key: str, n: int = 200) -> dict[str, float]:
     def once(timed: bool) -> None:
         with factory() as session:
             t0 = time.process_time()
-            tenant = authenticate(session, key)
-            session.commit()
+            owner = key_owner(session, key)  # what the API's key dependency runs
             t1 = time.process_time()
             request = JobRequest.model_validate(BODY)
             t2 = time.process_time()
-            job_service.submit_job(session, celery, tenant_id=tenant.id, request=request)
+            job_service.submit_job(session, celery, tenant_id=owner.tenant_id, request=request)
             t3 = time.process_time()
         if timed:
             for k, v in zip(spent, (t1 - t0, t2 - t1, t3 - t2), strict=True):
@@ -134,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves the cores to the servers)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per measured run")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--pool-size", type=int, default=10,
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="processes of the headline run (`atelier serve --workers`, and the bare route's), default "
+                         "one per core; one process of each is measured too")
+    ap.add_argument("--pool-size", type=int, default=20,
                     help="the API's SQLAlchemy pool_size (atelier_control.db): one more run at this concurrency")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results.json)")
     args = ap.parse_args(argv)
@@ -142,30 +154,45 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: run `make sysdeps` (Debian package wrk)", file=sys.stderr)
         return 2
     at_start = machine()
-    with Services("api", redis_db=10) as s, tempfile.TemporaryDirectory() as tmp:
+    multi = max(1, args.workers)
+    # the rate limit and the GPU quota stay on (their Redis script and SQL sum are part of every submission) but
+    # far above what the run submits, so every request makes a job
+    limits = {"ATELIER_RATE_LIMIT_JOBS_PER_MINUTE": "1000000000", "ATELIER_QUOTA_GPU_SECONDS_PER_DAY": "1e15"}
+    with Services("api", redis_db=10, env=limits) as s, tempfile.TemporaryDirectory() as tmp:
         body_file = Path(tmp) / "body.json"
         body_file.write_text(json.dumps(BODY))
-        api = s.start_api()
+        apis = {1: s.start_api(workers=1, name="api")}
+        ports = {1: s.api_port}
+        if multi > 1:
+            apis[multi] = s.start_api(workers=multi, name=f"api-{multi}")
+            ports[multi] = s.api_port
         token = s.tenant()
-        with s.client(token) as client:  # the body is valid and accepted before anything is timed
-            r = client.post("/v1/jobs", json=BODY)
-            if r.status_code != 202:
-                raise RuntimeError(f"POST /v1/jobs answered {r.status_code}: {r.text}")
-        bare_port = free_port()
-        bare = subprocess.Popen([sys.executable, str(HERE / "bare_api.py"), "--port", str(bare_port)],
-                                stdout=open(s.logs / "bare.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                                start_new_session=True)
+        for port in ports.values():  # the body is valid and accepted before anything is timed
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
+                              timeout=60) as client:
+                r = client.post("/v1/jobs", json=BODY)
+                if r.status_code != 202:
+                    raise RuntimeError(f"POST /v1/jobs answered {r.status_code}: {r.text}")
+        bares: dict[int, subprocess.Popen[bytes]] = {}
+        targets: dict[str, tuple[str, int]] = {}
         try:
-            wait_port(bare_port, timeout=60)
-            targets = {"bare": (f"http://127.0.0.1:{bare_port}/v1/jobs", bare.pid),
-                       "api": (f"http://127.0.0.1:{s.api_port}/v1/jobs", api.pid)}
+            for workers in apis:
+                port = free_port()
+                bares[workers] = subprocess.Popen(
+                    [sys.executable, str(HERE / "bare_api.py"), "--port", str(port), "--workers", str(workers)],
+                    stdout=open(s.logs / f"bare-{workers}.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                    start_new_session=True)
+                wait_port(port, timeout=60)
+                suffix = "" if workers == 1 else f"_{workers}"
+                targets[f"bare{suffix}"] = (f"http://127.0.0.1:{port}/v1/jobs", bares[workers].pid)
+                targets[f"api{suffix}"] = (f"http://127.0.0.1:{ports[workers]}/v1/jobs", apis[workers].pid)
 
             def load(name: str, connections: int, threads: int, seconds: float) -> dict[str, Any]:
                 url, pid = targets[name]
                 with BackendSampler(s.pg_backends) as pg:
                     run = wrk(url, body_file=body_file, token=token, connections=connections, threads=threads,
                               seconds=seconds, procs={"server": pid})
-                if name == "api":  # the bare route touches no database
+                if name.startswith("api"):  # the bare route touches no database
                     n = max(1, run["requests"])
                     run["postgres"] = {"backend_cpu_ms_per_request": round(pg.cpu_s * 1000 / n, 3),
                                        "backends_started": pg.started,
@@ -175,22 +202,29 @@ def main(argv: list[str] | None = None) -> int:
             for name in targets:  # warm-up: connection pools, code paths
                 load(name, args.connections, args.threads, args.warmup)
             runs = {name: load(name, args.connections, args.threads, args.duration) for name in targets}
-            unloaded = {name: load(name, 1, 1, max(3.0, args.duration / 4)) for name in targets}
-            # below the API's database pool (10 connections + 20 overflow opened and closed on demand)
+            unloaded = {name: load(name, 1, 1, max(3.0, args.duration / 4)) for name in ("bare", "api")}
+            # at the API's database pool size (pool_size connections kept, max_overflow more opened on demand)
             pooled = load("api", args.pool_size, args.threads, max(5.0, args.duration / 2))
         finally:
-            bare.terminate()
-            bare.wait(timeout=30)
+            for bare in bares.values():
+                bare.terminate()
+                bare.wait(timeout=30)
         jobs = s.query("SELECT count(*) AS n, count(*) FILTER (WHERE status = 'queued') AS queued FROM jobs")[0]
         queued_messages = redis.Redis.from_url(s.redis_url).llen("orchestrator")
         service = service_cpu(s, token)  # after the counts: it submits jobs of its own
-    api_run, bare_run = runs["api"], runs["bare"]
+    suffix = "" if multi == 1 else f"_{multi}"
+    api_run, bare_run = runs[f"api{suffix}"], runs[f"bare{suffix}"]
     detail = {
         "wrk": f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, keep-alive, bench/wrk_submit.lua",
         "body": "one-image campaign (1 size x 1 variant), bearer token, no Idempotency-Key",
-        "server": "atelier serve: uvicorn, 1 process (uvloop + httptools), PostgreSQL (fresh database), Redis broker",
+        "server": f"atelier serve --workers {multi} (headline) and --workers 1: uvicorn (uvloop + httptools), "
+                  "PostgreSQL (fresh database), Redis broker; the bare route with the same process counts",
+        "limits": "rate limit and GPU quota on, far above the load (every request makes a job)",
         "workers_running": "none: accepted jobs only queue",
+        "processes": multi,
         "api": api_run, "bare": bare_run,
+        "one_process": {"api": runs["api"], "bare": runs["bare"],
+                        "ratio": round(runs["api"]["rps"] / runs["bare"]["rps"], 3) if runs["bare"]["rps"] else None},
         "unloaded": {name: {k: run[k] for k in SHORT} for name, run in unloaded.items()},
         "api_at_pool_size": {k: pooled[k] for k in (*SHORT, "postgres")},
         "service_cpu_ms_per_submission": service,
@@ -199,11 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": at_start,
     }
     update = {"api_submit": {"rps": api_run["rps"], "p50_ms": api_run["p50_ms"], "p99_ms": api_run["p99_ms"],
-                             "bare_rps": bare_run["rps"], "non_2xx": api_run["non_2xx"]},
+                             "bare_rps": bare_run["rps"], "non_2xx": api_run["non_2xx"], "processes": multi,
+                             "ratio": round(api_run["rps"] / bare_run["rps"], 3) if bare_run["rps"] else None,
+                             "one_process_rps": runs["api"]["rps"], "one_process_bare_rps": runs["bare"]["rps"],
+                             "cpu_ms_per_request": runs["api"]["server_cpu_ms_per_request"]},
               "api_submit_detail": detail}
     merge_results(update, args.out or RESULTS)
     print(json.dumps(update["api_submit"] | {"bare_p99_ms": bare_run["p99_ms"],
-                                             "api_cpu_ms_per_request": api_run["server_cpu_ms_per_request"],
                                              "jobs_created": detail["jobs_created"]}, indent=2))
     return 0
 

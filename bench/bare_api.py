@@ -10,6 +10,7 @@ event rows in PostgreSQL, the commit and the message to the broker.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -29,9 +30,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--workers", type=int, default=1, help="processes, as `atelier serve --workers`")
     args = ap.parse_args(argv)
-    # the arguments `atelier serve` passes (orchestrator/src/atelier_orchestrator/cli.py)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+    # the arguments `atelier serve` passes (atelier/src/atelier/cli.py)
+    options: dict[str, Any] = {"host": args.host, "port": args.port, "log_level": "info",
+                               "timeout_graceful_shutdown": 30}
+    if args.workers > 1:  # each process imports the app, as `atelier serve --workers` does with its factory
+        uvicorn.run("bare_api:app", workers=args.workers, app_dir=str(Path(__file__).resolve().parent), **options)
+    else:
+        uvicorn.run(app, **options)
 
 
 if __name__ == "__main__":

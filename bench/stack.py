@@ -250,9 +250,10 @@ class Services:
         self.procs.append(p)
         return p
 
-    def start_api(self) -> Proc:
+    def start_api(self, *, workers: int = 1, name: str = "api") -> Proc:
+        """``atelier serve`` on a free port (``workers`` processes); the stack's client talks to the last one."""
         self.api_port = free_port()
-        p = self.start("api", ["serve", "--port", str(self.api_port)])
+        p = self.start(name, ["serve", "--port", str(self.api_port), "--workers", str(workers)])
         wait_port(self.api_port, timeout=90)
         return p
 

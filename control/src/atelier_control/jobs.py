@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from atelier_contracts.errors import Conflict, NotFound
@@ -26,11 +27,13 @@ def request_hash(kind: str, spec: dict[str, Any], external_id: str | None = None
 
 def create_job(session: Session, *, tenant_id: str, kind: str, spec: CampaignSpec | StorySpec,
                idempotency_key: str | None = None, external_id: str | None = None,
-               labels: dict[str, str] | None = None) -> tuple[Job, bool]:
+               labels: dict[str, str] | None = None,
+               reserve: Callable[[str, dict[str, Any]], float | None] | None = None) -> tuple[Job, bool]:
     """Insert a queued job (and its ``job.created`` event); returns (job, created).
 
     The same idempotency key with the same body (spec, ``external_id`` and ``metadata``) returns the existing job;
-    with another body, Conflict.
+    with another body, Conflict. ``reserve(kind, spec_json)``: the GPU-seconds to hold against the tenant's quota
+    until the job ends (stored as ``gpu_reserved_s``).
     """
     spec_json = spec.model_dump(mode="json")
     digest = request_hash(kind, spec_json, external_id, labels)
@@ -41,7 +44,8 @@ def create_job(session: Session, *, tenant_id: str, kind: str, spec: CampaignSpe
                 raise Conflict("Idempotency-Key was already used with a different request body", field="Idempotency-Key")
             return existing, False
     job = Job(tenant_id=tenant_id, kind=kind, spec=spec_json, idempotency_key=idempotency_key, request_hash=digest,
-              external_id=external_id, labels=dict(labels or {}))
+              external_id=external_id, labels=dict(labels or {}),
+              gpu_reserved_s=reserve(kind, spec_json) if reserve is not None else None)
     session.add(job)
     session.flush()
     emit(session, tenant_id=tenant_id, job_id=job.id, type="job.created", data={"kind": kind})

@@ -99,6 +99,8 @@ class Job(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text, default=None)
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # GPU-seconds reserved against the tenant's daily quota at submission (None: no quota, or made before 0007)
+    gpu_reserved_s: Mapped[float | None] = mapped_column(Float, default=None)
     # the caller's own reference (a CRM record, a campaign id) and string labels: echoed in views and webhooks
     external_id: Mapped[str | None] = mapped_column(String(200), default=None)
     labels: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict, server_default=text("'{}'"))

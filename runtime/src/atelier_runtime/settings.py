@@ -272,6 +272,11 @@ class Settings(BaseSettings):
     quota_gpu_seconds_per_megapixel_step: float = Field(default=0.15, ge=0, description=(
         "How a submission's GPU work is estimated and reserved against the quota until its job ends: generated "
         "megapixels x denoising steps x this (0.15: SDXL on a data-centre GPU)."))
+    quota_reuse_s: float = Field(default=1.0, ge=0, description=(
+        "An API process reuses a tenant's committed GPU-seconds summed this recently (plus what it reserved since) "
+        "while they are more than 10% below the quota, instead of summing the tenant's last 24 h of jobs again at "
+        "every submission; near the quota every admission sums exactly. Usage recorded meanwhile (by running jobs, "
+        "or admissions in other API processes) is seen this much later. 0: sum at every submission."))
     tenant_max_streams: int = Field(default=20, ge=0, description="Server-Sent Event streams a tenant may hold open "
                                                                   "at once per API process; 0 = no cap.")
     tenant_max_previews: int = Field(default=2, ge=0, description="Plan previews a tenant may run at once per API "

@@ -141,7 +141,8 @@ def test_retry_after_is_rounded_up_and_at_least_one() -> None:
 def test_gpu_quota_counts_the_last_24_hours(make_client: Any, tenant: TenantCtx, other_tenant: TenantCtx,
                                             factory: sessionmaker[Session]) -> None:
     # the accounting of finished GPU time (no estimate reserved for the queued jobs here: see the burst test)
-    client = make_client(quota_gpu_seconds_per_day=120, quota_gpu_seconds_per_megapixel_step=0)
+    client = make_client(quota_gpu_seconds_per_day=120, quota_gpu_seconds_per_megapixel_step=0,
+                         quota_reuse_s=0)  # usage set out of band below is seen at once
     now = datetime.now(UTC)
     ids = [submit(client, tenant, taglines=[str(i)]).json()["id"] for i in range(3)]
     set_job(factory, ids[0], created_at=now - timedelta(hours=30), gpu_seconds=500.0)  # outside the window
@@ -162,7 +163,8 @@ def test_gpu_quota_counts_the_last_24_hours(make_client: Any, tenant: TenantCtx,
 
 def test_gpu_quota_retry_after_waits_for_enough_usage_to_leave(make_client: Any, tenant: TenantCtx,
                                                                factory: sessionmaker[Session]) -> None:
-    client = make_client(quota_gpu_seconds_per_day=100, quota_gpu_seconds_per_megapixel_step=0)
+    client = make_client(quota_gpu_seconds_per_day=100, quota_gpu_seconds_per_megapixel_step=0,
+                         quota_reuse_s=0)  # usage set out of band below is seen at once
     now = datetime.now(UTC)
     ids = [submit(client, tenant, taglines=[str(i)]).json()["id"] for i in range(3)]
     for job_id, hours, seconds in zip(ids, (20, 10, 2), (30.0, 60.0, 60.0), strict=True):

@@ -1,13 +1,17 @@
-"""Request dependencies: everything lives on ``app.state`` (built once in the lifespan)."""
+"""Request dependencies: everything lives on ``app.state`` (built once in the lifespan).
+
+The ones that only read ``app.state`` are ``async def``: FastAPI runs a plain ``def`` dependency in the thread
+pool, a hop that costs more than the attribute read itself; the session and the key check (database I/O) stay
+plain functions and run there."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from atelier_contracts.errors import Unauthorized
-from atelier_control.auth import authenticate_key
+from atelier_control.auth import KeyOwner, key_owner
+from atelier_control.db import end_read
 from atelier_runtime.settings import Settings
 from atelier_runtime.state import RuntimeState
 from atelier_runtime.storage import ArtifactStore
@@ -16,60 +20,62 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from .metrics import ApiMetrics
 
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the tenant that owns the API key, and the key (its id and role)."""
-
-    tenant_id: str
-    tenant_name: str
-    key_id: str
-    role: str  # "admin" or "member" (atelier_control.models.KEY_ROLES)
+# who is calling: the tenant that owns the API key (id, name), and the key (id, role: "admin" or "member")
+Principal = KeyOwner
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request, closed (uncommitted work rolled back) when the route returns."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request, closed (uncommitted work rolled back) when the route returns.
+
+    Async, so opening and closing it costs no thread-pool hops: making a session does no I/O (it connects at its
+    first statement), and neither does closing one whose work was committed; only a session still in a
+    transaction (a route that failed half-way) is closed in the thread pool, since its rollback talks to the
+    database."""
     session: Session = request.app.state.session_factory()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     store: ArtifactStore = request.app.state.store
     return store
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     celery: Celery = request.app.state.celery
     return celery
 
 
-def get_runtime(request: Request) -> RuntimeState:
+async def get_runtime(request: Request) -> RuntimeState:
     runtime: RuntimeState = request.app.state.runtime
     return runtime
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     metrics: ApiMetrics = request.app.state.metrics
     return metrics
 
@@ -87,18 +93,34 @@ MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 bearer = HTTPBearer(auto_error=False, description="API key of a tenant: `Authorization: Bearer atl_...`")
 
 
+def _principal(session: Session, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
+    return key_owner(session, credentials.credentials)
+
+
 def current_tenant(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """The tenant owning the bearer key; 401 (with ``WWW-Authenticate: Bearer``) otherwise."""
-    if credentials is None or not credentials.credentials:
-        raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
-    tenant, key = authenticate_key(session, credentials.credentials)
-    principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name, key_id=key.id, role=key.role)
-    # end the read transaction: on SQLite (WAL) a snapshot held into a later write fails as BUSY_SNAPSHOT
+    principal = _principal(session, credentials)
+    # end the read transaction: the route may wait on something slow (an upload, a planner), and on SQLite (WAL)
+    # a snapshot held into a later write fails as BUSY_SNAPSHOT
     session.commit()
     return principal
 
 
+def current_tenant_for_write(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """``current_tenant`` for a route that writes at once (``POST /v1/jobs``): on PostgreSQL the key check stays
+    in the route's transaction (``atelier_control.db.end_read``)."""
+    principal = _principal(session, credentials)
+    end_read(session)
+    return principal
+
+
 TenantDep = Annotated[Principal, Depends(current_tenant)]
+WriterTenantDep = Annotated[Principal, Depends(current_tenant_for_write)]

@@ -6,9 +6,10 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from atelier_contracts import languages
 from atelier_contracts.errors import InvalidInput
@@ -73,10 +74,12 @@ def check_upload_refs(session: Session, *, tenant_id: str, spec: CampaignSpec | 
 
 
 def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: JobRequest,
-               idempotency_key: str | None = None, planner_backend: str | None = None) -> Submitted:
+               idempotency_key: str | None = None, planner_backend: str | None = None,
+               reserve: Callable[[str, dict[str, Any]], float | None] | None = None) -> Submitted:
     """Validate fully, store the job, commit, then hand its id to the orchestrator.
 
-    A replay (same Idempotency-Key and body) returns the stored job and sends nothing.
+    A replay (same Idempotency-Key and body) returns the stored job and sends nothing. ``reserve``: the GPU-seconds
+    a new job holds against the tenant's quota (``JobLimits.reservation``).
     """
     request = brands.apply_brand_kit(session, tenant_id=tenant_id, request=request)  # brand_id → brand (brand kit)
     spec = parse_spec(request, planner_backend=planner_backend)
@@ -85,7 +88,7 @@ def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: Job
     try:
         job, created = shared_jobs.create_job(session, tenant_id=tenant_id, kind=request.kind, spec=spec,
                                               idempotency_key=idempotency_key, external_id=request.external_id,
-                                              labels=request.metadata)
+                                              labels=request.metadata, reserve=reserve)
         session.commit()
     except IntegrityError:
         # a concurrent request with the same key won the insert: answer as a replay of it
@@ -94,7 +97,7 @@ def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: Job
             raise
         job, created = shared_jobs.create_job(session, tenant_id=tenant_id, kind=request.kind, spec=spec,
                                               idempotency_key=idempotency_key, external_id=request.external_id,
-                                              labels=request.metadata)
+                                              labels=request.metadata, reserve=reserve)
         session.commit()
     if created:
         try:
@@ -106,7 +109,8 @@ def submit_job(session: Session, celery: Celery, *, tenant_id: str, request: Job
             session.commit()
             raise BrokerUnavailable("the job could not be queued (broker unreachable); nothing was kept, "
                                     "retry later") from exc
-    return Submitted(job=_view(session, job), created=created)
+    # a new job has no stage rows yet (the orchestrator makes them when it starts the job): nothing to read back
+    return Submitted(job=job_view(job, []) if created else _view(session, job), created=created)
 
 
 def get_job_view(session: Session, *, tenant_id: str, job_id: str) -> JobView:

@@ -21,6 +21,7 @@ Submissions and retries of a failed job both go through admission.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -36,10 +37,11 @@ from typing import Annotated, Any, Protocol, TypeVar
 import redis
 from atelier_contracts.errors import AtelierError
 from atelier_contracts.placements import SIZE_RE, parse_size
+from atelier_control.db import end_read
 from atelier_control.models import TERMINAL, Job
 from atelier_runtime.settings import Settings
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import Select, and_, bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from .schemas import Problem
@@ -51,6 +53,8 @@ GPU_WINDOW = timedelta(hours=24)
 ASSUMED_STEPS = 30  # a job's denoising steps when the settings do not fix them (the API does not read models.yaml)
 STORY_SCENE_SIZE = (1024, 768)  # KAHANI's scene canvas
 RESERVED_RETRY_S = 60.0  # Retry-After while the reservations of unfinished jobs alone hold the quota
+QUOTA_EXACT_WITHIN = 0.1  # within this fraction of the quota every admission sums exactly (settings.quota_reuse_s)
+QUOTA_TENANTS_KEPT = 10_000  # tenants whose last sum is kept (all are forgotten past it)
 _BUILD_LOCK = threading.Lock()
 
 
@@ -187,31 +191,55 @@ def estimate_gpu_seconds(kind: str, spec: dict[str, Any], settings: Settings) ->
     return megapixels * steps * settings.quota_gpu_seconds_per_megapixel_step
 
 
+def _committed_statements() -> tuple[Select[Any], Select[Any]]:
+    """The quota's SQL sum, and the rows it cannot price (jobs from before revision 0007), built once."""
+    used = func.coalesce(Job.gpu_seconds, 0.0)
+    finished = Job.status.in_(TERMINAL)
+    unknown = and_(~finished, Job.gpu_reserved_s.is_(None))
+    charge = case((finished, used), (Job.gpu_reserved_s > used, Job.gpu_reserved_s), else_=used)
+    in_window = (Job.tenant_id == bindparam("tenant_id"), Job.created_at > bindparam("since"))
+    total = select(func.coalesce(func.sum(case((unknown, 0.0), else_=charge)), 0.0),
+                   func.coalesce(func.sum(case((unknown, 1), else_=0)), 0)).where(*in_window)
+    legacy = select(Job.kind, Job.spec, Job.status, Job.gpu_seconds).where(*in_window, unknown)
+    return total, legacy
+
+
+_COMMITTED, _UNPRICED = _committed_statements()
+
+
 def gpu_seconds_committed(session: Session, *, tenant_id: str, now: datetime, settings: Settings) -> float:
-    """GPU-seconds the tenant's jobs of the last 24 h used, or hold reserved while they are not finished."""
-    rows = session.execute(
-        select(Job.kind, Job.spec, Job.status, Job.gpu_seconds)
-        .where(Job.tenant_id == tenant_id, Job.created_at > now - GPU_WINDOW)
-    ).all()
-    return sum(_charged(kind, spec, status, seconds, settings) for kind, spec, status, seconds in rows)
+    """GPU-seconds the tenant's jobs of the last 24 h used, or hold reserved while they are not finished.
+
+    One SQL sum over the ``(tenant_id, created_at)`` index: a finished job counts what it used, an unfinished one
+    the larger of what it used so far and ``gpu_reserved_s`` (its estimate, stored at submission). Only jobs made
+    before that column existed (NULL) are estimated here from their spec."""
+    window = {"tenant_id": tenant_id, "since": now - GPU_WINDOW}
+    total, unpriced = session.execute(_COMMITTED, window).one()
+    if unpriced:  # jobs submitted before revision 0007, still unfinished: estimated as they always were
+        rows = session.execute(_UNPRICED, window)
+        total += sum(_charged(kind, spec, status, seconds, None, settings) for kind, spec, status, seconds in rows)
+    return float(total)
 
 
-def _charged(kind: str, spec: Any, status: str, seconds: float | None, settings: Settings) -> float:
+def _charged(kind: str, spec: Any, status: str, seconds: float | None, reserved: float | None,
+             settings: Settings) -> float:
     used = float(seconds or 0.0)
     if status in TERMINAL:
         return used
-    return max(used, estimate_gpu_seconds(kind, spec if isinstance(spec, dict) else {}, settings))
+    if reserved is None:
+        reserved = estimate_gpu_seconds(kind, spec if isinstance(spec, dict) else {}, settings)
+    return max(used, reserved)
 
 
 def gpu_quota_frees_in(session: Session, *, tenant_id: str, quota: float, now: datetime, settings: Settings) -> float:
     """Seconds until the committed GPU time drops below ``quota`` as finished jobs age out of the window."""
     rows = session.execute(
-        select(Job.created_at, Job.kind, Job.spec, Job.status, Job.gpu_seconds)
+        select(Job.created_at, Job.kind, Job.spec, Job.status, Job.gpu_seconds, Job.gpu_reserved_s)
         .where(Job.tenant_id == tenant_id, Job.created_at > now - GPU_WINDOW)
         .order_by(Job.created_at)
     ).all()
-    charges = [(created, _charged(kind, spec, status, seconds, settings), status in TERMINAL)
-               for created, kind, spec, status, seconds in rows]
+    charges = [(created, _charged(kind, spec, status, seconds, reserved, settings), status in TERMINAL)
+               for created, kind, spec, status, seconds, reserved in rows]
     committed = sum(c for _, c, _ in charges)
     for created_at, charge, finished in charges:
         committed -= charge  # a job leaves the window at created + 24 h, finished or not
@@ -221,11 +249,28 @@ def gpu_quota_frees_in(session: Session, *, tenant_id: str, quota: float, now: d
     return GPU_WINDOW.total_seconds()  # unreachable unless rows changed under us: a full window is safe
 
 
+def _no_reservation(_kind: str, _spec: dict[str, Any]) -> float | None:
+    return None
+
+
 @dataclass
 class Admission:
-    """Set ``created`` once the job exists; otherwise the rate-limit slot is given back."""
+    """Set ``created`` once the job exists; otherwise the rate-limit slot is given back.
+
+    ``reserve(kind, spec_json)``: what the new job holds against the tenant's GPU quota (``Job.gpu_reserved_s``,
+    None without a quota) — pass it to ``submit_job``, so this process's later admissions count it at once."""
 
     created: bool = False
+    reserve: Callable[[str, dict[str, Any]], float | None] = _no_reservation
+
+
+@dataclass
+class _Committed:
+    """A tenant's committed GPU-seconds as last summed in SQL, and what this process reserved since."""
+
+    total: float
+    read_at: float  # time.monotonic()
+    since: float = 0.0
 
 
 class JobLimits:
@@ -240,12 +285,46 @@ class JobLimits:
             window = RedisWindow.from_url(settings.broker_url or "") if redis_broker else MemoryWindow()
         self.window = window
         self.local = MemoryWindow()  # this process's own window, while the shared one cannot be reached
+        self._committed: dict[str, _Committed] = {}
+        self._committed_lock = threading.Lock()
+
+    def reserve(self, tenant_id: str, kind: str, spec: dict[str, Any]) -> float | None:
+        """What a new job of the tenant holds against the GPU quota until it ends; None without a quota."""
+        if not self.gpu_quota:
+            return None
+        reserved = estimate_gpu_seconds(kind, spec, self.settings)
+        with self._committed_lock:
+            known = self._committed.get(tenant_id)
+            if known is not None:
+                known.since += reserved
+        return reserved
+
+    def committed(self, session: Session, *, tenant_id: str, now: datetime) -> float:
+        """The tenant's committed GPU-seconds: summed in SQL, or — while a sum read less than
+        ``settings.quota_reuse_s`` ago plus what this process reserved since stays below ``1 - QUOTA_EXACT_WITHIN``
+        of the quota — that.
+
+        Far from the quota an admission then costs no query (the sum scans the tenant's jobs of the last 24 h);
+        near it every admission sums exactly, and a job that ended is seen at once. What another API process
+        admitted within the reuse time is seen late: with the quota a day of GPU time, a second's admissions."""
+        clock = time.monotonic()
+        with self._committed_lock:
+            known = self._committed.get(tenant_id)
+            if known is not None and clock - known.read_at < self.settings.quota_reuse_s and \
+                    known.total + known.since < self.gpu_quota * (1 - QUOTA_EXACT_WITHIN):
+                return known.total + known.since
+        total = gpu_seconds_committed(session, tenant_id=tenant_id, now=now, settings=self.settings)
+        with self._committed_lock:
+            if len(self._committed) >= QUOTA_TENANTS_KEPT:
+                self._committed.clear()
+            self._committed[tenant_id] = _Committed(total=total, read_at=clock)
+        return total
 
     def check_gpu_quota(self, session: Session, *, tenant_id: str, now: datetime | None = None) -> None:
         if not self.gpu_quota:
             return
         now = now or datetime.now(UTC)
-        used = gpu_seconds_committed(session, tenant_id=tenant_id, now=now, settings=self.settings)
+        used = self.committed(session, tenant_id=tenant_id, now=now)
         if used < self.gpu_quota:
             return
         wait = gpu_quota_frees_in(session, tenant_id=tenant_id, quota=self.gpu_quota, now=now, settings=self.settings)
@@ -282,9 +361,9 @@ class JobLimits:
     def admit(self, session: Session, *, tenant_id: str) -> Iterator[Admission]:
         """Refuse (429) or admit one job; a slot whose request made no job is given back."""
         self.check_gpu_quota(session, tenant_id=tenant_id)
-        session.commit()  # end the read transaction before the submission writes (SQLite snapshots)
+        end_read(session)  # SQLite: end the read transaction before the submission writes (WAL snapshots)
         slot = self.acquire_rate_slot(tenant_id=tenant_id)
-        admission = Admission()
+        admission = Admission(reserve=functools.partial(self.reserve, tenant_id))
         try:
             yield admission
         finally:
@@ -321,7 +400,12 @@ def get_job_limits(request: Request) -> JobLimits:
     return app_singleton(request, "job_limits", JobLimits)
 
 
-JobLimitsDep = Annotated[JobLimits, Depends(get_job_limits)]
+async def job_limits_dep(request: Request) -> JobLimits:
+    """``get_job_limits`` as a dependency run on the event loop (no thread-pool hop; building it does no I/O)."""
+    return get_job_limits(request)
+
+
+JobLimitsDep = Annotated[JobLimits, Depends(job_limits_dep)]
 
 # OpenAPI ``responses=`` entry of a route that admits jobs
 RATE_LIMITED_DOC = limited_doc("Over the tenant's jobs-per-minute limit or GPU-seconds-per-day quota.",

@@ -221,7 +221,7 @@ def submit_job(request: Request, viewer: ViewerDep, session: SessionDep, store: 
                 metrics.uploads.inc()
             result = job_service.submit_job(session, celery, tenant_id=viewer.tenant_id, idempotency_key=key,
                                             request=build_request(job_form, product_image=image_id),
-                                            planner_backend=settings.planner_backend)
+                                            planner_backend=settings.planner_backend, reserve=admission.reserve)
             admission.created = result.created
     except InvalidInput as exc:  # FieldErrors (spec), upload errors (413/415/422), brand checks
         job_form.add_errors(exc.errors if isinstance(exc, FieldErrors)

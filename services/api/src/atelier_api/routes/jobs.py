@@ -11,7 +11,16 @@ from .. import artifacts as artifact_service
 from .. import jobs as job_service
 from .. import streams
 from ..concurrency import CONCURRENCY_LIMITED_DOC, ConcurrencyDep
-from ..deps import CeleryDep, MetricsDep, RuntimeDep, SessionDep, SessionFactoryDep, SettingsDep, TenantDep
+from ..deps import (
+    CeleryDep,
+    MetricsDep,
+    RuntimeDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    TenantDep,
+    WriterTenantDep,
+)
 from ..problems import problem_responses
 from ..ratelimit import RATE_LIMITED_DOC, JobLimitsDep
 from ..schemas import ArtifactList, JobKindName, JobList, JobStatusName, JobView
@@ -49,12 +58,13 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
     responses={200: {"model": JobView, "description": "Replay of an Idempotency-Key: the job stored the first time."},
                **problem_responses(409, 413, 503), **RATE_LIMITED_DOC},
 )
-def submit_job(body: JobRequest, response: Response, principal: TenantDep, session: SessionDep, celery: CeleryDep,
+def submit_job(body: JobRequest, response: Response, principal: WriterTenantDep, session: SessionDep, celery: CeleryDep,
                metrics: MetricsDep, limits: JobLimitsDep, settings: SettingsDep,
                idempotency_key: IdempotencyKey = None) -> JobView:
     with limits.admit(session, tenant_id=principal.tenant_id) as admission:  # 429 over a rate limit or quota
         result = job_service.submit_job(session, celery, tenant_id=principal.tenant_id, request=body,
-                                        idempotency_key=idempotency_key, planner_backend=settings.planner_backend)
+                                        idempotency_key=idempotency_key, planner_backend=settings.planner_backend,
+                                        reserve=admission.reserve)
         admission.created = result.created
     if result.created:
         metrics.jobs_submitted.labels(result.job.kind).inc()
