@@ -304,6 +304,12 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
         return
     if row.status == "pending" or result.regeneration != gates.regeneration_for(row):
         return  # a result of an attempt a gate has since asked to regenerate: stale
+    if row.status == "queued" and result.attempt == row.attempts and result.started_at is not None:
+        # the stage ended before its worker's started notice was due (or before the notice was handled): its
+        # start is recorded here, before its end, so every stage still has one stage.started event
+        row.status, row.started_at, row.worker = "running", result.started_at, result.worker
+        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.started",
+             data={"stage": row.name, "item": row.item, "attempt": result.attempt, "worker": result.worker})
     if result.status == "succeeded":
         _record_artifacts(session, job, row, result)
         previous = gates.history(row)  # a gate row's earlier attempts, before its output is replaced

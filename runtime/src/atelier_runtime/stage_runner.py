@@ -167,6 +167,47 @@ class StageContext:
             self.app.send_task(T_STAGE_PROGRESS, args=[msg.model_dump(mode="json")])
 
 
+class _StartedNotice:
+    """``stage_started`` for the orchestrator, sent once the stage has run ``delay_s`` — or never, if it ends first.
+
+    A stage that ends sooner needs no notice: the orchestrator records the start (``started_at``, the worker and the
+    ``stage.started`` event) from its result, in the result's own transaction. Every notice is an orchestrator
+    transaction that locks the job's row, so the many short stages (planning, rendering, watermarks, gates) save
+    one each; a long one still shows as running within ``delay_s``.
+    """
+
+    def __init__(self, app: Celery, msg: StageStarted, delay_s: float) -> None:
+        self.app, self.msg = app, msg
+        self._lock = threading.Lock()
+        self._pending = True
+        self._timer = threading.Timer(delay_s, self.send) if delay_s > 0 else None
+        if self._timer is not None:
+            self._timer.daemon = True
+
+    def start(self) -> None:
+        if self._timer is None:
+            self.send()
+        else:
+            self._timer.start()
+
+    def send(self) -> None:
+        with self._lock:
+            if not self._pending:
+                return
+            self._pending = False
+        try:
+            self.app.send_task(T_STAGE_STARTED, args=[self.msg.model_dump(mode="json")])
+        except Exception:  # noqa: BLE001 - advisory: the result records the start anyway
+            log.warning("could not send stage_started for %s", self.msg.stage_id, exc_info=True)
+
+    def cancel(self) -> None:
+        """The stage ended: a notice not sent yet never will be."""
+        with self._lock:
+            self._pending = False
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class _Heartbeat(threading.Thread):
     """Beats for the reconciler and renews this worker's lease on the stage while it runs."""
 
@@ -231,11 +272,13 @@ def _run_stage(app: Celery, task: StageTask, payload: dict[str, Any],
     status = "succeeded"
     beat = _Heartbeat(res.runtime, task.stage_id, res.settings.heartbeat_interval_s, owner=owner,
                       ttl_s=res.settings.stall_after_s)
+    notice = _StartedNotice(app, StageStarted(job_id=task.job_id, stage_id=task.stage_id, attempt=task.attempt,
+                                              worker=res.name, started_at=started),
+                            res.settings.started_notice_after_s)
     try:
         res.runtime.heartbeat(task.stage_id)
         ctx.check_canceled()
-        app.send_task(T_STAGE_STARTED, args=[StageStarted(job_id=task.job_id, stage_id=task.stage_id, attempt=task.attempt,
-                                                          worker=res.name, started_at=started).model_dump(mode="json")])
+        notice.start()
         beat.start()
         output = fn(ctx)
     except JobCanceled as exc:
@@ -246,6 +289,7 @@ def _run_stage(app: Celery, task: StageTask, payload: dict[str, Any],
         log.exception("stage %s %s failed", task.stage, task.item)
         status, error = "failed", StageError_(type=type(exc).__name__, message=str(exc) or repr(exc), retryable=True)
     finally:
+        notice.cancel()
         beat.stop_event.set()
     result = StageResult(job_id=task.job_id, stage_id=task.stage_id, attempt=task.attempt, status=status, output=output,
                          artifacts=ctx.artifacts, error=error, worker=res.name, started_at=started,

@@ -101,6 +101,30 @@ def test_campaign_runs_every_stage_in_order(db: Any, settings: Settings) -> None
     assert types[0] == "job.created" and types[1] == "job.started" and types[-1] == "job.succeeded"
 
 
+
+def test_a_result_with_no_started_notice_before_it_records_the_start(db: Any, settings: Settings) -> None:
+    """Short stages send no ``stage_started`` (the worker's notice is due only after ``started_notice_after_s``):
+    the result records the start, and every stage still has one stage.started event, before its completion."""
+    _, job_id = _job(db)
+    d = Driver(db, settings)
+    d.run_all(job_id)  # the driver's workers send results only
+    with session_scope(db) as s:
+        rows = s.scalars(select(Stage).where(Stage.job_id == job_id, Stage.attempts > 0)).all()
+        assert rows and all(r.started_at is not None and r.worker == "w" for r in rows)
+        events = [(e.type, e.data) for e in s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id))]
+    for r in rows:
+        mine = [t for t, data in events if t.startswith("stage.") and data.get("stage") == r.name
+                and data.get("item") == r.item]
+        assert mine.count("stage.started") == 1, (r.name, r.item, mine)
+        assert mine.index("stage.started") < mine.index("stage.completed"), mine
+    # a notice that arrives after the result changes nothing
+    t = rows[0]
+    engine.run_in_tx(db, d.send, lambda s, o: engine.stage_started(s, engine.StageStarted(
+        job_id=job_id, stage_id=t.id, attempt=1, worker="late", started_at=datetime.now(UTC))))
+    with session_scope(db) as s:
+        assert s.get(Stage, t.id).worker == "w"
+        assert s.scalar(select(func.count()).select_from(Event).where(Event.job_id == job_id)) == len(events)
+
 def test_per_item_chaining_does_not_wait_for_siblings(db: Any, settings: Settings) -> None:
     _, job_id = _job(db)
     d = Driver(db, settings)

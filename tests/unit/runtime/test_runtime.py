@@ -69,7 +69,9 @@ def test_duplicate_deliveries_do_not_run(tmp_path: Path) -> None:
     sid = f"stg_{uuid.uuid4().hex}"
     res = run_stage(app, _payload(sid), fn)  # type: ignore[arg-type]
     assert res is not None and res.status == "succeeded"
-    assert app.sent == ["atelier.orchestrator.stage_started", "atelier.orchestrator.stage_done"]
+    # it ended before its started notice was due: the result alone, carrying the start
+    assert app.sent == ["atelier.orchestrator.stage_done"]
+    assert res.started_at is not None and res.worker
     from atelier_runtime.stage_runner import resources
 
     runtime = resources(app).runtime  # type: ignore[arg-type]
@@ -79,7 +81,25 @@ def test_duplicate_deliveries_do_not_run(tmp_path: Path) -> None:
     assert runtime.acquire_lease(other, "someone-else", 30)
     assert run_stage(app, _payload(other), fn) is None  # type: ignore[arg-type]
     # the leased copy is not dropped: it is sent again for later (the holder may have died)
-    assert len(calls) == 1 and app.sent[2:] == ["atelier.stage.plan.ad_prompts"]
+    assert len(calls) == 1 and app.sent[1:] == ["atelier.stage.plan.ad_prompts"]
+
+
+def test_a_stage_still_running_after_the_notice_delay_is_announced_before_its_result(tmp_path: Path) -> None:
+    app = _App(Settings(home=tmp_path, started_notice_after_s=0.01))
+
+    def fn(_ctx: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while "atelier.orchestrator.stage_started" not in app.sent:  # runs until the notice has gone out
+            assert time.monotonic() < deadline, "no started notice"
+            time.sleep(0.005)
+        return {"ok": True}
+
+    res = run_stage(app, _payload(f"stg_{uuid.uuid4().hex}"), fn)  # type: ignore[arg-type]
+    assert res is not None and res.status == "succeeded"
+    assert app.sent == ["atelier.orchestrator.stage_started", "atelier.orchestrator.stage_done"]
+    immediate = _App(Settings(home=tmp_path, started_notice_after_s=0))  # 0: always at once
+    run_stage(immediate, _payload(f"stg_{uuid.uuid4().hex}"), lambda _ctx: {"ok": True})  # type: ignore[arg-type]
+    assert immediate.sent == ["atelier.orchestrator.stage_started", "atelier.orchestrator.stage_done"]
 
 
 def test_a_stage_reads_its_declared_inputs_and_its_parsed_item(tmp_path: Path) -> None:
