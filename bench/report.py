@@ -599,7 +599,9 @@ def fleet_scale(r: dict[str, Any], charts: Path) -> Section:
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in fleet:
         h, g = f["handoff_ms"], f.get("slot_gap_ms") or {}
-        rows.append(f"| {f['gpus']} | {_f(f['jobs_per_hour'], 0)} | {f['slot_busy_fraction']:.3f} | "
+        orchestrators = f.get("orchestrators", 1)
+        gpus = f"{f['gpus']}" + (f" ({orchestrators} orchestrators)" if orchestrators > 1 else "")
+        rows.append(f"| {gpus} | {_f(f['jobs_per_hour'], 0)} | {f['slot_busy_fraction']:.3f} | "
                     f"{_f(h.get('p50'), 1)} / {_f(h.get('p95'), 1)} / {_f(h.get('p99'), 1)} ({h.get('n', 0)}) | "
                     f"{_f(g.get('p50'), 1)} / {_f(g.get('p95'), 1)} | {_f(f['orchestrator_cpu_ms_per_stage'], 1)} | "
                     f"{_f(f['db_tx_per_stage'], 1)} | {_f(f['redis_ops_per_stage'], 1)} | "

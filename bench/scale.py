@@ -299,6 +299,9 @@ def run_size(gpus: int, args: argparse.Namespace) -> dict[str, Any]:
                  "sim-render": s.start_script("sim-render", SIMFLEET, ["--queues", "render", "--slots",
                                                                        str(render_slots), "--stages",
                                                                        ",".join(RENDER_STAGES)], sim_env)}
+        # more orchestrator consumers of the one queue (--orchestrators): the job row's lock serialises two that
+        # meet on one job, so nothing is dispatched twice; their CPU is counted together as "orchestrator"
+        more_orchestrators = [s.worker(f"orchestrator-{i}", "orchestrator") for i in range(2, args.orchestrators + 1)]
         client = s.client(s.tenant())
         probe = Probe(s).start()
         submitted = {"campaign": 0, "story": 0}
@@ -324,7 +327,8 @@ def run_size(gpus: int, args: argparse.Namespace) -> dict[str, Any]:
         feeder = threading.Thread(target=submitter, daemon=True, name="scale-submitter")
         feeder.start()
         time.sleep(args.warmup)
-        pids = {name: p.pid for name, p in procs.items()}
+        pids: dict[str, int | list[int]] = {name: p.pid for name, p in procs.items()}
+        pids["orchestrator"] = [procs["orchestrator"].pid, *(p.pid for p in more_orchestrators)]
         pids["redis-server"] = rs.p.pid  # type: ignore[union-attr]
         pids["s3 (nanio)"] = s.s3.pid  # type: ignore[union-attr]
         pg0, redis0 = probe.pg_counters(), probe.redis_counters()
@@ -378,7 +382,7 @@ def run_size(gpus: int, args: argparse.Namespace) -> dict[str, Any]:
     for r in done:
         per_stage_names[r["name"]] = per_stage_names.get(r["name"], 0) + 1
     return {
-        "gpus": gpus,
+        "gpus": gpus, "orchestrators": args.orchestrators,
         "jobs_per_hour": round(len(succeeded) * 3600 / window, 1),
         "slot_busy_fraction": round(device / (gpus * window), 4),
         "slot_occupied_fraction": round(occupied / (gpus * window), 4),
@@ -442,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds of the job stream before measuring")
     ap.add_argument("--inflight-per-gpu", type=float, default=1.25, help="jobs kept in flight per simulated GPU")
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiplies every simulated device time")
+    ap.add_argument("--orchestrators", type=int, default=1,
+                    help="orchestrator worker processes consuming the one orchestrator queue")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     import signal
