@@ -149,3 +149,6 @@ class StageProgress(BaseModel):
     stage_id: str
     step: int
     total: int
+    # the stage's start, when no started notice went out before this report (the worker sends one only after
+    # started_notice_after_s): the orchestrator records it first, in the same transaction
+    started: StageStarted | None = None

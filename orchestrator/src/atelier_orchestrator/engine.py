@@ -260,6 +260,8 @@ def stage_started(session: Session, msg: StageStarted) -> None:
 
 
 def stage_progress(session: Session, msg: StageProgress) -> None:
+    if msg.started is not None:  # the first report of a stage whose started notice was not due yet
+        stage_started(session, msg.started)
     row = session.get(Stage, msg.stage_id)
     if row is None or row.status in TERMINAL:
         return

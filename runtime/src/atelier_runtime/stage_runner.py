@@ -97,6 +97,7 @@ class StageContext:
         self.artifacts: list[ArtifactRecord] = []
         self.gpu_seconds = 0.0
         self._last_progress = 0.0
+        self.notice: _StartedNotice | None = None  # the run's started notice (run_stage sets it)
 
     def inputs(self, model: type[I]) -> I:
         """This task's upstream outputs as its stage's inputs model (the catalogue's).
@@ -163,7 +164,10 @@ class StageContext:
         now = time.monotonic()
         if now - self._last_progress >= 0.5 and step < total:
             self._last_progress = now
-            msg = StageProgress(job_id=self.task.job_id, stage_id=self.task.stage_id, step=step, total=total)
+            # the first report carries the start if no notice went out yet: started, then progress, one message
+            started = self.notice.take() if self.notice is not None else None
+            msg = StageProgress(job_id=self.task.job_id, stage_id=self.task.stage_id, step=step, total=total,
+                                started=started)
             self.app.send_task(T_STAGE_PROGRESS, args=[msg.model_dump(mode="json")])
 
 
@@ -199,6 +203,14 @@ class _StartedNotice:
             self.app.send_task(T_STAGE_STARTED, args=[self.msg.model_dump(mode="json")])
         except Exception:  # noqa: BLE001 - advisory: the result records the start anyway
             log.warning("could not send stage_started for %s", self.msg.stage_id, exc_info=True)
+
+    def take(self) -> StageStarted | None:
+        """The notice's message if it has not gone out (it then never will: the caller sends it along)."""
+        with self._lock:
+            pending, self._pending = self._pending, False
+        if self._timer is not None:
+            self._timer.cancel()
+        return self.msg if pending else None
 
     def cancel(self) -> None:
         """The stage ended: a notice not sent yet never will be."""
@@ -275,6 +287,7 @@ def _run_stage(app: Celery, task: StageTask, payload: dict[str, Any],
     notice = _StartedNotice(app, StageStarted(job_id=task.job_id, stage_id=task.stage_id, attempt=task.attempt,
                                               worker=res.name, started_at=started),
                             res.settings.started_notice_after_s)
+    ctx.notice = notice
     try:
         res.runtime.heartbeat(task.stage_id)
         ctx.check_canceled()

@@ -202,7 +202,10 @@ def test_run_stage_reports_success_with_artifacts(res):
     result = run_stage(app, payload, background_stage.stage_fn)
     assert result.status == "succeeded", result.error
     assert result.gpu_seconds > 0 and result.artifacts[0].kind == "background"
-    assert app.names()[0] == T_STAGE_STARTED and app.names()[-1] == T_STAGE_DONE
+    # it ended inside started_notice_after_s: no separate notice; its first progress report carries the start
+    assert T_STAGE_STARTED not in app.names() and app.names()[-1] == T_STAGE_DONE
+    first = app.sent[0]
+    assert first[0] == T_STAGE_PROGRESS and first[1][0]["started"]["stage_id"] == f"{job}:bg"
     assert background_stage.name == stage_task_name("gpu.background")
 
 

@@ -125,6 +125,21 @@ def test_a_result_with_no_started_notice_before_it_records_the_start(db: Any, se
         assert s.get(Stage, t.id).worker == "w"
         assert s.scalar(select(func.count()).select_from(Event).where(Event.job_id == job_id)) == len(events)
 
+
+def test_a_first_progress_report_carrying_the_start_records_it_first(db: Any, settings: Settings) -> None:
+    _, job_id = _job(db)
+    d = Driver(db, settings)
+    d.start(job_id)
+    (t,) = d.take()
+    started = engine.StageStarted(job_id=job_id, stage_id=t.stage_id, attempt=t.attempt, worker="w",
+                                  started_at=datetime.now(UTC))
+    engine.run_in_tx(db, d.send, lambda s, o: engine.stage_progress(s, engine.StageProgress(
+        job_id=job_id, stage_id=t.stage_id, step=1, total=4, started=started)))
+    with session_scope(db) as s:
+        assert s.get(Stage, t.stage_id).status == "running"
+        types = [e.type for e in s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id))]
+    assert types[-2:] == ["stage.started", "stage.progress"]
+
 def test_per_item_chaining_does_not_wait_for_siblings(db: Any, settings: Settings) -> None:
     _, job_id = _job(db)
     d = Driver(db, settings)
