@@ -33,7 +33,7 @@ def main() -> int:
     args.out.write_text(dump(result) + "\n")
     print(dump(result))
     ok = all(result[k] == 0 for k in ("jobs_lost", "artifacts_missing", "orphan_keys", "sse_events_missed",
-                                      "duplicate_webhooks", "webhooks_missing", "stages_stuck"))
+                                      "duplicate_webhooks_unexplained", "webhooks_missing", "stages_stuck"))
     return 0 if ok else 1
 
 

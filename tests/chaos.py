@@ -40,6 +40,10 @@ ROLES = {
     "gpu.identity": ["worker", "--queues", "gpu.identity", "--loglevel", "WARNING"],
 }
 TERMINAL = ("job.succeeded", "job.failed", "job.canceled")
+DISPATCHER_ROLE = "orchestrator"  # the webhook dispatcher runs beside the orchestrator's tasks (`atelier worker`)
+# a copy of a message that arrived this close to a SIGKILL of the dispatcher's process was in flight when it died:
+# the receiver had it (or its bytes were in the socket), the sender never recorded it
+KILL_SLACK_S = 2.0
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Chaos:
         self.rng = random.Random(cfg.seed)
         self.procs: dict[str, Proc] = {}
         self.log: list[str] = []
+        self.kill_times: dict[str, list[float]] = {}  # role → when each SIGKILL was sent
         self.kills = 0
         self.stop = threading.Event()
 
@@ -96,7 +101,8 @@ class Chaos:
         self.note(f"terminated {n[0] if n else 0} postgres connections")
 
     def note(self, msg: str) -> None:
-        self.log.append(f"{time.strftime('%H:%M:%S')} {msg}")
+        now = time.time()
+        self.log.append(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} {msg}")
 
     # --- processes -------------------------------------------------------------------------------
     def start_role(self, role: str) -> None:
@@ -104,6 +110,7 @@ class Chaos:
         self.procs[role] = Proc(role.replace(".", "-"), args, self.env, self.work).start()
 
     def kill_role(self, role: str) -> None:
+        self.kill_times.setdefault(role, []).append(time.time())
         self.procs[role].kill()
         self.kills += 1
         self.note(f"SIGKILL {role}")
@@ -268,6 +275,32 @@ class Chaos:
                                 (list(WEBHOOK_EVENTS),)).fetchall()
         return {message_id(r[0]) for r in rows}
 
+    def duplicates(self, pg_url: str) -> list[dict[str, Any]]:
+        """Messages the receiver got more than once: when each copy arrived, the delivery's attempts as the
+        dispatcher recorded them, and whether the sender died with them in flight.
+
+        Webhooks are at least once (Standard Webhooks; receivers dedupe on ``webhook-id``): a dispatcher SIGKILLed
+        after the receiver took a message and before it recorded the answer leaves the delivery claimed, and the
+        message goes out again, with the same id, once the claim's lease runs out. Such a copy is ``sender_killed``:
+        its attempt is missing from the delivery's log, and it arrived within ``KILL_SLACK_S`` of a SIGKILL of the
+        dispatcher's process. Any other duplicate is a bug."""
+        def stamp(t: float) -> str:
+            return f"{time.strftime('%H:%M:%S', time.localtime(t))}.{int(t % 1 * 1000):03d}"
+
+        kills = self.kill_times.get(DISPATCHER_ROLE, [])
+        out = []
+        with psycopg.connect(pg_url) as conn:
+            for msg, times in sorted(self.receiver.duplicated().items()):
+                row = conn.execute("SELECT attempts, log FROM webhook_deliveries WHERE message_id = %s", (msg,)).fetchone()
+                attempts, log = (row[0], row[1] or []) if row else (0, [])
+                unrecorded = attempts - len({e.get("attempt") for e in log})
+                early = times[:-1]  # the copies before the last one: each one's sender never recorded it
+                killed = unrecorded >= len(early) and all(any(abs(t - k) <= KILL_SLACK_S for k in kills) for t in early)
+                out.append({"message_id": msg, "received": [stamp(t) for t in times], "extra": len(early),
+                            "attempts": attempts, "recorded": [(e.get("attempt"), e.get("status_code")) for e in log],
+                            "sender_killed": killed})
+        return out
+
     def drain_webhooks(self, pg_url: str, timeout_s: float = 60.0) -> None:
         """Give the dispatcher time to send what the last events owe (it retries with backoff)."""
         deadline = time.monotonic() + timeout_s
@@ -305,13 +338,17 @@ class Chaos:
                 resp.release_conn()
         orphans = sorted(stored - {k for k, _ in arts})
         missed = sum(len(set(events[f.job_id]) - set(f.ids)) for f in followers)
+        dups = self.duplicates(pg_url)
         succeeded = sum(1 for j in job_ids if statuses.get(j) == "succeeded")
         canceled = sum(1 for j in job_ids if statuses.get(j) == "canceled")
         return {
             "jobs_total": len(job_ids), "jobs_succeeded": succeeded, "jobs_canceled": canceled,
             "jobs_lost": len(job_ids) - succeeded - canceled, "artifacts_missing": missing,
             "orphan_keys": len(orphans), "orphan_examples": orphans[:5],
-            "duplicate_webhooks": self.receiver.duplicates(), "webhooks_received": len(self.receiver.requests),
+            "duplicate_webhooks": self.receiver.duplicates(),
+            "duplicate_webhooks_unexplained": sum(d["extra"] for d in dups if not d["sender_killed"]),
+            "duplicate_examples": dups[:5],
+            "webhooks_received": len(self.receiver.requests),
             "webhooks_missing": len(self.expected_webhooks(pg_url) - {h.get("webhook-id") for h, _ in self.receiver.requests}),
             "kills": self.kills, "stages_redriven": int(redriven), "stages_stuck": int(stuck),
             "sse_events_missed": missed, "sse_reconnects": sum(f.reconnects for f in followers),

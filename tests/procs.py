@@ -88,12 +88,16 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.times: list[float] = []  # wall-clock time of each request's arrival, beside ``requests``
         outer = self
+        lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                with lock:
+                    outer.times.append(time.time())
+                    outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(200)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -109,6 +113,13 @@ class Receiver:
         """Messages (``webhook-id``) received more than once: each extra copy counts."""
         ids = [h.get("webhook-id") for h, _ in self.requests]
         return len(ids) - len(set(ids))
+
+    def duplicated(self) -> dict[str, list[float]]:
+        """Each message (``webhook-id``) received more than once → the times its copies arrived."""
+        seen: dict[str, list[float]] = {}
+        for (h, _), t in zip(self.requests, self.times, strict=True):
+            seen.setdefault(h.get("webhook-id", ""), []).append(t)
+        return {k: v for k, v in seen.items() if len(v) > 1}
 
 
 def stack_env(tmp: Path, *, pg_url: str, redis_url: str, s3: dict[str, str], models_file: Path,

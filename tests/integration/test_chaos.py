@@ -4,7 +4,8 @@ clients and a webhook receiver attached. `make chaos` runs the full version (ben
 
 Nothing may be lost: every job succeeds, every artifact is in storage with the hash the database
 records, no storage key is an orphan, no stage is left behind, every SSE client sees every event of its
-job (resuming with Last-Event-ID), and every webhook message arrives exactly once.
+job (resuming with Last-Event-ID), and every webhook message arrives; a second time only where the
+dispatcher was killed with it in flight (webhooks are at least once: a receiver dedupes on ``webhook-id``).
 """
 
 from __future__ import annotations
@@ -34,4 +35,5 @@ def test_small_chaos_run_loses_nothing(tmp_path: Path, tiny_models: Path) -> Non
     assert result["stages_stuck"] == 0, report
     assert result["sse_events_missed"] == 0, report
     assert result["webhooks_missing"] == 0, report
-    assert result["duplicate_webhooks"] == 0, report
+    # at least once: only a dispatcher SIGKILLed with a message in flight may send it twice (same webhook-id)
+    assert result["duplicate_webhooks_unexplained"] == 0, report
