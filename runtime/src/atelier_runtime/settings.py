@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     started_notice_after_s: float = Field(default=1.0, ge=0, description=(
         "A worker tells the orchestrator a stage started once it has run this long; a stage that ends sooner sends "
         "no separate notice (its result records the start and the `stage.started` event, in the same transaction): "
-        "one orchestrator transaction on the job's row less for every short stage. 0: always at once."))
+        "one orchestrator transaction on the job's row less for every short stage. Progress reports start at the "
+        "same age, so a stage that ends sooner sends its result alone. 0: always at once."))
     stall_after_s: float = Field(default=60.0, gt=0, description="A running stage with no heartbeat for this long is re-driven.")
     worker_loop_stall_s: float = Field(default=120.0, ge=0, description=(
         "A worker whose Celery event loop has not turned for this long while it runs no task exits, so `atelier "

@@ -97,6 +97,7 @@ class StageContext:
         self.artifacts: list[ArtifactRecord] = []
         self.gpu_seconds = 0.0
         self._last_progress = 0.0
+        self._begun = time.monotonic()  # progress is reported once the stage has run started_notice_after_s
         self.notice: _StartedNotice | None = None  # the run's started notice (run_stage sets it)
 
     def inputs(self, model: type[I]) -> I:
@@ -155,14 +156,17 @@ class StageContext:
     def progress(self, step: int, total: int) -> None:
         """Per-step callback: heartbeat, stop if canceled, report progress at most twice a second.
 
-        The last step is not reported: the stage's result follows at once (``stage.completed``), and every report
-        is an orchestrator transaction on the job's row — a GPU stage of a few steps would spend one of its three
-        or four on a message that says nothing new.
+        Every report is an orchestrator transaction on the job's row, so only what a watcher can use is sent: from
+        the time the stage's started notice is due (``started_notice_after_s``, 1 s; the first report carries the
+        start), never the last step (the result follows at once). A stage that ends within that second — most
+        SDXL-Turbo images, every watermark — sends its result alone; a FLUX image or a 30-step SDXL one shows its
+        steps.
         """
         self.res.runtime.heartbeat(self.task.stage_id)
         self.check_canceled()
         now = time.monotonic()
-        if now - self._last_progress >= 0.5 and step < total:
+        if (now - self._last_progress >= 0.5 and step < total
+                and now - self._begun >= self.settings.started_notice_after_s):
             self._last_progress = now
             # the first report carries the start if no notice went out yet: started, then progress, one message
             started = self.notice.take() if self.notice is not None else None

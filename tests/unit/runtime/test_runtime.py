@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,43 @@ def test_a_stage_still_running_after_the_notice_delay_is_announced_before_its_re
     immediate = _App(Settings(home=tmp_path, started_notice_after_s=0))  # 0: always at once
     run_stage(immediate, _payload(f"stg_{uuid.uuid4().hex}"), lambda _ctx: {"ok": True})  # type: ignore[arg-type]
     assert immediate.sent == ["atelier.orchestrator.stage_started", "atelier.orchestrator.stage_done"]
+
+
+def test_progress_is_reported_once_the_started_notice_is_due_and_carries_the_start(tmp_path: Path) -> None:
+    from atelier_contracts.tasks import StageStarted, StageTask
+    from atelier_runtime.stage_runner import StageContext, WorkerResources, _StartedNotice
+
+    class Sent(_App):
+        args: list[Any]
+
+        def send_task(self, name: str, args: list[Any] | None = None, **_: Any) -> None:
+            self.sent.append(name)
+            self.args.append((args or [None])[0])
+
+    def context(delay: float) -> tuple[StageContext, Sent]:
+        settings = Settings(home=tmp_path, started_notice_after_s=delay)
+        app = Sent(settings)
+        app.args = []
+        task = StageTask.model_validate(_payload(f"stg_{uuid.uuid4().hex}"))
+        ctx = StageContext(task, WorkerResources(settings), app)
+        ctx.notice = _StartedNotice(app, StageStarted(job_id=task.job_id, stage_id=task.stage_id, attempt=1,
+                                                      worker="w", started_at=datetime.now(UTC)), delay)
+        return ctx, app
+
+    ctx, app = context(3600.0)  # a stage younger than its notice delay reports nothing: its result says it all
+    for step in range(1, 5):
+        ctx.progress(step, 4)
+    assert app.sent == []
+    ctx._begun -= 3601  # the same stage, an hour in: the report is due and carries the start (no notice went out)
+    ctx.progress(2, 4)
+    assert app.sent == ["atelier.orchestrator.stage_progress"]
+    assert app.args[0]["step"] == 2 and app.args[0]["started"]["stage_id"] == ctx.task.stage_id
+    ctx._last_progress -= 1
+    ctx.progress(4, 4)  # the last step never: the result follows at once
+    assert len(app.sent) == 1
+    ctx, app = context(0.0)  # 0: from the first step, as before the notice
+    ctx.progress(1, 4)
+    assert app.sent == ["atelier.orchestrator.stage_progress"] and app.args[0]["started"] is not None
 
 
 def test_a_stage_reads_its_declared_inputs_and_its_parsed_item(tmp_path: Path) -> None:
