@@ -33,7 +33,8 @@ def envelope(ev: Event, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, data: dict[str, Any] | None = None) -> Event:
-    """Append one event; flushed so its id is known.
+    """Append one event to the session; it is inserted at the next flush (the ORM inserts the events added since
+    in one statement, in the order they were added), so a caller that needs its id flushes first.
 
     The caller must hold the job's row lock (``SELECT ... FOR UPDATE`` on ``jobs``) before its first event
     of the transaction. Ids come from a sequence when the row is inserted, so two transactions writing
@@ -46,7 +47,6 @@ def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, dat
         raise ValueError(f"unknown event type {type!r}")
     ev = Event(tenant_id=tenant_id, job_id=job_id, type=type, data=data or {})
     session.add(ev)
-    session.flush()
     return ev
 
 

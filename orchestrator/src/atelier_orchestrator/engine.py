@@ -24,10 +24,11 @@ from atelier_contracts.keys import in_job, job_prefix
 from atelier_contracts.stage_io import Skipped
 from atelier_contracts.tasks import ItemFailure, StageProgress, StageResult, StageStarted, StageTask, stage_task_name
 from atelier_control.events import emit
-from atelier_control.models import TERMINAL, Artifact, Job, Stage, utcnow
+from atelier_control.models import TERMINAL, Artifact, Job, Stage, new_id, utcnow
 from atelier_runtime.settings import Settings
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from . import gates
 from .graphs import GRAPHS, Graph, StageDef
@@ -169,6 +170,22 @@ def _skip_reason(st: StageDef, job: Job, settings: Settings | None) -> str | Non
     return st.skip_when(job.spec, settings if settings is not None else Settings())
 
 
+def _transition(session: Session, row: Stage, expect: str, **values: Any) -> bool:
+    """Set ``values`` on ``row`` in the database where its status is still ``expect``; False where it is not.
+
+    One Core UPDATE (the ORM's bulk-update bookkeeping cost more than the statement), and the session's object
+    takes the values as its committed state. The job's row is locked, so ``row`` was read current in this
+    transaction; the condition on the status is the guard every transition keeps (see the module's doc)."""
+    table = Stage.__table__
+    res = session.connection().execute(update(table).where(table.c.id == row.id, table.c.status == expect)
+                                       .values(**values))
+    if res.rowcount != 1:
+        return False
+    for name, value in values.items():
+        set_committed_value(row, name, value)
+    return True
+
+
 def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | None = None,
             rows: list[Stage] | None = None) -> int:
     """Queue every stage item whose dependencies are done; finish the job when all are. Returns #queued.
@@ -203,34 +220,32 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
                                                  for r in rows):
         finish_job(session, job, "succeeded", failures=item_failures(rows))
         return 0
-    for row in rows:
-        if row.status != "pending":
-            continue
-        st = graph.stage(row.name)
-        upstream = _upstream(graph, st, row.item, by_name)
-        if upstream is None:
-            continue
-        reason = _skip_reason(st, job, settings)
-        if reason is not None:
-            res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
-                                  .values(status="succeeded", output=Skipped(skipped=reason).to_json(), queued_at=now,
-                                          started_at=now, finished_at=now))
-            if res.rowcount == 1:  # type: ignore[attr-defined]
-                # later rows in this pass see it done (rows come in graph order): the ORM UPDATE synchronised the
-                # session's row, no SELECT back
-                emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.completed",
-                     data={"stage": row.name, "item": row.item, "skipped": reason, "seconds": 0.0})
-                skipped += 1
-            continue
-        res = session.execute(update(Stage).where(Stage.id == row.id, Stage.status == "pending")
-                              .values(status="queued", attempts=Stage.attempts + 1, queued_at=now))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
-            continue
-        # row.attempts is the new count: the ORM UPDATE synchronised the session's row (no SELECT back)
-        emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.queued",
-             data={"stage": row.name, "item": row.item, "attempt": row.attempts})
-        outbox.add(stage_task_name(row.name), [_payload(job, row, upstream, rows)])
-        queued += 1
+    # what this transaction changed on the rows (a gate sending its item back to pending) reaches the database
+    # before the conditional UPDATEs below; the events they add then go in with one INSERT at the next flush
+    session.flush()
+    with session.no_autoflush:
+        for row in rows:
+            if row.status != "pending":
+                continue
+            st = graph.stage(row.name)
+            upstream = _upstream(graph, st, row.item, by_name)
+            if upstream is None:
+                continue
+            reason = _skip_reason(st, job, settings)
+            if reason is not None:
+                if _transition(session, row, "pending", status="succeeded", output=Skipped(skipped=reason).to_json(),
+                               queued_at=now, started_at=now, finished_at=now):
+                    # later rows in this pass see it done (rows come in graph order)
+                    emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.completed",
+                         data={"stage": row.name, "item": row.item, "skipped": reason, "seconds": 0.0})
+                    skipped += 1
+                continue
+            if not _transition(session, row, "pending", status="queued", attempts=row.attempts + 1, queued_at=now):
+                continue
+            emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.queued",
+                 data={"stage": row.name, "item": row.item, "attempt": row.attempts})
+            outbox.add(stage_task_name(row.name), [_payload(job, row, upstream, rows)])
+            queued += 1
     return queued
 
 
@@ -275,13 +290,19 @@ def _record_artifacts(session: Session, job: Job, row: Stage, result: StageResul
     for rec in result.artifacts:
         if not in_job(rec.key, job.tenant_id, job.id):
             raise ValueError(f"stage {row.name} wrote {rec.key} outside its job prefix")
-        art = session.scalar(select(Artifact).where(Artifact.key == rec.key))
+    if not result.artifacts:
+        return
+    # the rows of these keys already recorded (a redelivered task rewrites the same keys), in one read
+    with session.no_autoflush:  # what this transaction added so far (its events) is not what this reads
+        known = {a.key: a for a in session.scalars(select(Artifact).where(Artifact.key.in_([r.key for r in result.artifacts])))}
+    for rec in result.artifacts:
+        art = known.get(rec.key)
         if art is None:
-            art = Artifact(tenant_id=job.tenant_id, job_id=job.id, stage_id=row.id, kind=rec.kind, name=rec.name,
-                           key=rec.key, content_type=rec.content_type, size_bytes=rec.size_bytes, sha256=rec.sha256,
-                           width=rec.width, height=rec.height, meta=rec.meta)
-            session.add(art)
-            session.flush()
+            art = Artifact(id=new_id("art"), tenant_id=job.tenant_id, job_id=job.id, stage_id=row.id, kind=rec.kind,
+                           name=rec.name, key=rec.key, content_type=rec.content_type, size_bytes=rec.size_bytes,
+                           sha256=rec.sha256, width=rec.width, height=rec.height, meta=rec.meta)
+            session.add(art)  # inserted with the events at the next flush: its id is set here
+            known[rec.key] = art
             emit(session, tenant_id=job.tenant_id, job_id=job.id, type="artifact.created",
                  data={"artifact_id": art.id, "kind": rec.kind, "name": rec.name, "stage": row.name, "item": row.item})
         else:  # a redelivered task rewrote the same key: update in place, never a second row
@@ -327,10 +348,8 @@ def stage_done(session: Session, result: StageResult, outbox: Outbox, *, setting
         emit(session, tenant_id=job.tenant_id, job_id=job.id, type="stage.completed",
              data={"stage": row.name, "item": row.item, "attempt": result.attempt,
                    "seconds": round((result.finished_at - started).total_seconds(), 4) if started else None})
-        session.flush()
         if gates.is_gate(row.name):  # best-of-N: regenerate the checked item, keep the best, or fail (strict)
             gates.gate_done(session, job, row, previous, settings=settings)
-            session.flush()
         else:  # what a stage could not do and went on without (an asset too small for the mark) is said, not buried
             for warning in (result.output or {}).get("warnings") or []:
                 emit(session, tenant_id=job.tenant_id, job_id=job.id, type="job.warning",

@@ -87,6 +87,10 @@ def _gate_of(row: Stage) -> Stage | None:
     session = object_session(row)
     if session is None:
         return None
+    # the engine loaded every row of the job under its lock in this transaction: take the gate's from the session
+    for obj in session.identity_map.values():
+        if isinstance(obj, Stage) and obj.job_id == row.job_id and obj.name == gate_name and obj.item == row.item:
+            return obj
     return session.scalar(select(Stage).where(Stage.job_id == row.job_id, Stage.name == gate_name,
                                               Stage.item == row.item))
 

@@ -91,7 +91,9 @@ def emit_events(factory: Any, tenant_id: str, job_id: str, types: list[str]) -> 
     from atelier_control.events import emit
 
     with session_scope(factory) as s:
-        return [emit(s, tenant_id=tenant_id, job_id=job_id, type=t, data={"n": i}).id for i, t in enumerate(types)]
+        events = [emit(s, tenant_id=tenant_id, job_id=job_id, type=t, data={"n": i}) for i, t in enumerate(types)]
+        s.flush()  # one INSERT, in the order they were added: their ids
+        return [e.id for e in events]
 
 
 def set_job(factory: Any, job_id: str, **values: Any) -> None:

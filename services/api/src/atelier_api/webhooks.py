@@ -245,6 +245,7 @@ def send_test(session: Session, *, tenant_id: str, webhook_id: str) -> DeliveryV
         raise Conflict(f"webhook {webhook_id} is disabled; enable it (PATCH enabled: true) to test it", field="enabled")
     ev = emit(session, tenant_id=tenant_id, job_id=None, type="webhook.test",
               data={"webhook_id": h.id, "url": h.url})
+    session.flush()  # its id names the message
     now = utcnow()
     d = WebhookDelivery(webhook_id=h.id, tenant_id=tenant_id, event_id=ev.id, event_type=ev.type,
                         message_id=message_id(ev.id), status="pending", attempts=0, next_attempt_at=now, log=[],
