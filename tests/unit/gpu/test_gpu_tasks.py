@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from atelier_contracts.errors import JobCanceled, StageError
 from atelier_contracts.keys import job_prefix
-from atelier_contracts.tasks import T_STAGE_DONE, T_STAGE_PROGRESS, T_STAGE_STARTED, StageTask, stage_task_name
+from atelier_contracts.tasks import T_STAGE_DONE, T_STAGE_PROGRESS, StageTask, stage_task_name
 from atelier_gpu import watermark
 from atelier_gpu.registry import ModelRegistry
 from atelier_gpu.stages.background import background as background_stage
