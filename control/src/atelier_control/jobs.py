@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .events import emit
-from .models import TERMINAL, Job, Stage, utcnow
+from .models import TERMINAL, Job, Stage, new_id, utcnow
 
 
 def request_hash(kind: str, spec: dict[str, Any], external_id: str | None = None,
@@ -43,11 +43,10 @@ def create_job(session: Session, *, tenant_id: str, kind: str, spec: CampaignSpe
             if existing.request_hash != digest:
                 raise Conflict("Idempotency-Key was already used with a different request body", field="Idempotency-Key")
             return existing, False
-    job = Job(tenant_id=tenant_id, kind=kind, spec=spec_json, idempotency_key=idempotency_key, request_hash=digest,
+    job = Job(id=new_id("job"), tenant_id=tenant_id, kind=kind, spec=spec_json, idempotency_key=idempotency_key, request_hash=digest,
               external_id=external_id, labels=dict(labels or {}),
               gpu_reserved_s=reserve(kind, spec_json) if reserve is not None else None)
-    session.add(job)
-    session.flush()
+    session.add(job)  # the job and its first event go in at the next flush (the caller's commit)
     emit(session, tenant_id=tenant_id, job_id=job.id, type="job.created", data={"kind": kind})
     return job, True
 
