@@ -63,8 +63,11 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         if not self.root.exists():  # a new artifact folder is its owner's only (files are written 0600: mkstemp)
-            self.root.mkdir(parents=True, mode=0o700)
-            os.chmod(self.root, 0o700)
+            try:
+                self.root.mkdir(parents=True, mode=0o700)
+                os.chmod(self.root, 0o700)
+            except FileExistsError:  # another thread or process made it first (two stores opened at once): theirs
+                pass
 
     def _path(self, key: str) -> Path:
         _check_key(key)

@@ -67,3 +67,15 @@ def test_placeholder_or_non_pem_signing_files_are_named(tmp_path: Path) -> None:
     assert len(problems) == 2 and "ATELIER_C2PA_CERT_PATH" in problems[0] and "ATELIER_C2PA_KEY_PATH" in problems[1]
     # a path with no file behind it (a role that has none mounted) is not judged here
     assert Settings(broker_url="redis://127.0.0.1:6379/0", c2pa_key_path=tmp_path / "absent.pem").insecure_secrets() == []
+
+def test_two_stores_opened_at_once_on_a_new_folder_both_open(tmp_path: Path, monkeypatch) -> None:
+    """Two threads opening a LocalStore on the same new folder: the one that finds it made by the other between its
+    check and its mkdir opens it too (it failed with FileExistsError, a flaky GPU serving test)."""
+    root = tmp_path / "artifacts"
+    real_exists = Path.exists
+    # the other thread made the folder just after this one looked
+    monkeypatch.setattr(Path, "exists", lambda self: False if self == root else real_exists(self))
+    root.mkdir(mode=0o700)
+    store = LocalStore(root)
+    monkeypatch.undo()
+    assert store.put("tenants/t/jobs/j/a.txt", b"x", "text/plain").size_bytes == 1
