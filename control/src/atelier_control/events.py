@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, insert, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from .models import Event, utcnow
+
+_PENDING = "atelier.pending_events"  # Session.info key: the events emitted in its open transaction
+_EVENTS = Event.__table__
 
 EVENT_TYPES = (
     "job.created", "job.started", "job.succeeded", "job.failed", "job.canceled",
@@ -32,9 +35,10 @@ def envelope(ev: Event, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": ev.type, "timestamp": created.isoformat().replace("+00:00", "Z"), "data": data}
 
 
-def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, data: dict[str, Any] | None = None) -> Event:
-    """Append one event to the session; it is inserted at the next flush (the ORM inserts the events added since
-    in one statement, in the order they were added), so a caller that needs its id flushes first.
+def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, data: dict[str, Any] | None = None) -> None:
+    """Append one event to the session's transaction: the events of a transaction are inserted together, in the
+    order they were emitted, when it commits (one statement, not an ORM flush each; ``emit_now`` where the id is
+    needed at once). A rolled-back transaction drops them with everything else.
 
     The caller must hold the job's row lock (``SELECT ... FOR UPDATE`` on ``jobs``) before its first event
     of the transaction. Ids come from a sequence when the row is inserted, so two transactions writing
@@ -45,9 +49,40 @@ def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, dat
     """
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
+    session.connection()  # the transaction they belong to has begun: its rollback or close drops them
+    session.info.setdefault(_PENDING, []).append(
+        {"tenant_id": tenant_id, "job_id": job_id, "type": type, "data": data or {}, "created_at": utcnow()})
+
+
+def emit_now(session: Session, *, tenant_id: str, job_id: str | None, type: str,
+             data: dict[str, Any] | None = None) -> Event:
+    """Append one event and insert it at once (after the transaction's earlier events), for a caller that needs
+    its id before the commit — a webhook test names its message after it."""
+    write_pending(session)
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}")
     ev = Event(tenant_id=tenant_id, job_id=job_id, type=type, data=data or {})
     session.add(ev)
+    session.flush()
     return ev
+
+
+def write_pending(session: Session) -> None:
+    """Insert the events emitted in this transaction so far (its commit does it anyway)."""
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        session.execute(insert(_EVENTS), rows)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_on_commit(session: Session) -> None:
+    write_pending(session)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_at_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost transaction ended: rolled back, closed (a commit wrote them)
+        session.info.pop(_PENDING, None)
 
 
 def events_after(session: Session, *, tenant_id: str, job_id: str, after_id: int, limit: int = 500) -> list[Event]:

@@ -46,7 +46,8 @@ def create_job(session: Session, *, tenant_id: str, kind: str, spec: CampaignSpe
     job = Job(id=new_id("job"), tenant_id=tenant_id, kind=kind, spec=spec_json, idempotency_key=idempotency_key, request_hash=digest,
               external_id=external_id, labels=dict(labels or {}),
               gpu_reserved_s=reserve(kind, spec_json) if reserve is not None else None)
-    session.add(job)  # the job and its first event go in at the next flush (the caller's commit)
+    session.add(job)
+    session.flush()  # the row exists when this returns: a caller may add rows that reference it (stages, artifacts)
     emit(session, tenant_id=tenant_id, job_id=job.id, type="job.created", data={"kind": kind})
     return job, True
 

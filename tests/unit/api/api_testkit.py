@@ -88,12 +88,10 @@ def add_stages(factory: Any, job_id: str, rows: list[tuple[str, str, int, str]])
 
 def emit_events(factory: Any, tenant_id: str, job_id: str, types: list[str]) -> list[int]:
     from atelier_control.db import session_scope
-    from atelier_control.events import emit
+    from atelier_control.events import emit_now
 
     with session_scope(factory) as s:
-        events = [emit(s, tenant_id=tenant_id, job_id=job_id, type=t, data={"n": i}) for i, t in enumerate(types)]
-        s.flush()  # one INSERT, in the order they were added: their ids
-        return [e.id for e in events]
+        return [emit_now(s, tenant_id=tenant_id, job_id=job_id, type=t, data={"n": i}).id for i, t in enumerate(types)]
 
 
 def set_job(factory: Any, job_id: str, **values: Any) -> None:

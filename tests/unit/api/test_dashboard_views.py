@@ -94,6 +94,7 @@ def test_retry_job_restarts_a_failed_job_from_its_failed_stage(db: Any) -> None:
         assert rows["plan.ad_prompts"].status == "succeeded" and rows["plan.ad_prompts"].output
         assert rows["plan.ad_layout"].status == "pending" and rows["plan.ad_layout"].error is None
         assert rows["plan.ad_layout"].attempts == 1  # kept: a late result of attempt 1 is still told apart
+    with session_scope(db) as s:  # its events went in with its commit
         retrying = s.scalars(select(Event).where(Event.job_id == job_id, Event.type == "stage.retrying")).all()
         assert [e.data["stage"] for e in retrying] == ["plan.ad_layout"] and retrying[0].data["manual"] is True
     with session_scope(db) as s, pytest.raises(Conflict):

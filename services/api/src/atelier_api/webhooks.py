@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from atelier_contracts.errors import Conflict, InvalidInput, NotFound
-from atelier_control.events import emit, envelope, message_id
+from atelier_control.events import emit_now, envelope, message_id
 from atelier_control.models import Webhook, WebhookDelivery, utcnow
 from atelier_control.ssrf import AllowList, check_url, parse_ports
 from atelier_runtime.settings import Settings
@@ -243,9 +243,8 @@ def send_test(session: Session, *, tenant_id: str, webhook_id: str) -> DeliveryV
     h = get_webhook(session, tenant_id=tenant_id, webhook_id=webhook_id)
     if not h.enabled:
         raise Conflict(f"webhook {webhook_id} is disabled; enable it (PATCH enabled: true) to test it", field="enabled")
-    ev = emit(session, tenant_id=tenant_id, job_id=None, type="webhook.test",
-              data={"webhook_id": h.id, "url": h.url})
-    session.flush()  # its id names the message
+    ev = emit_now(session, tenant_id=tenant_id, job_id=None, type="webhook.test",  # its id names the message
+                  data={"webhook_id": h.id, "url": h.url})
     now = utcnow()
     d = WebhookDelivery(webhook_id=h.id, tenant_id=tenant_id, event_id=ev.id, event_type=ev.type,
                         message_id=message_id(ev.id), status="pending", attempts=0, next_attempt_at=now, log=[],
