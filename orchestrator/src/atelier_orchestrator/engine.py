@@ -221,7 +221,8 @@ def advance(session: Session, job: Job, outbox: Outbox, *, settings: Settings | 
         finish_job(session, job, "succeeded", failures=item_failures(rows))
         return 0
     # what this transaction changed on the rows (a gate sending its item back to pending) reaches the database
-    # before the conditional UPDATEs below; the events they add then go in with one INSERT at the next flush
+    # before the conditional UPDATEs below, in one flush; the pass then runs without autoflush (its transitions are
+    # Core UPDATEs, its events go in at the commit: nothing is left to flush)
     session.flush()
     with session.no_autoflush:
         for row in rows:
@@ -293,7 +294,7 @@ def _record_artifacts(session: Session, job: Job, row: Stage, result: StageResul
     if not result.artifacts:
         return
     # the rows of these keys already recorded (a redelivered task rewrites the same keys), in one read
-    with session.no_autoflush:  # what this transaction added so far (its events) is not what this reads
+    with session.no_autoflush:  # the row changes pending in this transaction are not what this reads
         known = {a.key: a for a in session.scalars(select(Artifact).where(Artifact.key.in_([r.key for r in result.artifacts])))}
     for rec in result.artifacts:
         art = known.get(rec.key)
@@ -301,7 +302,7 @@ def _record_artifacts(session: Session, job: Job, row: Stage, result: StageResul
             art = Artifact(id=new_id("art"), tenant_id=job.tenant_id, job_id=job.id, stage_id=row.id, kind=rec.kind,
                            name=rec.name, key=rec.key, content_type=rec.content_type, size_bytes=rec.size_bytes,
                            sha256=rec.sha256, width=rec.width, height=rec.height, meta=rec.meta)
-            session.add(art)  # inserted with the events at the next flush: its id is set here
+            session.add(art)  # inserted at the next flush; its id is set here, for the event
             known[rec.key] = art
             emit(session, tenant_id=job.tenant_id, job_id=job.id, type="artifact.created",
                  data={"artifact_id": art.id, "kind": rec.kind, "name": rec.name, "stage": row.name, "item": row.item})
