@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -107,6 +108,7 @@ def wrk(url: str, *, body_file: Path, token: str, connections: int, threads: int
 
     ``procs`` names the processes to account for; the first is the server.
     """
+    seconds = float(math.ceil(seconds))  # wrk takes whole seconds ("-d 7.5s" is a usage error)
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s",
            "-s", str(LUA), url]
     env = dict(os.environ, WRK_BODY_FILE=str(body_file), WRK_TOKEN=token)
