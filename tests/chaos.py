@@ -46,6 +46,11 @@ DISPATCHER_ROLE = "orchestrator"  # the webhook dispatcher runs beside the orche
 KILL_SLACK_S = 2.0
 
 
+def _stamp(t: float) -> str:
+    """A wall-clock time as HH:MM:SS.mmm (the fault log's and the duplicate report's)."""
+    return f"{time.strftime('%H:%M:%S', time.localtime(t))}.{int(t % 1 * 1000):03d}"
+
+
 @dataclass
 class ChaosConfig:
     jobs: int = 40
@@ -101,8 +106,7 @@ class Chaos:
         self.note(f"terminated {n[0] if n else 0} postgres connections")
 
     def note(self, msg: str) -> None:
-        now = time.time()
-        self.log.append(f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} {msg}")
+        self.log.append(f"{_stamp(time.time())} {msg}")
 
     # --- processes -------------------------------------------------------------------------------
     def start_role(self, role: str) -> None:
@@ -284,9 +288,6 @@ class Chaos:
         message goes out again, with the same id, once the claim's lease runs out. Such a copy is ``sender_killed``:
         its attempt is missing from the delivery's log, and it arrived within ``KILL_SLACK_S`` of a SIGKILL of the
         dispatcher's process. Any other duplicate is a bug."""
-        def stamp(t: float) -> str:
-            return f"{time.strftime('%H:%M:%S', time.localtime(t))}.{int(t % 1 * 1000):03d}"
-
         kills = self.kill_times.get(DISPATCHER_ROLE, [])
         out = []
         with psycopg.connect(pg_url) as conn:
@@ -296,7 +297,7 @@ class Chaos:
                 unrecorded = attempts - len({e.get("attempt") for e in log})
                 early = times[:-1]  # the copies before the last one: each one's sender never recorded it
                 killed = unrecorded >= len(early) and all(any(abs(t - k) <= KILL_SLACK_S for k in kills) for t in early)
-                out.append({"message_id": msg, "received": [stamp(t) for t in times], "extra": len(early),
+                out.append({"message_id": msg, "received": [_stamp(t) for t in times], "extra": len(early),
                             "attempts": attempts, "recorded": [(e.get("attempt"), e.get("status_code")) for e in log],
                             "sender_killed": killed})
         return out

@@ -47,21 +47,24 @@ def emit(session: Session, *, tenant_id: str, job_id: str | None, type: str, dat
     lock, a job's events become visible in id order. (A new job's ``job.created`` needs no lock: nobody
     else can see the job yet.)
     """
+    row = _row(tenant_id=tenant_id, job_id=job_id, type=type, data=data)
+    session.connection()  # the transaction they belong to has begun: its rollback or close drops them
+    session.info.setdefault(_PENDING, []).append(row)
+
+
+def _row(*, tenant_id: str, job_id: str | None, type: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    """An event's column values; ValueError for a type that is not one of ``EVENT_TYPES``."""
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
-    session.connection()  # the transaction they belong to has begun: its rollback or close drops them
-    session.info.setdefault(_PENDING, []).append(
-        {"tenant_id": tenant_id, "job_id": job_id, "type": type, "data": data or {}, "created_at": utcnow()})
+    return {"tenant_id": tenant_id, "job_id": job_id, "type": type, "data": data or {}, "created_at": utcnow()}
 
 
 def emit_now(session: Session, *, tenant_id: str, job_id: str | None, type: str,
              data: dict[str, Any] | None = None) -> Event:
     """Append one event and insert it at once (after the transaction's earlier events), for a caller that needs
     its id before the commit — a webhook test names its message after it."""
+    ev = Event(**_row(tenant_id=tenant_id, job_id=job_id, type=type, data=data))
     write_pending(session)
-    if type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {type!r}")
-    ev = Event(tenant_id=tenant_id, job_id=job_id, type=type, data=data or {})
     session.add(ev)
     session.flush()
     return ev
